@@ -1,0 +1,330 @@
+"""Identity use cases: registration, sessions, users and API keys of a tenant."""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import secrets
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+
+from domain.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
+from domain.identity import ApiKey, Principal, RefreshToken, Tenant, User
+from domain.ports import AccessTokens, Page, PasswordHasher, UnitOfWork, UnitOfWorkFactory
+from domain.rbac import Action, Role
+from domain.validation import Checker
+
+_REFRESH_PREFIX = "cgr"
+_API_KEY_PREFIX = "cgk"
+_MAX_LOGIN_CANDIDATES = 5
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_secret(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_urlsafe(32)}"
+
+
+def digest(secret: str) -> str:
+    """Minted secrets carry 256 bits of entropy, so SHA-256 suffices to store them."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def slugify(name: str) -> str:
+    slug = re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")[:40].strip("-")
+    return slug or "team"
+
+
+def is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True
+
+
+@dataclass(frozen=True, slots=True)
+class Session:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+    user: User
+
+
+class IdentityService:
+    def __init__(
+        self,
+        uow: UnitOfWorkFactory,
+        hasher: PasswordHasher,
+        tokens: AccessTokens,
+        refresh_ttl: int,
+        clock: Callable[[], datetime] = _now,
+    ) -> None:
+        self._uow = uow
+        self._hasher = hasher
+        self._tokens = tokens
+        self._refresh_ttl = refresh_ttl
+        self._clock = clock
+
+    # -- sessions -----------------------------------------------------------
+
+    async def register(self, tenant_name: str, email: str, password: str) -> Session:
+        check = Checker()
+        name = check.text("tenantName", tenant_name, max_len=100) or ""
+        email = check.email("email", email)
+        check.password("password", password)
+        check.raise_if_any()
+        password_hash = self._hasher.hash(password)
+        now = self._clock()
+        async with self._uow() as uow:
+            slug = slugify(name)
+            if await uow.tenants.slug_taken(slug):
+                slug = f"{slug[:33]}-{secrets.token_hex(3)}"
+            tenant_id = str(uuid.uuid4())
+            tenant = Tenant(tenant_id, name, slug, f"tenant_{tenant_id[:8]}{tenant_id[9:13]}", now)
+            await uow.tenants.add(tenant)
+            await uow.tenants.create_schema(tenant)
+            user = User(str(uuid.uuid4()), tenant_id, email, password_hash, Role.ADMIN, True, now)
+            await uow.users.add(user)
+            await uow.audit.record(tenant_id, user.id, "tenant.register", tenant.slug)
+            session = await self._open_session(uow, user, family_id=None)
+            await uow.commit()
+        return session
+
+    async def login(self, email: str, password: str, tenant_slug: str | None) -> Session:
+        email = email.strip().lower()
+        async with self._uow() as uow:
+            tenant_id = None
+            if tenant_slug:
+                tenant = await uow.tenants.by_slug(tenant_slug.strip().lower())
+                tenant_id = tenant.id if tenant else None
+                candidates = await uow.users.by_email(email, tenant_id) if tenant else []
+            else:
+                candidates = await uow.users.by_email(email)
+            matches = [
+                u
+                for u in candidates[:_MAX_LOGIN_CANDIDATES]
+                if self._hasher.verify(u.password_hash, password)
+            ]
+            if not candidates:
+                self._hasher.verify(None, password)  # same cost as a wrong password
+            if len(matches) > 1:
+                raise BadUserInput(
+                    "this email belongs to several teams: give tenantSlug",
+                    {"tenantSlug": "is required for this email"},
+                )
+            if not matches:
+                raise Unauthenticated("invalid email or password")
+            user = matches[0]
+            if not user.active:
+                raise Unauthenticated("this account is deactivated")
+            await uow.audit.record(user.tenant_id, user.id, "user.login")
+            session = await self._open_session(uow, user, family_id=None)
+            await uow.commit()
+        return session
+
+    async def refresh(self, token: str) -> Session:
+        now = self._clock()
+        async with self._uow() as uow:
+            stored = await uow.refresh_tokens.by_hash_for_update(digest(token))
+            if stored is None:
+                raise Unauthenticated("invalid refresh token")
+            if stored.used_at is not None or stored.revoked_at is not None:
+                # A rotated token came back: somebody holds a copy. Kill the family.
+                await uow.refresh_tokens.revoke_family(stored.family_id, now)
+                await uow.audit.record(stored.tenant_id, stored.user_id, "token.reuse")
+                await uow.commit()
+                raise Unauthenticated("refresh token was already used; session revoked")
+            if stored.expires_at <= now:
+                raise Unauthenticated("refresh token expired")
+            user = await uow.users.get(stored.tenant_id, stored.user_id)
+            if user is None or not user.active:
+                raise Unauthenticated("this account is deactivated")
+            await uow.refresh_tokens.mark_used(stored.id, now)
+            session = await self._open_session(uow, user, family_id=stored.family_id)
+            await uow.commit()
+        return session
+
+    async def logout(self, token: str) -> bool:
+        async with self._uow() as uow:
+            stored = await uow.refresh_tokens.by_hash_for_update(digest(token))
+            if stored is None:
+                raise Unauthenticated("invalid refresh token")
+            await uow.refresh_tokens.revoke_family(stored.family_id, self._clock())
+            await uow.commit()
+        return True
+
+    async def _open_session(self, uow: UnitOfWork, user: User, family_id: str | None) -> Session:
+        secret = new_secret(_REFRESH_PREFIX)
+        token = RefreshToken(
+            id=str(uuid.uuid4()),
+            tenant_id=user.tenant_id,
+            user_id=user.id,
+            family_id=family_id or str(uuid.uuid4()),
+            token_hash=digest(secret),
+            expires_at=self._clock() + timedelta(seconds=self._refresh_ttl),
+            used_at=None,
+            revoked_at=None,
+        )
+        await uow.refresh_tokens.add(token)
+        access = self._tokens.issue(user.id, user.tenant_id)
+        return Session(access, secret, self._tokens.ttl_seconds, user)
+
+    # -- authentication -----------------------------------------------------
+
+    async def authenticate_bearer(self, token: str) -> Principal:
+        claims = self._tokens.decode(token)
+        async with self._uow() as uow:
+            user = await uow.users.get(claims.tenant_id, claims.user_id)
+            tenant = await uow.tenants.get(claims.tenant_id) if user else None
+        if user is None or tenant is None or not user.active:
+            raise Unauthenticated("this account is deactivated or no longer exists")
+        return Principal(tenant.id, tenant.schema_name, user.role, user_id=user.id)
+
+    async def authenticate_api_key(self, secret: str) -> Principal:
+        async with self._uow() as uow:
+            key = await uow.api_keys.by_hash(digest(secret))
+            tenant = await uow.tenants.get(key.tenant_id) if key else None
+        if key is None or key.revoked_at is not None or tenant is None:
+            raise Unauthenticated("invalid API key")
+        return Principal(tenant.id, tenant.schema_name, key.role, api_key_id=key.id)
+
+    # -- reads ----------------------------------------------------------------
+
+    async def me(self, principal: Principal) -> User:
+        if principal.user_id is None:
+            raise Forbidden("an API key has no user; `me` needs a user token")
+        async with self._uow() as uow:
+            user = await uow.users.get(principal.tenant_id, principal.user_id)
+        if user is None:
+            raise Unauthenticated("this account no longer exists")
+        return user
+
+    async def tenant(self, tenant_id: str) -> Tenant:
+        async with self._uow() as uow:
+            tenant = await uow.tenants.get(tenant_id)
+        if tenant is None:
+            raise NotFound("tenant", tenant_id)
+        return tenant
+
+    async def users(self, principal: Principal, first: int, after: str | None) -> Page[User]:
+        principal.require(Action.READ)
+        async with self._uow() as uow:
+            return await uow.users.page(principal.tenant_id, first, after)
+
+    async def users_by_ids(self, tenant_id: str, ids: list[str]) -> list[User | None]:
+        async with self._uow() as uow:
+            return [await uow.users.get(tenant_id, i) if is_uuid(i) else None for i in ids]
+
+    # -- user management (admin) ---------------------------------------------
+
+    async def create_user(
+        self, principal: Principal, email: str, password: str, role: Role
+    ) -> User:
+        principal.require(Action.MANAGE_USERS)
+        check = Checker()
+        email = check.email("email", email)
+        check.password("password", password)
+        check.raise_if_any()
+        user = User(
+            str(uuid.uuid4()),
+            principal.tenant_id,
+            email,
+            self._hasher.hash(password),
+            role,
+            True,
+            self._clock(),
+        )
+        async with self._uow() as uow:
+            if await uow.users.by_email(email, principal.tenant_id):
+                raise Conflict(
+                    "a user with this email already exists in this team",
+                    extensions={"fields": {"email": "is already taken"}},
+                )
+            await uow.users.add(user)
+            await uow.audit.record(principal.tenant_id, _actor(principal), "user.create", user.id)
+            await uow.commit()
+        return user
+
+    async def update_user_role(self, principal: Principal, user_id: str, role: Role) -> User:
+        principal.require(Action.MANAGE_USERS)
+        async with self._uow() as uow:
+            user = await self._user(uow, principal, user_id)
+            if user.role is Role.ADMIN and role is not Role.ADMIN:
+                await self._keep_an_admin(uow, principal)
+            user.role = role
+            await uow.users.update(user)
+            await uow.audit.record(principal.tenant_id, _actor(principal), "user.role", user.id)
+            await uow.commit()
+        return user
+
+    async def deactivate_user(self, principal: Principal, user_id: str) -> User:
+        principal.require(Action.MANAGE_USERS)
+        async with self._uow() as uow:
+            user = await self._user(uow, principal, user_id)
+            if user.active and user.role is Role.ADMIN:
+                await self._keep_an_admin(uow, principal)
+            user.active = False
+            await uow.users.update(user)
+            await uow.refresh_tokens.revoke_user(user.id, self._clock())
+            await uow.audit.record(
+                principal.tenant_id, _actor(principal), "user.deactivate", user.id
+            )
+            await uow.commit()
+        return user
+
+    async def _user(self, uow: UnitOfWork, principal: Principal, user_id: str) -> User:
+        user = await uow.users.get(principal.tenant_id, user_id) if is_uuid(user_id) else None
+        if user is None:
+            raise NotFound("user", user_id)
+        return user
+
+    async def _keep_an_admin(self, uow: UnitOfWork, principal: Principal) -> None:
+        if await uow.users.count_admins(principal.tenant_id) <= 1:
+            raise Conflict("a team needs at least one active admin")
+
+    # -- API keys (admin) ------------------------------------------------------
+
+    async def create_api_key(
+        self, principal: Principal, name: str, role: Role
+    ) -> tuple[ApiKey, str]:
+        principal.require(Action.MANAGE_API_KEYS)
+        check = Checker()
+        name = check.text("name", name) or ""
+        check.raise_if_any()
+        secret = new_secret(_API_KEY_PREFIX)
+        key = ApiKey(
+            str(uuid.uuid4()), principal.tenant_id, name, role, digest(secret), self._clock(), None
+        )
+        async with self._uow() as uow:
+            await uow.api_keys.add(key)
+            await uow.audit.record(principal.tenant_id, _actor(principal), "apikey.create", key.id)
+            await uow.commit()
+        return key, secret
+
+    async def revoke_api_key(self, principal: Principal, key_id: str) -> bool:
+        principal.require(Action.MANAGE_API_KEYS)
+        async with self._uow() as uow:
+            key = await uow.api_keys.get(principal.tenant_id, key_id) if is_uuid(key_id) else None
+            if key is None:
+                raise NotFound("API key", key_id)
+            if key.revoked_at is None:
+                await uow.api_keys.revoke(key.id, self._clock())
+                await uow.audit.record(
+                    principal.tenant_id, _actor(principal), "apikey.revoke", key.id
+                )
+                await uow.commit()
+        return True
+
+    async def api_keys(self, principal: Principal) -> list[ApiKey]:
+        principal.require(Action.MANAGE_API_KEYS)
+        async with self._uow() as uow:
+            return await uow.api_keys.list(principal.tenant_id)
+
+
+def _actor(principal: Principal) -> str | None:
+    return principal.user_id or principal.api_key_id

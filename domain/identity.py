@@ -1,0 +1,70 @@
+"""Tenants, users, tokens and API keys: the entities of the identity context."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from domain.rbac import Action, Role, allows
+from domain.errors import Forbidden
+
+
+@dataclass(slots=True)
+class Tenant:
+    id: str
+    name: str
+    slug: str
+    schema_name: str
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class User:
+    id: str
+    tenant_id: str
+    email: str
+    password_hash: str
+    role: Role
+    active: bool
+    created_at: datetime
+
+
+@dataclass(slots=True)
+class RefreshToken:
+    id: str
+    tenant_id: str
+    user_id: str
+    family_id: str
+    token_hash: str
+    expires_at: datetime
+    used_at: datetime | None
+    revoked_at: datetime | None
+
+
+@dataclass(slots=True)
+class ApiKey:
+    id: str
+    tenant_id: str
+    name: str
+    role: Role
+    key_hash: str
+    created_at: datetime
+    revoked_at: datetime | None
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """Who is calling: a user (JWT) or an API key, always inside one tenant."""
+
+    tenant_id: str
+    tenant_schema: str
+    role: Role
+    user_id: str | None = None
+    api_key_id: str | None = None
+
+    def can(self, action: Action) -> bool:
+        return allows(self.role, action)
+
+    def require(self, action: Action) -> None:
+        if not self.can(action):
+            raise Forbidden(f"role {self.role.value} may not {action.value.replace('_', ' ')}")

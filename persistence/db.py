@@ -1,0 +1,46 @@
+"""Engine and connections. A tenant connection maps the `tenant` placeholder
+schema to the caller's schema with `schema_translate_map`; nothing touches
+`search_path`, so pooled connections never leak a tenant."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
+
+from persistence.tables import TENANT
+
+_SCHEMA_RE = re.compile(r"^tenant_[a-f0-9]{12}$")
+
+
+def check_schema_name(name: str) -> str:
+    if not _SCHEMA_RE.match(name):
+        raise ValueError(f"not a tenant schema name: {name!r}")
+    return name
+
+
+class Database:
+    def __init__(self, url: str, *, pool_size: int = 10, echo: bool = False) -> None:
+        self.url = url
+        self.engine: AsyncEngine = create_async_engine(
+            url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, echo=echo
+        )
+
+    @asynccontextmanager
+    async def connect(self, tenant_schema: str | None = None) -> AsyncIterator[AsyncConnection]:
+        """A connection inside one transaction (committed by the caller)."""
+        async with self.engine.connect() as conn:
+            if tenant_schema is not None:
+                await conn.execution_options(
+                    schema_translate_map={TENANT: check_schema_name(tenant_schema)}
+                )
+            yield conn
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.exec_driver_sql("SELECT 1")
+
+    async def dispose(self) -> None:
+        await self.engine.dispose()

@@ -1,0 +1,67 @@
+"""The unit of work: one connection, one transaction, the repositories on it."""
+
+from __future__ import annotations
+
+from types import TracebackType
+from typing import Self
+
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from persistence.db import Database
+from persistence.repositories.identity import (
+    SqlApiKeys,
+    SqlAudit,
+    SqlRefreshTokens,
+    SqlTenants,
+    SqlUsers,
+)
+
+
+class SqlUnitOfWork:
+    """Rolls back unless `commit()` was called, so a failure never leaves a partial write."""
+
+    def __init__(self, db: Database, tenant_schema: str | None = None) -> None:
+        self._db = db
+        self._schema = tenant_schema
+        self._cm = None
+        self.conn: AsyncConnection
+
+    async def __aenter__(self) -> Self:
+        self._cm = self._db.connect(self._schema)
+        self.conn = await self._cm.__aenter__()
+        await self.conn.begin()
+        c = self.conn
+        self.tenants = SqlTenants(c)
+        self.users = SqlUsers(c)
+        self.refresh_tokens = SqlRefreshTokens(c)
+        self.api_keys = SqlApiKeys(c)
+        self.audit = SqlAudit(c)
+        self._attach_tenant_repositories(c)
+        return self
+
+    def _attach_tenant_repositories(self, conn: AsyncConnection) -> None:
+        """Tenant-scoped repositories are added here as resources arrive."""
+
+    async def commit(self) -> None:
+        await self.conn.commit()
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self.conn.in_transaction():
+                await self.conn.rollback()
+        finally:
+            assert self._cm is not None
+            await self._cm.__aexit__(exc_type, exc, tb)
+
+
+class SqlUnitOfWorkFactory:
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    def __call__(self, tenant_schema: str | None = None) -> SqlUnitOfWork:
+        return SqlUnitOfWork(self._db, tenant_schema)

@@ -1,0 +1,184 @@
+"""The ASGI application: GraphQL (HTTP + WebSocket) at /graphql, health probes."""
+
+from __future__ import annotations
+
+import json
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from typing import Any
+
+import structlog
+from cross_web import HTTPException
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route, WebSocketRoute
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from starlette.websockets import WebSocket
+from strawberry.asgi import GraphQL
+from strawberry.exceptions import ConnectionRejectionError
+
+from domain.errors import DomainError
+from schema import build_schema
+from server.bootstrap import Container
+from server.context import Context, Credentials, authenticate
+
+log = structlog.get_logger("crewgraph.http")
+
+
+def _error_body(message: str, code: str) -> dict[str, Any]:
+    return {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]}
+
+
+class CrewgraphGraphQL(GraphQL[Context, None]):
+    def __init__(self, container: Container, **kwargs: Any) -> None:
+        s = container.settings
+        super().__init__(
+            build_schema(max_depth=s.max_query_depth, max_aliases=s.max_aliases, max_tokens=s.max_tokens),
+            **kwargs,
+        )
+        self.container = container
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await super().__call__(scope, receive, send)
+            return
+        try:
+            response = await self.run(Request(scope, receive))
+        except HTTPException as exc:
+            # Strawberry answers plain text here; clients expect a GraphQL error body.
+            code = "BAD_USER_INPUT" if exc.status_code == 400 else "NOT_FOUND"
+            if exc.status_code == 405:
+                code = "BAD_USER_INPUT"
+            response = JSONResponse(_error_body(exc.reason, code), status_code=exc.status_code)
+        await response(scope, receive, send)
+
+    async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
+        client = request.client.host if request.client else "?"
+        rid = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
+        creds = (
+            Credentials() if isinstance(request, WebSocket) else Credentials.from_headers(request.headers)
+        )
+        return Context(
+            services=self.container,
+            request=request,
+            response=response,
+            credentials=creds,
+            client_ip=client,
+            request_id=rid,
+        )
+
+    async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
+        params = context.connection_params if isinstance(context.connection_params, dict) else {}
+        context.credentials = Credentials.from_params(params)
+        try:
+            context._principal = await authenticate(self.container, context.credentials)
+        except DomainError as exc:
+            raise ConnectionRejectionError({"message": exc.message, "code": exc.code})
+        return None
+
+
+class RequestLimits:
+    """Request ids into logs, and a body-size cap before anything parses the body."""
+
+    def __init__(self, app: ASGIApp, max_bytes: int) -> None:
+        self.app = app
+        self.max_bytes = max_bytes
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        headers = dict(scope.get("headers") or [])
+        rid = headers.get(b"x-request-id", b"").decode("latin-1")[:64] or uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        structlog.contextvars.clear_contextvars()
+        structlog.contextvars.bind_contextvars(request_id=rid)
+        if scope["type"] == "websocket":
+            await self.app(scope, receive, send)
+            return
+        declared = headers.get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
+            await self._too_large(scope, receive, send)
+            return
+        received = 0
+
+        async def limited_receive() -> Message:
+            nonlocal received
+            message = await receive()
+            if message["type"] == "http.request":
+                received += len(message.get("body", b""))
+                if received > self.max_bytes:
+                    raise _BodyTooLarge
+            return message
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
+        try:
+            await self.app(scope, limited_receive, send_with_id)
+        except _BodyTooLarge:
+            await self._too_large(scope, receive, send)
+
+    async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
+        body = _error_body(f"request body larger than {self.max_bytes} bytes", "LIMIT_EXCEEDED")
+        await JSONResponse(body, status_code=413)(scope, receive, send)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+def create_app(
+    container: Container,
+    *,
+    on_startup: Callable[[], Awaitable[None]] | None = None,
+    on_shutdown: Callable[[], Awaitable[None]] | None = None,
+) -> ASGIApp:
+    graphql = CrewgraphGraphQL(container, keep_alive=True, keep_alive_interval=15)
+
+    async def healthz(_: Request) -> Response:
+        return JSONResponse({"status": "ok"})
+
+    async def readyz(_: Request) -> Response:
+        checks: dict[str, str] = {}
+        try:
+            await container.db.ping()
+            checks["postgres"] = "ok"
+        except Exception as exc:
+            checks["postgres"] = f"error: {type(exc).__name__}"
+        try:
+            await container.redis.ping()
+            checks["redis"] = "ok"
+        except Exception as exc:
+            checks["redis"] = f"error: {type(exc).__name__}"
+        ok = all(v == "ok" for v in checks.values())
+        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+
+    @asynccontextmanager
+    async def lifespan(_: Starlette) -> AsyncIterator[None]:
+        if on_startup:
+            await on_startup()
+        try:
+            yield
+        finally:
+            if on_shutdown:
+                await on_shutdown()
+            await container.aclose()
+
+    app = Starlette(
+        routes=[
+            Route("/graphql", graphql, methods=["GET", "POST"]),
+            WebSocketRoute("/graphql", graphql),
+            Route("/healthz", healthz),
+            Route("/readyz", readyz),
+        ],
+        lifespan=lifespan,
+    )
+    return RequestLimits(app, container.settings.max_request_bytes)
+
+
+__all__ = ["create_app", "json"]

@@ -1,0 +1,72 @@
+"""The one wiring place: builds adapters and hands them to the use cases."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import redis.asyncio as aioredis
+from limits import RateLimitItem, parse
+from limits.aio.storage import RedisStorage
+from limits.aio.strategies import MovingWindowRateLimiter
+
+from domain.auth import IdentityService
+from domain.errors import RateLimited
+from persistence.db import Database
+from persistence.uow import SqlUnitOfWorkFactory
+from server.security import Argon2Hasher, JwtCodec
+from server.settings import Settings
+
+DEFAULT_RATE_LIMITS = {
+    "login": "20/minute",
+    "register": "30/hour",
+    "refresh": "120/minute",
+}
+
+
+class RateLimiter:
+    def __init__(self, redis_url: str, prefix: str, rules: dict[str, str]) -> None:
+        uri = "async+" + redis_url.replace("unix://", "redis+unix://", 1)
+        self._storage = RedisStorage(uri, implementation="redispy", key_prefix=f"{prefix}:rl")
+        self._limiter = MovingWindowRateLimiter(self._storage)
+        self._rules: dict[str, RateLimitItem] = {k: parse(v) for k, v in rules.items()}
+
+    async def hit(self, name: str, *identifiers: str) -> None:
+        rule = self._rules.get(name)
+        if rule is not None and not await self._limiter.hit(rule, name, *identifiers):
+            raise RateLimited(f"too many {name} attempts; limit is {rule}; try again later")
+
+
+@dataclass
+class Container:
+    settings: Settings
+    db: Database
+    redis: aioredis.Redis
+    identity: IdentityService
+    limiter: RateLimiter
+    extras: dict[str, object] = field(default_factory=dict)
+
+    async def aclose(self) -> None:
+        await self.redis.aclose()
+        await self.db.dispose()
+
+
+def build_container(
+    settings: Settings, *, rate_limits: dict[str, str] | None = None
+) -> Container:
+    if not settings.database_url or not settings.redis_url:
+        raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before wiring")
+    db = Database(settings.database_url)
+    redis = aioredis.from_url(settings.redis_url, decode_responses=False)
+    uow = SqlUnitOfWorkFactory(db)
+    identity = IdentityService(
+        uow,
+        Argon2Hasher(),
+        JwtCodec(settings.signing_secret, settings.access_token_ttl),
+        settings.refresh_token_ttl,
+    )
+    limiter = RateLimiter(
+        settings.redis_url,
+        settings.redis_prefix,
+        DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits,
+    )
+    return Container(settings=settings, db=db, redis=redis, identity=identity, limiter=limiter)

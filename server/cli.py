@@ -1,0 +1,106 @@
+"""`crewgraph` command: serve, migrate, export-schema, worker, ..."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+from pathlib import Path
+
+import typer
+from rich.console import Console
+
+from server.settings import Settings
+
+app = typer.Typer(no_args_is_help=True, help="Crewgraph: agents, crews, tools and flows over GraphQL.")
+console = Console(stderr=True)
+
+
+def resolve_services(settings: Settings, *, embedded_ok: bool = True) -> Settings:
+    """Fill DATABASE_URL / REDIS_URL with embedded servers when they are not set."""
+    from persistence.embedded import EmbeddedServices, start_postgres, start_redis
+
+    if settings.database_url and settings.redis_url:
+        return settings
+    if not embedded_ok:
+        raise typer.BadParameter("DATABASE_URL and REDIS_URL are required")
+    services = EmbeddedServices()
+    atexit.register(services.stop)
+    updates: dict[str, str] = {}
+    data = settings.data_dir.resolve()
+    if not settings.database_url:
+        console.print(f"[dim]starting embedded PostgreSQL in {data / 'postgres'}[/dim]")
+        updates["database_url"] = start_postgres(data, services)
+    if not settings.redis_url:
+        console.print(f"[dim]starting embedded Redis in {data / 'redis'}[/dim]")
+        updates["redis_url"] = start_redis(data / "redis", services)
+    return settings.model_copy(update=updates)
+
+
+def _local_settings(settings: Settings) -> Settings:
+    if settings.jwt_secret is None and (settings.database_url is None):
+        # Laptop mode: keep the signing secret so restarts keep sessions valid.
+        return settings.model_copy(update={"jwt_secret": settings.local_secret("jwt")})
+    return settings
+
+
+@app.command()
+def serve(
+    host: str | None = typer.Option(None, help="defaults to CREWGRAPH_HOST"),
+    port: int | None = typer.Option(None, help="defaults to CREWGRAPH_PORT"),
+) -> None:
+    """Migrate, then serve the API (GraphiQL at /graphql)."""
+    import uvicorn
+
+    from persistence.migrate import upgrade_all
+    from server.app import create_app
+    from server.bootstrap import build_container
+    from server.logging import configure_logging
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    settings = resolve_services(_local_settings(settings))
+    container = build_container(settings)
+
+    async def startup() -> None:
+        async with container.db.engine.begin() as conn:
+            await upgrade_all(conn)
+
+    application = create_app(container, on_startup=startup)
+    h, p = host or settings.host, port or settings.port
+    console.print(f"[bold green]Crewgraph[/bold green] GraphiQL at http://{h}:{p}/graphql")
+    uvicorn.run(application, host=h, port=p, log_level="warning", ws_per_message_deflate=False)
+
+
+@app.command()
+def migrate() -> None:
+    """Upgrade the public schema and every tenant schema to the newest revision."""
+    from persistence.db import Database
+    from persistence.migrate import upgrade_all
+
+    settings = resolve_services(_local_settings(Settings()))
+
+    async def run() -> list[str]:
+        db = Database(settings.database_url or "")
+        try:
+            async with db.engine.begin() as conn:
+                return await upgrade_all(conn)
+        finally:
+            await db.dispose()
+
+    schemas = asyncio.run(run())
+    console.print(f"migrated public and {len(schemas)} tenant schema(s)")
+
+
+@app.command("export-schema")
+def export_schema(
+    out: Path = typer.Option(Path("graphql/schema.graphql"), help="where to write the SDL"),
+) -> None:
+    """Write the GraphQL SDL (checked for drift in tests)."""
+    from schema import schema
+
+    out.write_text(schema.as_str() + "\n")
+    console.print(f"wrote {out}")
+
+
+if __name__ == "__main__":
+    app()

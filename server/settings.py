@@ -1,0 +1,84 @@
+"""Settings from the environment, validated once at start-up."""
+
+from __future__ import annotations
+
+import secrets
+from functools import cached_property
+from pathlib import Path
+
+from pydantic import AliasChoices, Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CREWGRAPH_", extra="ignore")
+
+    host: str = "127.0.0.1"
+    port: int = Field(8000, ge=1, le=65535)
+    data_dir: Path = Path(".crewgraph")
+
+    database_url: str | None = Field(
+        None, validation_alias=AliasChoices("DATABASE_URL", "CREWGRAPH_DATABASE_URL")
+    )
+    redis_url: str | None = Field(
+        None, validation_alias=AliasChoices("REDIS_URL", "CREWGRAPH_REDIS_URL")
+    )
+    mongodb_url: str | None = Field(
+        None, validation_alias=AliasChoices("MONGODB_URL", "CREWGRAPH_MONGODB_URL")
+    )
+
+    # Signs JWTs. When unset a random one is made per process (tokens die on
+    # restart), except under `make run`, which keeps one in the data dir.
+    jwt_secret: str | None = None
+    access_token_ttl: int = Field(900, ge=30, le=86400)
+    refresh_token_ttl: int = Field(30 * 86400, ge=300)
+
+    # Prefix for every Redis key and channel; tests give each run its own.
+    redis_prefix: str = "cg"
+
+    max_request_bytes: int = Field(1_000_000, ge=1024)
+    max_query_depth: int = Field(12, ge=2)
+    max_aliases: int = Field(30, ge=1)
+    max_tokens: int = Field(5000, ge=100)
+    page_size_max: int = Field(100, ge=1)
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("database_url")
+    @classmethod
+    def _async_driver(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        for prefix in ("postgresql://", "postgres://"):
+            if value.startswith(prefix):
+                return "postgresql+asyncpg://" + value[len(prefix) :]
+        if not value.startswith("postgresql+asyncpg://"):
+            raise ValueError("DATABASE_URL must be a postgresql:// URL")
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("REDIS_URL must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @cached_property
+    def signing_secret(self) -> str:
+        if self.jwt_secret:
+            if len(self.jwt_secret) < 32:
+                raise ValueError("CREWGRAPH_JWT_SECRET must be at least 32 characters")
+            return self.jwt_secret
+        return secrets.token_urlsafe(48)
+
+    def local_secret(self, name: str) -> str:
+        """A secret kept in the data dir so `make run` restarts keep sessions valid."""
+        path = self.data_dir / f"{name}.secret"
+        if path.exists():
+            return path.read_text().strip()
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        value = secrets.token_urlsafe(48)
+        path.write_text(value)
+        path.chmod(0o600)
+        return value

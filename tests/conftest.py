@@ -1,0 +1,132 @@
+"""Shared fixtures: one test database per run, a real server on a free port."""
+
+from __future__ import annotations
+
+import asyncio
+import secrets
+import uuid
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+import uvicorn
+
+from tests.support.client import GQL
+from tests.support.services import TestServices, free_port, wait_for_port
+
+PASSWORD = "correct horse battery"
+
+
+@pytest.fixture(scope="session")
+def services() -> Iterator[TestServices]:
+    svc = TestServices()
+    svc.start()
+    yield svc
+    svc.stop()
+
+
+@pytest.fixture(scope="session")
+async def database(services: TestServices) -> AsyncIterator[str]:
+    from persistence.db import Database
+    from persistence.migrate import upgrade_public
+
+    await services.create_database()
+    db = Database(services.database_url)
+    async with db.engine.begin() as conn:
+        await upgrade_public(conn)
+    await db.dispose()
+    yield services.database_url
+    await services.drop_database()
+
+
+@pytest.fixture(scope="session")
+def settings(services: TestServices, database: str) -> Any:
+    from server.settings import Settings
+
+    return Settings(
+        database_url=database,
+        redis_url=services.redis_url,
+        jwt_secret=secrets.token_urlsafe(40),
+        redis_prefix=f"cgtest{secrets.token_hex(4)}",
+        log_json=True,
+        log_level="WARNING",
+    )
+
+
+@pytest.fixture(scope="session")
+async def container(settings: Any) -> AsyncIterator[Any]:
+    from server.bootstrap import build_container
+
+    c = build_container(settings, rate_limits={})
+    yield c
+    await c.aclose()
+
+
+async def _serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+    port = free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws_per_message_deflate=False)
+    server = uvicorn.Server(config)
+    task = asyncio.create_task(server.serve())
+    await wait_for_port(port)
+    return server, task, f"http://127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+async def server_url(settings: Any) -> AsyncIterator[str]:
+    from server.app import create_app
+    from server.bootstrap import build_container
+
+    app = create_app(build_container(settings, rate_limits={}))
+    server, task, url = await _serve(app)
+    yield url
+    server.should_exit = True
+    await task
+
+
+@pytest.fixture
+async def gql(server_url: str) -> AsyncIterator[GQL]:
+    client = GQL(server_url)
+    yield client
+    await client.aclose()
+
+
+@dataclass
+class Team:
+    token: str
+    refresh: str
+    user_id: str
+    tenant_id: str
+    slug: str
+    email: str
+
+
+async def register(gql: GQL, name: str | None = None) -> Team:
+    email = f"admin-{uuid.uuid4().hex[:10]}@example.com"
+    data = await gql.ok(
+        "Register",
+        {"input": {"tenantName": name or f"Team {uuid.uuid4().hex[:6]}", "email": email, "password": PASSWORD}},
+    )
+    s = data["register"]
+    return Team(
+        s["accessToken"], s["refreshToken"], s["user"]["id"], s["user"]["tenant"]["id"],
+        s["user"]["tenant"]["slug"], email,
+    )
+
+
+@pytest.fixture
+async def team(gql: GQL) -> Team:
+    return await register(gql)
+
+
+@pytest.fixture
+async def other_team(gql: GQL) -> Team:
+    return await register(gql)
+
+
+async def member_token(gql: GQL, team: Team, role: str) -> str:
+    """A user of `team` with `role`, logged in; returns its access token."""
+    email = f"{role.lower()}-{uuid.uuid4().hex[:8]}@example.com"
+    await gql.ok("CreateUser", {"input": {"email": email, "password": PASSWORD, "role": role}}, token=team.token)
+    data = await gql.ok("Login", {"input": {"email": email, "password": PASSWORD, "tenantSlug": team.slug}})
+    return str(data["login"]["accessToken"])

