@@ -5,8 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
-from domain.rbac import Action, Role, allows
 from domain.errors import Forbidden
+from domain.rbac import Action, Role, allows
 
 
 @dataclass(slots=True)

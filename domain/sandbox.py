@@ -22,9 +22,7 @@ from typing import Literal, Protocol, TypeAlias, runtime_checkable
 
 from domain.errors import BadUserInput
 
-JSONValue: TypeAlias = (
-    dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
-)
+JSONValue: TypeAlias = dict[str, "JSONValue"] | list["JSONValue"] | str | int | float | bool | None
 SandboxKind = Literal["python", "command"]
 SANDBOX_KINDS: tuple[SandboxKind, ...] = ("python", "command")
 

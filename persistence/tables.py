@@ -42,7 +42,9 @@ users = sa.Table(
     "users",
     metadata,
     _id(),
-    sa.Column("tenant_id", sa.Uuid(as_uuid=False), sa.ForeignKey("public.tenants.id"), nullable=False),
+    sa.Column(
+        "tenant_id", sa.Uuid(as_uuid=False), sa.ForeignKey("public.tenants.id"), nullable=False
+    ),
     sa.Column("email", sa.Text, nullable=False),
     sa.Column("password_hash", sa.Text, nullable=False),
     sa.Column("role", sa.Text, nullable=False),
@@ -71,7 +73,9 @@ api_keys = sa.Table(
     "api_keys",
     metadata,
     _id(),
-    sa.Column("tenant_id", sa.Uuid(as_uuid=False), sa.ForeignKey("public.tenants.id"), nullable=False),
+    sa.Column(
+        "tenant_id", sa.Uuid(as_uuid=False), sa.ForeignKey("public.tenants.id"), nullable=False
+    ),
     sa.Column("name", sa.Text, nullable=False),
     sa.Column("role", sa.Text, nullable=False),
     sa.Column("key_hash", sa.Text, nullable=False, unique=True),

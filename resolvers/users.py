@@ -20,9 +20,7 @@ async def tenant(info: Info) -> Tenant:
     return Tenant.from_domain(await info.context.loaders.tenant.load(principal.tenant_id))
 
 
-async def users(
-    info: Info, first: int | None = None, after: str | None = None
-) -> Connection[User]:
+async def users(info: Info, first: int | None = None, after: str | None = None) -> Connection[User]:
     principal = await info.context.principal()
     page = await info.context.services.identity.users(
         principal, page_size(first, info.context.settings.page_size_max), after

@@ -3,7 +3,7 @@
 The host passes this file's source as ``python3 -I -B -c <source>`` (it is never baked
 into an image, so any image with python3 works) and writes ONE request line on stdin::
 
-    {"code": "...", "entrypoint": "run", "input": {...}, "scratch": "<id>"}
+    {"code": "...", "entrypoint": "run", "input": {...}, "scratch": "<id>", "wipe_tmp": false}
 
 The runner executes ``code`` in a fresh namespace, calls ``entrypoint(input)`` (awaiting
 it when it is a coroutine function) and writes, on the process's stdout:
@@ -60,13 +60,40 @@ def _drain(read_fd):
         _emit({"stream": "stdout", "data": tail})
 
 
+def _process_count():
+    try:
+        return sum(1 for name in os.listdir("/proc") if name.isdigit())
+    except OSError:
+        return None
+
+
 def _usage():
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
         "max_memory_bytes": max(own.ru_maxrss, kids.ru_maxrss) * 1024,
         "cpu_seconds": round(own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime, 4),
+        # processes visible in this PID namespace when the run ends: the host recycles a
+        # warm container when the user code left processes behind
+        "processes": _process_count(),
     }
+
+
+def _wipe(directory):
+    """Empty ``directory`` (a private tmpfs of a warm container) for the next run."""
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return
+    for name in names:
+        path = os.path.join(directory, name)
+        try:
+            if os.path.isdir(path) and not os.path.islink(path):
+                shutil.rmtree(path, ignore_errors=True)
+            else:
+                os.unlink(path)
+        except OSError:
+            pass
 
 
 def _user_traceback(exc):
@@ -81,19 +108,19 @@ def _call(code, entrypoint, payload):
     try:
         compiled = compile(code, "<tool>", "exec")
     except SyntaxError as exc:
-        detail = "%s (line %s" % (exc.msg, exc.lineno)
+        detail = f"{exc.msg} (line {exc.lineno}"
         if exc.offset:
-            detail += ", column %s" % exc.offset
+            detail += f", column {exc.offset}"
         detail += ")"
         if exc.text:
             detail += ": " + exc.text.strip()
-        return None, "%s: %s" % (type(exc).__name__, detail), type(exc).__name__
+        return None, f"{type(exc).__name__}: {detail}", type(exc).__name__
     namespace = {"__name__": "__tool__", "__builtins__": builtins}
     try:
         exec(compiled, namespace)
         func = namespace.get(entrypoint)
         if not callable(func):
-            return None, "entrypoint %r is not defined by the code" % entrypoint, "EntrypointError"
+            return None, f"entrypoint {entrypoint!r} is not defined by the code", "EntrypointError"
         value = func(payload)
         if hasattr(value, "__await__"):  # async def entrypoint
             import asyncio
@@ -106,7 +133,7 @@ def _call(code, entrypoint, payload):
         namespace.clear()
         return None, "MemoryError: memory limit exceeded", "MemoryError"
     except SystemExit as exc:
-        return None, "SystemExit: the code called exit(%r)" % (exc.code,), "SystemExit"
+        return None, f"SystemExit: the code called exit({exc.code!r})", "SystemExit"
     except BaseException as exc:  # report anything the user code raised
         try:
             sys.stderr.write(_user_traceback(exc))
@@ -117,7 +144,7 @@ def _call(code, entrypoint, payload):
     try:
         json.dumps(value, allow_nan=False)
     except (TypeError, ValueError) as exc:
-        return None, "the return value is not JSON-serialisable: %s" % exc, "OutputTypeError"
+        return None, f"the return value is not JSON-serialisable: {exc}", "OutputTypeError"
     return value, None, None
 
 
@@ -133,15 +160,25 @@ def main():
         entrypoint = request.get("entrypoint") or "run"
         payload = request.get("input") or {}
         scratch_name = str(request.get("scratch") or "run")
+        wipe_tmp = bool(request.get("wipe_tmp"))
     except Exception as exc:
-        _emit({"ok": False, "output": None, "error": "bad runner request: %s" % exc,
-               "error_type": "RunnerError", "usage": _usage()})
+        _emit(
+            {
+                "ok": False,
+                "output": None,
+                "error": f"bad runner request: {exc}",
+                "error_type": "RunnerError",
+                "usage": _usage(),
+            }
+        )
         return 2
 
     # A private scratch directory per run (the container's /tmp may outlive this run
     # in a warm pool; it is never shared across tenants).
     base = os.environ.get("TMPDIR") or "/tmp"
-    scratch = os.path.join(base, "run-" + "".join(c for c in scratch_name if c.isalnum() or c in "-_."))
+    scratch = os.path.join(
+        base, "run-" + "".join(c for c in scratch_name if c.isalnum() or c in "-_.")
+    )
     try:
         os.makedirs(scratch, mode=0o700, exist_ok=True)
         os.chdir(scratch)
@@ -167,16 +204,30 @@ def main():
         pass
     os.dup2(devnull, 1)  # close our write end; the drainer sees EOF unless children hold it
     drainer.join(timeout=1.0)
-    if scratch:
-        os.chdir("/")
+    os.chdir("/")
+    if wipe_tmp:
+        _wipe(base)
+    elif scratch:
         shutil.rmtree(scratch, ignore_errors=True)
-    result = {"ok": error is None, "output": output, "error": error, "error_type": error_type,
-              "usage": _usage()}
+    result = {
+        "ok": error is None,
+        "output": output,
+        "error": error,
+        "error_type": error_type,
+        "usage": _usage(),
+    }
     try:
         _emit(result)
     except MemoryError:
-        _emit({"ok": False, "output": None, "error": "MemoryError while writing the result",
-               "error_type": "MemoryError", "usage": None})
+        _emit(
+            {
+                "ok": False,
+                "output": None,
+                "error": "MemoryError while writing the result",
+                "error_type": "MemoryError",
+                "usage": None,
+            }
+        )
     return 0 if error is None else 1
 
 

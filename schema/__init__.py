@@ -75,7 +75,9 @@ class CrewgraphSchema(strawberry.Schema):
         """Unexpected errors are logged where they are classified (schema.errors)."""
 
 
-def build_schema(*, max_depth: int = 12, max_aliases: int = 30, max_tokens: int = 5000) -> strawberry.Schema:
+def build_schema(
+    *, max_depth: int = 12, max_aliases: int = 30, max_tokens: int = 5000
+) -> strawberry.Schema:
     return CrewgraphSchema(
         query=Query,
         mutation=Mutation,

@@ -35,7 +35,9 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
     def __init__(self, container: Container, **kwargs: Any) -> None:
         s = container.settings
         super().__init__(
-            build_schema(max_depth=s.max_query_depth, max_aliases=s.max_aliases, max_tokens=s.max_tokens),
+            build_schema(
+                max_depth=s.max_query_depth, max_aliases=s.max_aliases, max_tokens=s.max_tokens
+            ),
             **kwargs,
         )
         self.container = container
@@ -58,7 +60,9 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         client = request.client.host if request.client else "?"
         rid = request.scope.get("state", {}).get("request_id") or uuid.uuid4().hex
         creds = (
-            Credentials() if isinstance(request, WebSocket) else Credentials.from_headers(request.headers)
+            Credentials()
+            if isinstance(request, WebSocket)
+            else Credentials.from_headers(request.headers)
         )
         return Context(
             services=self.container,
@@ -156,7 +160,9 @@ def create_app(
         except Exception as exc:
             checks["redis"] = f"error: {type(exc).__name__}"
         ok = all(v == "ok" for v in checks.values())
-        return JSONResponse({"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503)
+        return JSONResponse(
+            {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
+        )
 
     @asynccontextmanager
     async def lifespan(_: Starlette) -> AsyncIterator[None]:

@@ -50,9 +50,7 @@ class Container:
         await self.db.dispose()
 
 
-def build_container(
-    settings: Settings, *, rate_limits: dict[str, str] | None = None
-) -> Container:
+def build_container(settings: Settings, *, rate_limits: dict[str, str] | None = None) -> Container:
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before wiring")
     db = Database(settings.database_url)

@@ -11,7 +11,9 @@ from rich.console import Console
 
 from server.settings import Settings
 
-app = typer.Typer(no_args_is_help=True, help="Crewgraph: agents, crews, tools and flows over GraphQL.")
+app = typer.Typer(
+    no_args_is_help=True, help="Crewgraph: agents, crews, tools and flows over GraphQL."
+)
 console = Console(stderr=True)
 
 

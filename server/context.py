@@ -77,4 +77,6 @@ async def authenticate(services: Container, creds: Credentials) -> Principal:
         return await services.identity.authenticate_api_key(creds.api_key)
     if creds.bearer:
         return await services.identity.authenticate_bearer(creds.bearer)
-    raise Unauthenticated("authentication required: send `Authorization: Bearer <token>` or `X-API-Key`")
+    raise Unauthenticated(
+        "authentication required: send `Authorization: Bearer <token>` or `X-API-Key`"
+    )

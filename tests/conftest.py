@@ -65,7 +65,14 @@ async def container(settings: Any) -> AsyncIterator[Any]:
 
 async def _serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     port = free_port()
-    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="on", ws_per_message_deflate=False)
+    config = uvicorn.Config(
+        app,
+        host="127.0.0.1",
+        port=port,
+        log_level="warning",
+        lifespan="on",
+        ws_per_message_deflate=False,
+    )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
     await wait_for_port(port)
@@ -105,12 +112,22 @@ async def register(gql: GQL, name: str | None = None) -> Team:
     email = f"admin-{uuid.uuid4().hex[:10]}@example.com"
     data = await gql.ok(
         "Register",
-        {"input": {"tenantName": name or f"Team {uuid.uuid4().hex[:6]}", "email": email, "password": PASSWORD}},
+        {
+            "input": {
+                "tenantName": name or f"Team {uuid.uuid4().hex[:6]}",
+                "email": email,
+                "password": PASSWORD,
+            }
+        },
     )
     s = data["register"]
     return Team(
-        s["accessToken"], s["refreshToken"], s["user"]["id"], s["user"]["tenant"]["id"],
-        s["user"]["tenant"]["slug"], email,
+        s["accessToken"],
+        s["refreshToken"],
+        s["user"]["id"],
+        s["user"]["tenant"]["id"],
+        s["user"]["tenant"]["slug"],
+        email,
     )
 
 
@@ -127,6 +144,12 @@ async def other_team(gql: GQL) -> Team:
 async def member_token(gql: GQL, team: Team, role: str) -> str:
     """A user of `team` with `role`, logged in; returns its access token."""
     email = f"{role.lower()}-{uuid.uuid4().hex[:8]}@example.com"
-    await gql.ok("CreateUser", {"input": {"email": email, "password": PASSWORD, "role": role}}, token=team.token)
-    data = await gql.ok("Login", {"input": {"email": email, "password": PASSWORD, "tenantSlug": team.slug}})
+    await gql.ok(
+        "CreateUser",
+        {"input": {"email": email, "password": PASSWORD, "role": role}},
+        token=team.token,
+    )
+    data = await gql.ok(
+        "Login", {"input": {"email": email, "password": PASSWORD, "tenantSlug": team.slug}}
+    )
     return str(data["login"]["accessToken"])

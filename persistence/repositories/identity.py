@@ -61,7 +61,9 @@ class SqlTenants:
         )
 
     async def get(self, tenant_id: str) -> Tenant | None:
-        row = (await self._conn.execute(t.tenants.select().where(t.tenants.c.id == tenant_id))).first()
+        row = (
+            await self._conn.execute(t.tenants.select().where(t.tenants.c.id == tenant_id))
+        ).first()
         return _tenant(row) if row else None
 
     async def by_slug(self, slug: str) -> Tenant | None:
@@ -158,7 +160,9 @@ class SqlRefreshTokens:
     async def revoke_family(self, family_id: str, at: datetime) -> None:
         await self._conn.execute(
             t.refresh_tokens.update()
-            .where(t.refresh_tokens.c.family_id == family_id, t.refresh_tokens.c.revoked_at.is_(None))
+            .where(
+                t.refresh_tokens.c.family_id == family_id, t.refresh_tokens.c.revoked_at.is_(None)
+            )
             .values(revoked_at=at)
         )
 
@@ -187,19 +191,29 @@ class SqlApiKeys:
         )
 
     async def get(self, tenant_id: str, key_id: str) -> ApiKey | None:
-        stmt = t.api_keys.select().where(t.api_keys.c.id == key_id, t.api_keys.c.tenant_id == tenant_id)
+        stmt = t.api_keys.select().where(
+            t.api_keys.c.id == key_id, t.api_keys.c.tenant_id == tenant_id
+        )
         row = (await self._conn.execute(stmt)).first()
         return _key(row) if row else None
 
     async def by_hash(self, key_hash: str) -> ApiKey | None:
-        row = (await self._conn.execute(t.api_keys.select().where(t.api_keys.c.key_hash == key_hash))).first()
+        row = (
+            await self._conn.execute(t.api_keys.select().where(t.api_keys.c.key_hash == key_hash))
+        ).first()
         return _key(row) if row else None
 
     async def revoke(self, key_id: str, at: datetime) -> None:
-        await self._conn.execute(t.api_keys.update().where(t.api_keys.c.id == key_id).values(revoked_at=at))
+        await self._conn.execute(
+            t.api_keys.update().where(t.api_keys.c.id == key_id).values(revoked_at=at)
+        )
 
     async def list(self, tenant_id: str) -> list[ApiKey]:
-        stmt = t.api_keys.select().where(t.api_keys.c.tenant_id == tenant_id).order_by(t.api_keys.c.created_at)
+        stmt = (
+            t.api_keys.select()
+            .where(t.api_keys.c.tenant_id == tenant_id)
+            .order_by(t.api_keys.c.created_at)
+        )
         return [_key(r) for r in await self._conn.execute(stmt)]
 
 
@@ -211,5 +225,7 @@ class SqlAudit:
         self, tenant_id: str, actor: str | None, action: str, target: str | None = None
     ) -> None:
         await self._conn.execute(
-            t.audit_entries.insert().values(tenant_id=tenant_id, actor=actor, action=action, target=target)
+            t.audit_entries.insert().values(
+                tenant_id=tenant_id, actor=actor, action=action, target=target
+            )
         )

@@ -22,7 +22,9 @@ async def test_register_login_me_refresh_logout(gql: GQL) -> None:
     assert session["expiresIn"] == 900
     assert session["user"]["id"] == team.user_id
 
-    refreshed = (await gql.ok("RefreshToken", {"refreshToken": session["refreshToken"]}))["refreshToken"]
+    refreshed = (await gql.ok("RefreshToken", {"refreshToken": session["refreshToken"]}))[
+        "refreshToken"
+    ]
     assert refreshed["refreshToken"] != session["refreshToken"]
     assert (await gql.ok("Me", token=refreshed["accessToken"]))["me"]["id"] == team.user_id
 
@@ -49,12 +51,21 @@ async def test_wrong_password_and_unknown_email_look_the_same(gql: GQL, team: Te
     assert wrong["data"] is None
 
 
-async def test_same_email_in_two_tenants_needs_tenant_slug(gql: GQL, team: Team, other_team: Team) -> None:
-    await gql.ok("CreateUser", {"input": {"email": team.email, "password": PASSWORD, "role": "VIEWER"}}, token=other_team.token)
+async def test_same_email_in_two_tenants_needs_tenant_slug(
+    gql: GQL, team: Team, other_team: Team
+) -> None:
+    await gql.ok(
+        "CreateUser",
+        {"input": {"email": team.email, "password": PASSWORD, "role": "VIEWER"}},
+        token=other_team.token,
+    )
     ambiguous = await gql.op("Login", {"input": {"email": team.email, "password": PASSWORD}})
     assert error_code(ambiguous) == "BAD_USER_INPUT"
     assert "tenantSlug" in ambiguous["errors"][0]["extensions"]["fields"]
-    chosen = await gql.ok("Login", {"input": {"email": team.email, "password": PASSWORD, "tenantSlug": other_team.slug}})
+    chosen = await gql.ok(
+        "Login",
+        {"input": {"email": team.email, "password": PASSWORD, "tenantSlug": other_team.slug}},
+    )
     assert chosen["login"]["user"]["role"] == "VIEWER"
     assert chosen["login"]["user"]["tenant"]["id"] == other_team.tenant_id
 
@@ -64,7 +75,9 @@ async def test_same_email_in_two_tenants_needs_tenant_slug(gql: GQL, team: Team,
     ["Bearer not-a-jwt", "Bearer eyJhbGciOiJub25lIn0.eyJzdWIiOiJ4In0.", "Basic Zm9vOmJhcg=="],
 )
 async def test_bad_tokens_are_unauthenticated(gql: GQL, header: str) -> None:
-    resp = await gql.http.post("/graphql", json={"query": "{ me { id } }"}, headers={"Authorization": header})
+    resp = await gql.http.post(
+        "/graphql", json={"query": "{ me { id } }"}, headers={"Authorization": header}
+    )
     body = resp.json()
     assert error_code(body) == "UNAUTHENTICATED"
 
@@ -80,18 +93,41 @@ async def test_alg_none_and_foreign_signature_rejected(gql: GQL, team: Team) -> 
 
 
 async def test_deactivated_user_tokens_stop_at_once(gql: GQL, team: Team) -> None:
-    data = await gql.ok("CreateUser", {"input": {"email": "leaver@example.com", "password": PASSWORD, "role": "MEMBER"}}, token=team.token)
-    login = (await gql.ok("Login", {"input": {"email": "leaver@example.com", "password": PASSWORD, "tenantSlug": team.slug}}))["login"]
+    data = await gql.ok(
+        "CreateUser",
+        {"input": {"email": "leaver@example.com", "password": PASSWORD, "role": "MEMBER"}},
+        token=team.token,
+    )
+    login = (
+        await gql.ok(
+            "Login",
+            {
+                "input": {
+                    "email": "leaver@example.com",
+                    "password": PASSWORD,
+                    "tenantSlug": team.slug,
+                }
+            },
+        )
+    )["login"]
     assert (await gql.ok("Me", token=login["accessToken"]))["me"]["email"] == "leaver@example.com"
     await gql.ok("DeactivateUser", {"id": data["createUser"]["id"]}, token=team.token)
     assert error_code(await gql.op("Me", token=login["accessToken"])) == "UNAUTHENTICATED"
-    assert error_code(await gql.op("RefreshToken", {"refreshToken": login["refreshToken"]})) == "UNAUTHENTICATED"
-    relogin = await gql.op("Login", {"input": {"email": "leaver@example.com", "password": PASSWORD, "tenantSlug": team.slug}})
+    assert (
+        error_code(await gql.op("RefreshToken", {"refreshToken": login["refreshToken"]}))
+        == "UNAUTHENTICATED"
+    )
+    relogin = await gql.op(
+        "Login",
+        {"input": {"email": "leaver@example.com", "password": PASSWORD, "tenantSlug": team.slug}},
+    )
     assert error_code(relogin) == "UNAUTHENTICATED"
 
 
 async def test_last_admin_cannot_be_demoted_or_deactivated(gql: GQL, team: Team) -> None:
-    demote = await gql.op("UpdateUserRole", {"id": team.user_id, "role": "MEMBER"}, token=team.token)
+    demote = await gql.op(
+        "UpdateUserRole", {"id": team.user_id, "role": "MEMBER"}, token=team.token
+    )
     assert error_code(demote) == "CONFLICT"
     deactivate = await gql.op("DeactivateUser", {"id": team.user_id}, token=team.token)
     assert error_code(deactivate) == "CONFLICT"
@@ -99,7 +135,9 @@ async def test_last_admin_cannot_be_demoted_or_deactivated(gql: GQL, team: Team)
 
 
 async def test_api_key_authenticates_with_its_role_until_revoked(gql: GQL, team: Team) -> None:
-    key = (await gql.ok("CreateApiKey", {"name": "ci", "role": "VIEWER"}, token=team.token))["createApiKey"]
+    key = (await gql.ok("CreateApiKey", {"name": "ci", "role": "VIEWER"}, token=team.token))[
+        "createApiKey"
+    ]
     assert key["secret"].startswith("cgk_")
     users = await gql.ok("Users", api_key=key["secret"])
     assert len(users["users"]["edges"]) == 1
@@ -107,19 +145,37 @@ async def test_api_key_authenticates_with_its_role_until_revoked(gql: GQL, team:
     assert error_code(denied) == "FORBIDDEN"
     listed = (await gql.ok("ApiKeys", token=team.token))["apiKeys"]
     assert [k["name"] for k in listed] == ["ci"] and "secret" not in listed[0]
-    assert (await gql.ok("RevokeApiKey", {"id": key["id"]}, token=team.token))["revokeApiKey"] is True
+    assert (await gql.ok("RevokeApiKey", {"id": key["id"]}, token=team.token))[
+        "revokeApiKey"
+    ] is True
     assert error_code(await gql.op("Users", api_key=key["secret"])) == "UNAUTHENTICATED"
 
 
 async def test_users_pagination_is_stable(gql: GQL, team: Team) -> None:
     for i in range(4):
-        await gql.ok("CreateUser", {"input": {"email": f"u{i}@example.com", "password": PASSWORD, "role": "VIEWER"}}, token=team.token)
+        await gql.ok(
+            "CreateUser",
+            {"input": {"email": f"u{i}@example.com", "password": PASSWORD, "role": "VIEWER"}},
+            token=team.token,
+        )
     page1 = (await gql.ok("Users", {"first": 2}, token=team.token))["users"]
     assert page1["pageInfo"]["hasNextPage"] is True
     # A row inserted between pages does not shift or repeat the next page.
-    await gql.ok("CreateUser", {"input": {"email": "late@example.com", "password": PASSWORD, "role": "VIEWER"}}, token=team.token)
-    page2 = (await gql.ok("Users", {"first": 2, "after": page1["pageInfo"]["endCursor"]}, token=team.token))["users"]
-    page3 = (await gql.ok("Users", {"first": 10, "after": page2["pageInfo"]["endCursor"]}, token=team.token))["users"]
+    await gql.ok(
+        "CreateUser",
+        {"input": {"email": "late@example.com", "password": PASSWORD, "role": "VIEWER"}},
+        token=team.token,
+    )
+    page2 = (
+        await gql.ok(
+            "Users", {"first": 2, "after": page1["pageInfo"]["endCursor"]}, token=team.token
+        )
+    )["users"]
+    page3 = (
+        await gql.ok(
+            "Users", {"first": 10, "after": page2["pageInfo"]["endCursor"]}, token=team.token
+        )
+    )["users"]
     emails = [e["node"]["email"] for p in (page1, page2, page3) for e in p["edges"]]
     assert len(emails) == len(set(emails)) == 6
     assert emails[-1] == "late@example.com"

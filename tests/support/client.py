@@ -72,10 +72,14 @@ class GQL:
         body: dict[str, Any] = resp.json()
         return body
 
-    async def op(self, name: str, variables: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    async def op(
+        self, name: str, variables: dict[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
         return await self.raw(op(name), variables, **kw)
 
-    async def ok(self, name_or_query: str, variables: dict[str, Any] | None = None, **kw: Any) -> dict[str, Any]:
+    async def ok(
+        self, name_or_query: str, variables: dict[str, Any] | None = None, **kw: Any
+    ) -> dict[str, Any]:
         query = op(name_or_query) if re.fullmatch(r"\w+", name_or_query) else name_or_query
         body = await self.raw(query, variables, **kw)
         assert not body.get("errors"), json.dumps(body["errors"], indent=1)

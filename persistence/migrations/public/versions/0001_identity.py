@@ -76,7 +76,9 @@ def upgrade() -> None:
         sa.Column("at", TS, nullable=False, server_default=sa.func.now()),
         schema="public",
     )
-    op.create_index("audit_entries_tenant_idx", "audit_entries", ["tenant_id", "at"], schema="public")
+    op.create_index(
+        "audit_entries_tenant_idx", "audit_entries", ["tenant_id", "at"], schema="public"
+    )
 
 
 def downgrade() -> None:

@@ -1,0 +1,750 @@
+"""The flow execution engine: pure asyncio orchestration over the ports in `ports.py`.
+
+One call of `FlowEngine.run` drives one execution from its checkpoints to a terminal
+status. The worker owns everything around it: claiming the execution and moving it
+PENDING -> RUNNING, renewing the lease, turning the Redis cancel signal / DB flag into
+`CancelSignal.set()`. The engine owns the rest, through the `ExecutionStore`.
+
+Scheduling (topological readiness, dead-path elimination)
+    Every edge is resolved exactly once, as *live* or *dead*:
+    - when its source COMPLETES, the edge is live, except an edge leaving a CONDITION
+      node whose `branch` ("true" / "false") is not the branch taken; that one is dead
+      (pruned). An edge without a branch is always live;
+    - when its source is SKIPPED, the edge is dead.
+    A node settles when all of its in-edges are resolved. Then it runs if at least one
+    in-edge is live, and is SKIPPED (NODE_SKIPPED event, data
+    {"reason": "branch not taken", "condition": <id of the condition that pruned it>})
+    if every in-edge is dead. Nodes without in-edges run at once.
+    So a node only reachable through pruned edges is skipped, and a node with at least one
+    live in-edge runs once all of its live predecessors completed (and the others are
+    known to be skipped); its `ctx.predecessors` / the OUTPUT default then cover only the
+    predecessors that completed. A node starts the moment it settles (not level by
+    level): independent branches run concurrently as asyncio tasks, optionally capped by
+    `max_concurrency`. Bookkeeping is O(out-degree) per completion, O(V+E) per run.
+
+Node kinds
+    INPUT (output = the execution inputs, validated against `config.schema`), OUTPUT
+    (`config.value` rendered, else the single completed predecessor's output, else a
+    dict {predecessor id: output}) and CONDITION (`config.expression` evaluated to a
+    bool) are built in (`builtins.py`). AGENT / CREW / LLM / TOOL run the executor
+    registered for the kind in `executors` (an entry for a built-in kind overrides it);
+    without one the node FAILS with NotConfigured, e.g. "LLM nodes need an LLM runtime,
+    which is not configured". An unknown kind fails the node with BadUserInput.
+
+Timeouts and retries (per node, from `node.config`)
+    `timeoutSeconds` (else `default_node_timeout`, None = no limit) bounds each attempt.
+    `retries` (default 0, at most 10) extra attempts after a failure or timeout, waiting
+    `retryBackoffSeconds * 2 ** (attempt - 1)` (default 1.0 s, at most 300 s) between
+    them. When retries are configured, every failed attempt appends a LOG event (level
+    "warning", data `attempt`, `error`, and the delay in the message) before the next
+    attempt or the NODE_FAILED event. BadUserInput and NotConfigured are not retried (a
+    retry cannot fix them).
+
+Ending a run (the terminal event is always the last event of the run)
+    - all nodes COMPLETED or SKIPPED -> COMPLETED, EXECUTION_COMPLETED {"outputs"}.
+    - a node fails after its retries -> NODE_FAILED, the other running nodes are cancelled,
+      FAILED with error "node '<id>' failed: <message>", EXECUTION_FAILED (node_id = the
+      failed node, data {"error", "nodeId"}).
+    - flow timeout (`flow_timeout`, default 3600 s, counted from the start of this `run`
+      call; pass `budget=` to `run` for the remaining budget of a resumed run) -> FAILED
+      with "flow timed out after N s", EXECUTION_FAILED with node_id None.
+    - cancel signal -> running node tasks are cancelled and given `cancel_grace` (0.5 s)
+      to finish; anything they produce later is ignored. EXECUTION_CANCELLED
+      {"cancelledNodes": [the nodes that were running]}.
+    In the three last cases every node not yet COMPLETED / SKIPPED / FAILED is saved as
+    CANCELLED (running or never started) and there is no event per cancelled node.
+    `RunOutcome.outputs` / `finish(outputs=...)` always map each OUTPUT node reached
+    (COMPLETED) to its value, also on failure and cancel (possibly `{}`).
+
+Resume
+    `run` first loads the checkpoints (`load_node_results`: COMPLETED / SKIPPED nodes).
+    Those nodes are not run again and their events are not re-emitted: their outputs feed
+    their successors and OUTPUT values, and a checkpointed CONDITION prunes as before.
+    A node that was RUNNING when the previous worker died runs again from its first
+    attempt. EXECUTION_STARTED is emitted on every run, with data
+    {"resumed": <any checkpoint found>, "checkpointedNodes": <how many>}, so the event
+    log shows each (re)start.
+
+Cancelling the task that awaits `run` (worker shutdown) is not a user cancel: node tasks
+are cancelled, nothing terminal is written, the execution stays RUNNING and resumes
+elsewhere when its lease expires. The same holds when the store raises.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import math
+from collections import deque
+from collections.abc import Coroutine, Mapping
+from dataclasses import dataclass
+from datetime import datetime
+from types import MappingProxyType
+from typing import Any, Final, TypeVar
+
+from domain.errors import BadUserInput, DomainError, NotConfigured
+from domain.executions.builtins import (
+    missing_executor_message,
+    run_condition,
+    run_input,
+    run_output,
+)
+from domain.executions.events import EventType
+from domain.executions.ports import (
+    CancelSignal,
+    CancelToken,
+    Clock,
+    ExecutionStore,
+    NodeContext,
+    NodeExecutor,
+    NodeResult,
+    SystemClock,
+)
+from domain.executions.state import ExecutionStatus, NodeStatus
+from domain.flows.model import FlowEdge, FlowGraph, FlowNode, NodeKind
+
+T = TypeVar("T")
+
+DEFAULT_FLOW_TIMEOUT: Final = 3600.0
+DEFAULT_RETRY_BACKOFF: Final = 1.0
+MAX_RETRIES: Final = 10
+MAX_BACKOFF_SECONDS: Final = 300.0
+CANCEL_GRACE_SECONDS: Final = 0.5
+
+_KNOWN_KINDS: Final = frozenset(k.value for k in NodeKind)
+_NOT_RETRIED: Final = (BadUserInput, NotConfigured)
+_CHECKPOINT_STATUSES: Final = frozenset({NodeStatus.COMPLETED, NodeStatus.SKIPPED})
+_FINAL_NODE_STATUSES: Final = frozenset(
+    {NodeStatus.COMPLETED, NodeStatus.SKIPPED, NodeStatus.FAILED}
+)
+
+
+class NodeTimeout(DomainError):
+    """One attempt of a node ran past its `timeoutSeconds`."""
+
+    code = "TIMEOUT"
+
+
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    status: ExecutionStatus
+    outputs: dict[str, Any]
+    error: str | None = None
+    failed_node_id: str | None = None
+
+
+class FlowEngine:
+    """Runs flow graphs; one instance serves any number of concurrent runs."""
+
+    def __init__(
+        self,
+        store: ExecutionStore,
+        executors: Mapping[str, NodeExecutor] | None = None,
+        clock: Clock | None = None,
+        default_node_timeout: float | None = None,
+        flow_timeout: float | None = DEFAULT_FLOW_TIMEOUT,
+        *,
+        max_concurrency: int | None = None,
+        cancel_grace: float = CANCEL_GRACE_SECONDS,
+    ) -> None:
+        if max_concurrency is not None and max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.store = store
+        builtin: dict[str, NodeExecutor] = {
+            NodeKind.INPUT.value: run_input,
+            NodeKind.OUTPUT.value: run_output,
+            NodeKind.CONDITION.value: run_condition,
+        }
+        self.executors: dict[str, NodeExecutor] = {**builtin, **(executors or {})}
+        self.clock: Clock = clock or SystemClock()
+        self.default_node_timeout = _positive(default_node_timeout)
+        self.flow_timeout = _positive(flow_timeout)
+        self.max_concurrency = max_concurrency
+        self.cancel_grace = cancel_grace
+        # Node tasks that ignored cancellation past the grace period: referenced until they
+        # end so they are not garbage-collected mid-flight; their results are discarded.
+        self._abandoned: set[asyncio.Task[Any]] = set()
+
+    async def run(
+        self,
+        execution_id: str,
+        tenant_id: str,
+        graph: FlowGraph,
+        inputs: Mapping[str, Any],
+        cancel: CancelToken | None = None,
+        *,
+        budget: float | None = None,
+    ) -> RunOutcome:
+        """Run (or resume) one execution to a terminal status; see the module docstring.
+
+        `budget` (seconds) overrides `flow_timeout` for this run, e.g. the time left of
+        the flow timeout when resuming; 0 or less times out at once.
+        """
+        limit = self.flow_timeout if budget is None else budget
+        run = _Run(self, execution_id, tenant_id, graph, inputs, cancel or CancelSignal(), limit)
+        return await run.execute()
+
+    def _abandon(self, task: asyncio.Task[Any]) -> None:
+        self._abandoned.add(task)
+        task.add_done_callback(_discard_from(self._abandoned))
+
+
+def _discard_from(tasks: set[asyncio.Task[Any]]) -> Any:
+    def done(task: asyncio.Task[Any]) -> None:
+        tasks.discard(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: a late failure is ignored like a late result
+
+    return done
+
+
+def _positive(value: float | None) -> float | None:
+    if value is None or math.isinf(value):
+        return None
+    if value <= 0:
+        raise ValueError("timeouts must be positive (or None for no limit)")
+    return float(value)
+
+
+# --------------------------------------------------------------------------- the plan
+
+
+@dataclass(slots=True)
+class _Plan:
+    nodes: dict[str, FlowNode]
+    out_edges: dict[str, list[FlowEdge]]
+    preds: dict[str, tuple[str, ...]]  # distinct direct predecessors, in edge order
+    in_count: dict[str, int]  # in-edges (an edge counts once even if parallel)
+
+    @classmethod
+    def build(cls, graph: FlowGraph) -> _Plan:
+        nodes: dict[str, FlowNode] = {}
+        for node in graph.nodes:
+            if node.id in nodes:
+                raise BadUserInput(f"duplicate node id {node.id!r}")
+            nodes[node.id] = node
+        out_edges: dict[str, list[FlowEdge]] = {nid: [] for nid in nodes}
+        preds: dict[str, list[str]] = {nid: [] for nid in nodes}
+        in_count = dict.fromkeys(nodes, 0)
+        for edge in graph.edges:
+            if edge.source not in nodes or edge.target not in nodes:
+                missing = edge.source if edge.source not in nodes else edge.target
+                raise BadUserInput(
+                    f"edge {edge.source}->{edge.target} names unknown node {missing!r}"
+                )
+            out_edges[edge.source].append(edge)
+            in_count[edge.target] += 1
+            if edge.source not in preds[edge.target]:
+                preds[edge.target].append(edge.source)
+        return cls(nodes, out_edges, {k: tuple(v) for k, v in preds.items()}, in_count)
+
+
+# ----------------------------------------------------------------------------- messages
+
+
+@dataclass(slots=True)
+class _Done:
+    node_id: str
+    output: Any
+    error: BaseException | None
+    attempts: int
+
+
+@dataclass(slots=True)
+class _Crash:
+    error: Exception
+
+
+class _Wake:
+    """Cancel signal or flow deadline: re-check the flags."""
+
+
+_WAKE: Final = _Wake()
+
+
+class _RunClosed(asyncio.CancelledError):
+    """Raised into late emitters once the run has ended."""
+
+
+# ----------------------------------------------------------------------------- one run
+
+
+class _Attempt:
+    """Sinks for one attempt of one node; closed when the attempt ends."""
+
+    __slots__ = ("attempt", "node_id", "open", "run")
+
+    def __init__(self, run: _Run, node_id: str, attempt: int) -> None:
+        self.run = run
+        self.node_id = node_id
+        self.attempt = attempt
+        self.open = True
+
+    async def token(self, text: str) -> None:
+        if not self.open:
+            return
+        run = self.run
+        index = run.token_index.get(self.node_id, 0)
+        run.token_index[self.node_id] = index + 1
+        await run.write(
+            run.store.append_event(
+                run.execution_id, EventType.TOKEN, self.node_id, {"delta": text, "index": index}
+            )
+        )
+
+    async def log(self, message: str, level: str, data: dict[str, Any]) -> None:
+        if not self.open:
+            return
+        run = self.run
+        payload = {**data, "message": message, "level": level}
+        await run.write(
+            run.store.append_event(run.execution_id, EventType.LOG, self.node_id, payload)
+        )
+
+
+class _Run:
+    def __init__(
+        self,
+        engine: FlowEngine,
+        execution_id: str,
+        tenant_id: str,
+        graph: FlowGraph,
+        inputs: Mapping[str, Any],
+        cancel: CancelToken,
+        timeout: float | None,
+    ) -> None:
+        self.engine = engine
+        self.store = engine.store
+        self.clock = engine.clock
+        self.execution_id = execution_id
+        self.tenant_id = tenant_id
+        self.graph = graph
+        self.inputs = inputs
+        self.cancel = cancel
+        self.timeout = timeout
+        self.timed_out = False
+        self.closed = False
+
+        self.queue: asyncio.Queue[_Done | _Crash | _Wake] = asyncio.Queue()
+        self.running: dict[str, asyncio.Task[None]] = {}
+        self.inflight: set[asyncio.Task[Any]] = set()
+        self.ready: deque[str] = deque()
+        self.status: dict[str, NodeStatus] = {}  # final statuses (and RUNNING)
+        self.started_at: dict[str, datetime] = {}
+        self.results: dict[str, Any] = {}  # completed node id -> output
+        self.upstream = MappingProxyType(self.results)
+        self.outputs: dict[str, Any] = {}
+        self.token_index: dict[str, int] = {}
+        self.skips: list[tuple[str, str | None]] = []  # to persist: (node id, condition id)
+        self.settled: deque[str] = deque()
+        self.checkpoint: dict[str, NodeResult] = {}
+        self.unresolved = 0
+
+        # filled by _prepare
+        self.plan = _Plan({}, {}, {}, {})
+        self.pending_in: dict[str, int] = {}
+        self.live_in: dict[str, int] = {}
+        self.dead_cause: dict[str, str | None] = {}
+
+    # ---- store access
+
+    async def emit(self, type: EventType, node_id: str | None, data: dict[str, Any] | None) -> None:
+        await self.store.append_event(self.execution_id, type, node_id, data)
+
+    async def write(self, aw: Coroutine[Any, Any, T]) -> T:
+        """A store call from a node task: never interrupted half-way by a cancel."""
+        if self.closed:
+            aw.close()
+            raise _RunClosed
+        task = asyncio.ensure_future(aw)
+        self.inflight.add(task)
+        task.add_done_callback(self.inflight.discard)
+        return await asyncio.shield(task)
+
+    # ---- main
+
+    async def execute(self) -> RunOutcome:
+        try:
+            plan = _Plan.build(self.graph)
+        except BadUserInput as exc:
+            await self.emit(
+                EventType.EXECUTION_STARTED, None, {"resumed": False, "checkpointedNodes": 0}
+            )
+            return await self._end(
+                ExecutionStatus.FAILED, f"invalid flow graph: {exc.message}", None, []
+            )
+        loaded = await self.store.load_node_results(self.execution_id)
+        self.checkpoint = {
+            nid: res
+            for nid, res in loaded.items()
+            if nid in plan.nodes and NodeStatus(res.status) in _CHECKPOINT_STATUSES
+        }
+        await self.emit(
+            EventType.EXECUTION_STARTED,
+            None,
+            {"resumed": bool(self.checkpoint), "checkpointedNodes": len(self.checkpoint)},
+        )
+        self._prepare(plan)
+
+        loop = asyncio.get_running_loop()
+        watcher = loop.create_task(self._watch_cancel())
+        deadline = (
+            None
+            if self.timeout is None
+            else loop.call_later(max(self.timeout, 0.0), self._on_deadline)
+        )
+        try:
+            return await self._loop()
+        finally:
+            watcher.cancel()
+            if deadline is not None:
+                deadline.cancel()
+            for task in self.running.values():  # only left on an exception / outer cancel
+                task.cancel()
+                self.engine._abandon(task)
+            for task in list(self.inflight):
+                self.engine._abandon(task)
+
+    async def _watch_cancel(self) -> None:
+        await self.cancel.wait()
+        self.queue.put_nowait(_WAKE)
+
+    def _on_deadline(self) -> None:
+        self.timed_out = True
+        self.queue.put_nowait(_WAKE)
+
+    async def _loop(self) -> RunOutcome:
+        while True:
+            if self.skips:
+                await self._flush_skips()
+            if self.cancel.is_set():
+                return await self._end(ExecutionStatus.CANCELLED, None, None, list(self.running))
+            if self.timed_out:
+                assert self.timeout is not None
+                error = f"flow timed out after {max(self.timeout, 0.0):g} s"
+                return await self._end(ExecutionStatus.FAILED, error, None, list(self.running))
+            self._start_ready()
+            if not self.running:
+                if self.unresolved == 0:
+                    return await self._end(ExecutionStatus.COMPLETED, None, None, [])
+                stuck = sorted(n for n in self.plan.nodes if n not in self.status)
+                error = "flow graph cannot complete: nodes on a cycle or behind one: " + ", ".join(
+                    stuck
+                )
+                return await self._end(ExecutionStatus.FAILED, error, None, [])
+            msg = await self.queue.get()
+            if isinstance(msg, _Done):
+                del self.running[msg.node_id]
+                if msg.error is not None:
+                    return await self._node_failed(msg)
+                await self._node_completed(msg)
+            elif isinstance(msg, _Crash):
+                raise msg.error
+
+    # ---- graph bookkeeping (synchronous, O(out-degree) per node)
+
+    def _prepare(self, plan: _Plan) -> None:
+        self.plan = plan
+        self.pending_in = dict(plan.in_count)
+        self.live_in = dict.fromkeys(plan.nodes, 0)
+        self.dead_cause = {}
+        self.unresolved = len(plan.nodes)
+        for nid, count in plan.in_count.items():
+            if count == 0:
+                self.live_in[nid] = 1
+                self.settled.append(nid)
+        self._drain()
+
+    def _drain(self) -> None:
+        settled = self.settled
+        checkpoint = self.checkpoint
+        while settled:
+            nid = settled.popleft()
+            if self.live_in[nid]:
+                saved = checkpoint.get(nid)
+                if saved is not None and saved.status == NodeStatus.COMPLETED:
+                    self._complete(nid, saved.output)
+                else:
+                    self.ready.append(nid)
+            else:
+                self._skip(nid)
+
+    def _complete(self, nid: str, output: Any) -> None:
+        self.status[nid] = NodeStatus.COMPLETED
+        self.results[nid] = output
+        self.unresolved -= 1
+        node = self.plan.nodes[nid]
+        if node.kind == NodeKind.OUTPUT:
+            self.outputs[nid] = output
+        taken = None
+        if node.kind == NodeKind.CONDITION:
+            taken = "true" if output else "false"
+        for edge in self.plan.out_edges[nid]:
+            branch = edge.branch
+            if taken is not None and branch is not None and branch.lower() != taken:
+                self._arrive(edge.target, False, nid)
+            else:
+                self._arrive(edge.target, True, None)
+
+    def _skip(self, nid: str) -> None:
+        self.status[nid] = NodeStatus.SKIPPED
+        self.unresolved -= 1
+        cause = self.dead_cause.get(nid)
+        saved = self.checkpoint.get(nid)
+        if saved is None or saved.status != NodeStatus.SKIPPED:
+            self.skips.append((nid, cause))
+        for edge in self.plan.out_edges[nid]:
+            self._arrive(edge.target, False, cause)
+
+    def _arrive(self, target: str, live: bool, cause: str | None) -> None:
+        if live:
+            self.live_in[target] += 1
+        elif target not in self.dead_cause:
+            self.dead_cause[target] = cause
+        left = self.pending_in[target] - 1
+        self.pending_in[target] = left
+        if left == 0:
+            self.settled.append(target)
+
+    # ---- node lifecycle
+
+    def _start_ready(self) -> None:
+        limit = self.engine.max_concurrency
+        ready = self.ready
+        while ready and (limit is None or len(self.running) < limit):
+            nid = ready.popleft()
+            node = self.plan.nodes[nid]
+            self.status[nid] = NodeStatus.RUNNING
+            self.started_at[nid] = self.clock.now()
+            self.running[nid] = asyncio.create_task(self._node_task(node), name=f"node:{nid}")
+
+    async def _node_task(self, node: FlowNode) -> None:
+        try:
+            started = self.started_at[node.id]
+            await self.write(
+                self.store.save_node_result(
+                    self.execution_id,
+                    NodeResult(node.id, NodeStatus.RUNNING, started_at=started, attempts=1),
+                )
+            )
+            await self.write(
+                self.store.append_event(
+                    self.execution_id,
+                    EventType.NODE_STARTED,
+                    node.id,
+                    {"kind": node.kind, "name": node.name},
+                )
+            )
+            done = await self._attempts(node)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store failed: the run cannot go on
+            self.queue.put_nowait(_Crash(exc))
+            return
+        self.queue.put_nowait(done)
+
+    async def _attempts(self, node: FlowNode) -> _Done:
+        executor = self.engine.executors.get(node.kind)
+        config = node.config
+        timeout = _number(config.get("timeoutSeconds"), minimum=0.0, exclusive=True)
+        if timeout is None:
+            timeout = self.engine.default_node_timeout
+        retries = int(_number(config.get("retries"), minimum=0.0) or 0)
+        retries = min(retries, MAX_RETRIES)
+        backoff = _number(config.get("retryBackoffSeconds"), minimum=0.0)
+        if backoff is None:
+            backoff = DEFAULT_RETRY_BACKOFF
+        total = retries + 1
+        attempt = 0
+        while True:
+            attempt += 1
+            error: BaseException
+            if executor is None:
+                error = (
+                    NotConfigured(missing_executor_message(node.kind))
+                    if node.kind in _KNOWN_KINDS
+                    else BadUserInput(f"unknown node kind {node.kind!r}")
+                )
+            else:
+                sinks = _Attempt(self, node.id, attempt)
+                ctx = NodeContext(
+                    execution_id=self.execution_id,
+                    tenant_id=self.tenant_id,
+                    inputs=self.inputs,
+                    upstream=self.upstream,
+                    node_id=node.id,
+                    predecessors=tuple(p for p in self.plan.preds[node.id] if p in self.results),
+                    attempt=attempt,
+                    token_sink=sinks.token,
+                    log_sink=sinks.log,
+                )
+                try:
+                    if timeout is None:
+                        output = executor(node, ctx)
+                        if inspect.isawaitable(output):
+                            output = await output
+                        return _Done(node.id, output, None, attempt)
+                    limit = asyncio.timeout(timeout)
+                    try:
+                        async with limit:
+                            output = executor(node, ctx)
+                            if inspect.isawaitable(output):
+                                output = await output
+                        return _Done(node.id, output, None, attempt)
+                    except TimeoutError as exc:
+                        if not limit.expired():
+                            raise
+                        error = NodeTimeout(f"node timed out after {timeout:g} s")
+                        error.__cause__ = exc
+                except Exception as exc:
+                    error = exc
+                finally:
+                    sinks.open = False
+            message = error_message(error)
+            retrying = attempt < total and not isinstance(error, _NOT_RETRIED)
+            delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS) if retrying else 0.0
+            if total > 1:
+                text = f"attempt {attempt}/{total} failed: {message}"
+                if retrying:
+                    text += f"; retrying in {delay:g} s"
+                await self.write(
+                    self.store.append_event(
+                        self.execution_id,
+                        EventType.LOG,
+                        node.id,
+                        {
+                            "message": text,
+                            "level": "warning",
+                            "attempt": attempt,
+                            "error": message,
+                        },
+                    )
+                )
+            if not retrying:
+                return _Done(node.id, None, error, attempt)
+            if delay > 0:
+                await asyncio.sleep(delay)
+
+    async def _node_completed(self, msg: _Done) -> None:
+        nid = msg.node_id
+        await self.store.save_node_result(
+            self.execution_id,
+            NodeResult(
+                nid,
+                NodeStatus.COMPLETED,
+                output=msg.output,
+                started_at=self.started_at.get(nid),
+                finished_at=self.clock.now(),
+                attempts=msg.attempts,
+            ),
+        )
+        await self.emit(
+            EventType.NODE_COMPLETED, nid, {"output": msg.output, "attempts": msg.attempts}
+        )
+        self._complete(nid, msg.output)
+        self._drain()
+
+    async def _node_failed(self, msg: _Done) -> RunOutcome:
+        nid = msg.node_id
+        assert msg.error is not None
+        message = error_message(msg.error)
+        self.status[nid] = NodeStatus.FAILED
+        await self.store.save_node_result(
+            self.execution_id,
+            NodeResult(
+                nid,
+                NodeStatus.FAILED,
+                error=message,
+                started_at=self.started_at.get(nid),
+                finished_at=self.clock.now(),
+                attempts=msg.attempts,
+            ),
+        )
+        code = msg.error.code if isinstance(msg.error, DomainError) else None
+        await self.emit(
+            EventType.NODE_FAILED, nid, {"error": message, "code": code, "attempts": msg.attempts}
+        )
+        return await self._end(
+            ExecutionStatus.FAILED, f"node {nid!r} failed: {message}", nid, list(self.running)
+        )
+
+    async def _flush_skips(self) -> None:
+        skips, self.skips = self.skips, []
+        now = self.clock.now()
+        for nid, cause in skips:
+            await self.store.save_node_result(
+                self.execution_id, NodeResult(nid, NodeStatus.SKIPPED, finished_at=now)
+            )
+            await self.emit(
+                EventType.NODE_SKIPPED, nid, {"reason": "branch not taken", "condition": cause}
+            )
+
+    # ---- the end
+
+    async def _end(
+        self,
+        status: ExecutionStatus,
+        error: str | None,
+        failed_node: str | None,
+        interrupted: list[str],
+    ) -> RunOutcome:
+        tasks = list(self.running.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=self.engine.cancel_grace)
+            for task in late:  # ignored cancellation: its result will be discarded
+                self.engine._abandon(task)
+            self.running.clear()
+        self.closed = True  # from here on, emissions of node tasks are dropped
+        if self.inflight:
+            await asyncio.wait(list(self.inflight), timeout=self.engine.cancel_grace)
+            for task in list(self.inflight):
+                if task.done():
+                    if not task.cancelled():
+                        task.exception()
+                else:
+                    self.engine._abandon(task)
+        if status != ExecutionStatus.COMPLETED:
+            now = self.clock.now()
+            for nid in self.plan.nodes:
+                if self.status.get(nid) not in _FINAL_NODE_STATUSES:
+                    await self.store.save_node_result(
+                        self.execution_id,
+                        NodeResult(
+                            nid,
+                            NodeStatus.CANCELLED,
+                            started_at=self.started_at.get(nid),
+                            finished_at=now if nid in self.started_at else None,
+                        ),
+                    )
+        outputs = dict(self.outputs)
+        await self.store.finish(self.execution_id, status, outputs, error)
+        if status == ExecutionStatus.COMPLETED:
+            await self.emit(EventType.EXECUTION_COMPLETED, None, {"outputs": outputs})
+        elif status == ExecutionStatus.CANCELLED:
+            await self.emit(EventType.EXECUTION_CANCELLED, None, {"cancelledNodes": interrupted})
+        else:
+            await self.emit(
+                EventType.EXECUTION_FAILED, failed_node, {"error": error, "nodeId": failed_node}
+            )
+        return RunOutcome(status, outputs, error, failed_node)
+
+
+def error_message(error: BaseException) -> str:
+    """The text a user sees for a node failure."""
+    if isinstance(error, DomainError):
+        return error.message
+    text = str(error)
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _number(value: Any, *, minimum: float, exclusive: bool = False) -> float | None:
+    """A config number, or None when absent or not a sensible number."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return None
+    if math.isnan(value) or math.isinf(value):
+        return None
+    if value < minimum or (exclusive and value == minimum):
+        return None
+    return float(value)
