@@ -6,7 +6,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Generic, Protocol, Self, TypeVar
+from typing import Any, Generic, Protocol, Self, TypeVar
 
 from domain.identity import ApiKey, RefreshToken, Tenant, User
 from domain.rbac import Role
@@ -19,6 +19,7 @@ class AccessClaims:
 
 
 T = TypeVar("T")
+E = TypeVar("E")
 
 
 @dataclass(frozen=True, slots=True)
@@ -106,3 +107,47 @@ class UnitOfWorkFactory(Protocol):
 
 
 __all__ = ["Role"]
+
+
+class ResourceRepository(Protocol[E]):
+    """What every tenant resource repository offers (ids are UUID strings)."""
+
+    async def get(self, ident: str, *, for_update: bool = False) -> E | None: ...
+    async def get_many(self, ids: Sequence[str]) -> dict[str, E]: ...
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]: ...
+    async def page(self, first: int, after: str | None, **filters: object) -> Page[E]: ...
+    async def add(self, entity: E) -> None: ...
+    async def update(self, entity: E) -> None: ...
+    async def delete(self, ident: str) -> None: ...
+    async def name_taken(self, name: str, exclude: str | None = None) -> bool: ...
+    async def referrers(self, ident: str) -> list[str]: ...
+
+
+class FlowRepository(ResourceRepository[Any], Protocol):
+    async def add_version(self, flow: Any, created_by: str | None) -> None: ...
+    async def get_version(self, flow_id: str, version: int) -> Any | None: ...
+    async def versions(self, flow_id: str) -> list[Any]: ...
+    async def set_refs(self, flow_id: str, refs: Any) -> None: ...
+
+
+class TenantUnitOfWork(Protocol):
+    """One transaction inside one tenant schema."""
+
+    providers: ResourceRepository[Any]
+    tools: ResourceRepository[Any]
+    agents: ResourceRepository[Any]
+    crews: ResourceRepository[Any]
+    flows: FlowRepository
+
+    async def __aenter__(self) -> Self: ...
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+    async def commit(self) -> None: ...
+
+
+class TenantUnitOfWorkFactory(Protocol):
+    def __call__(self, tenant_schema: str) -> TenantUnitOfWork: ...

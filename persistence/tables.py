@@ -95,3 +95,142 @@ audit_entries = sa.Table(
     _ts("at"),
     schema="public",
 )
+
+
+# -- tenant resources ------------------------------------------------------
+
+
+def _tenant_fk(target: str, **kw: object) -> sa.ForeignKey:
+    return sa.ForeignKey(f"{TENANT}.{target}", **kw)  # type: ignore[arg-type]
+
+
+def _versioned() -> list[sa.Column[object]]:
+    return [
+        sa.Column("version", sa.Integer, nullable=False, server_default="1"),
+        _ts("created_at"),
+        _ts("updated_at"),
+    ]
+
+
+UUID = sa.Uuid(as_uuid=False)
+
+llm_providers = sa.Table(
+    "llm_providers",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("provider", sa.Text, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("base_url", sa.Text),
+    sa.Column("api_key_ciphertext", sa.LargeBinary),
+    sa.Column("api_key_key_id", sa.Text),
+    *_versioned(),
+    schema=TENANT,
+)
+
+tools = sa.Table(
+    "tools",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("kind", sa.Text, nullable=False),
+    sa.Column("config", JSONB, nullable=False),
+    sa.Column("input_schema", JSONB),
+    *_versioned(),
+    schema=TENANT,
+)
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("role", sa.Text, nullable=False),
+    sa.Column("goal", sa.Text, nullable=False),
+    sa.Column("backstory", sa.Text, nullable=False),
+    sa.Column("llm_provider_id", UUID, _tenant_fk("llm_providers.id", ondelete="RESTRICT")),
+    sa.Column("options", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    *_versioned(),
+    schema=TENANT,
+)
+
+agent_tools = sa.Table(
+    "agent_tools",
+    metadata,
+    sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("tool_id", UUID, _tenant_fk("tools.id", ondelete="RESTRICT"), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    schema=TENANT,
+)
+
+crews = sa.Table(
+    "crews",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text, nullable=False, unique=True),
+    sa.Column("process", sa.Text, nullable=False),
+    sa.Column("manager_agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT")),
+    sa.Column("manager_llm_provider_id", UUID, _tenant_fk("llm_providers.id", ondelete="RESTRICT")),
+    sa.Column("options", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    *_versioned(),
+    schema=TENANT,
+)
+
+crew_agents = sa.Table(
+    "crew_agents",
+    metadata,
+    sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT"), primary_key=True),
+    sa.Column("position", sa.Integer, nullable=False),
+    schema=TENANT,
+)
+
+crew_tasks = sa.Table(
+    "crew_tasks",
+    metadata,
+    sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("position", sa.Integer, primary_key=True),
+    sa.Column("description", sa.Text, nullable=False),
+    sa.Column("expected_output", sa.Text, nullable=False),
+    sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT"), nullable=False),
+    schema=TENANT,
+)
+
+flows = sa.Table(
+    "flows",
+    metadata,
+    _id(),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("deleted_at", sa.DateTime(timezone=True)),
+    *_versioned(),
+    schema=TENANT,
+)
+
+flow_versions = sa.Table(
+    "flow_versions",
+    metadata,
+    sa.Column("flow_id", UUID, _tenant_fk("flows.id", ondelete="CASCADE"), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("name", sa.Text, nullable=False),
+    sa.Column("description", sa.Text),
+    sa.Column("nodes", JSONB, nullable=False),
+    sa.Column("edges", JSONB, nullable=False),
+    sa.Column("created_by", sa.Text),
+    _ts("created_at"),
+    schema=TENANT,
+)
+
+# What the current version of each live flow references; foreign keys make
+# deleting a referenced agent/crew/tool/provider impossible, not just refused.
+flow_refs = sa.Table(
+    "flow_refs",
+    metadata,
+    sa.Column("flow_id", UUID, _tenant_fk("flows.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT")),
+    sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="RESTRICT")),
+    sa.Column("tool_id", UUID, _tenant_fk("tools.id", ondelete="RESTRICT")),
+    sa.Column("llm_provider_id", UUID, _tenant_fk("llm_providers.id", ondelete="RESTRICT")),
+    schema=TENANT,
+)

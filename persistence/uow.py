@@ -8,6 +8,13 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.db import Database
+from persistence.repositories.resources import (
+    SqlAgents,
+    SqlCrews,
+    SqlFlows,
+    SqlProviders,
+    SqlTools,
+)
 from persistence.repositories.identity import (
     SqlApiKeys,
     SqlAudit,
@@ -40,7 +47,13 @@ class SqlUnitOfWork:
         return self
 
     def _attach_tenant_repositories(self, conn: AsyncConnection) -> None:
-        """Tenant-scoped repositories are added here as resources arrive."""
+        if self._schema is None:
+            return
+        self.providers = SqlProviders(conn)
+        self.tools = SqlTools(conn)
+        self.agents = SqlAgents(conn)
+        self.crews = SqlCrews(conn)
+        self.flows = SqlFlows(conn)
 
     async def commit(self) -> None:
         await self.conn.commit()

@@ -1,9 +1,10 @@
-"""Per-request DataLoaders: one batched query per type per request tick."""
+"""Per-request DataLoaders: one batched query per type per tick, inside the
+caller's tenant (loaders are created per request, after authentication)."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TYPE_CHECKING, Any
 
 from strawberry.dataloader import DataLoader
 
@@ -15,9 +16,14 @@ if TYPE_CHECKING:
 
 
 class Loaders:
-    def __init__(self, container: Container) -> None:
+    def __init__(self, container: Container, principal: Callable[[], Awaitable[identity.Principal]]) -> None:
         self._c = container
+        self._principal = principal
         self.tenant: DataLoader[str, identity.Tenant] = DataLoader(self._tenants)
+        self.provider: DataLoader[str, Any] = DataLoader(self._batch("providers"))
+        self.tool: DataLoader[str, Any] = DataLoader(self._batch("tools"))
+        self.agent: DataLoader[str, Any] = DataLoader(self._batch("agents"))
+        self.crew: DataLoader[str, Any] = DataLoader(self._batch("crews"))
 
     async def _tenants(self, ids: Sequence[str]) -> list[identity.Tenant | BaseException]:
         out: list[identity.Tenant | BaseException] = []
@@ -27,3 +33,12 @@ class Loaders:
             except NotFound as exc:
                 out.append(exc)
         return out
+
+    def _batch(self, attr: str) -> Callable[[Sequence[str]], Awaitable[list[Any]]]:
+        async def load(ids: Sequence[str]) -> list[Any]:
+            principal = await self._principal()
+            async with self._c.uow(principal.tenant_schema) as uow:
+                found = await getattr(uow, attr).get_many(list(ids))
+            return [found.get(i) for i in ids]
+
+        return load

@@ -58,6 +58,8 @@ SANDBOX_USER = "65534:65534"
 _WARM_BASELINE_PROCESSES = 4
 #: how long a cold container may outlive its timeout before reap_orphans() removes it
 _COLD_EXPIRY_GRACE = 120.0
+#: engine round trips allowed on top of a run's timeout before the run is abandoned
+_ENGINE_SLACK = 30.0
 
 Outcome = Literal["eof", "timeout", "output"]
 
@@ -170,7 +172,11 @@ class DockerSandbox:
         warm_max_total: int = 16,
         warm_ttl_seconds: float = 600.0,
     ) -> None:
-        self._docker = docker if docker is not None else aiodocker.Docker(url=url)
+        self._docker = (
+            docker
+            if docker is not None
+            else aiodocker.Docker(url=url, timeout=aiohttp.ClientTimeout(total=60, connect=10))
+        )
         self._owns_client = docker is None
         self.image = image
         self.ceiling = ceiling
@@ -355,45 +361,61 @@ class DockerSandbox:
         collector = OutputCollector(framed=request.kind == "python", limit=limits.output_bytes)
         loop = asyncio.get_running_loop()
         container = await self._create(config, self._container_name(request, False), image)
-        started = loop.time()
+        clock = [loop.time(), loop.time()]  # started, ended
         outcome: Outcome = "eof"
         exit_code: int | None = None
         oom = False
         error: str | None = None
         try:
-            stream = container.attach(stdin=True, stdout=True, stderr=True)
-            async with stream:  # attached before start: no output can be missed
-                await container.start()
-                started = loop.time()
-                await stream.write_in(request_line(request))
-                _write_eof(stream)
-                outcome = await _pump(
-                    stream,
-                    collector,
-                    started + limits.timeout_seconds,
-                    lambda: self._kill(container),
+            # a hard cap on everything, in case the engine stops answering mid-run
+            async with asyncio.timeout(limits.timeout_seconds + _ENGINE_SLACK):
+                outcome, exit_code, oom = await self._cold_steps(
+                    request, container, collector, clock
                 )
-            waited = await container.wait(timeout=KILL_GRACE_SECONDS + 10.0)
-            exit_code = waited.get("StatusCode")
-            state = (await container.show()).get("State") or {}
-            oom = bool(state.get("OOMKilled"))
-            if isinstance(state.get("ExitCode"), int):
-                exit_code = state["ExitCode"]
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = f"docker: {getattr(exc, 'message', None) or exc}"
+            error = f"docker: {getattr(exc, 'message', None) or exc or type(exc).__name__}"
+            clock[1] = loop.time()
+            await self._kill(container)
         finally:
             await self._remove(container)
-        duration_ms = int((loop.time() - started) * 1000)
         return build_result(
             request,
             collector,
             backend=self.name,
             exit_code=exit_code,
-            duration_ms=duration_ms,
+            duration_ms=int((clock[1] - clock[0]) * 1000),
             timed_out=outcome == "timeout",
             oom_killed=oom and outcome != "timeout",
             error=error,
         )
+
+    async def _cold_steps(
+        self,
+        request: SandboxRequest,
+        container: DockerContainer,
+        collector: OutputCollector,
+        clock: list[float],
+    ) -> tuple[Outcome, int | None, bool]:
+        loop = asyncio.get_running_loop()
+        stream = container.attach(stdin=True, stdout=True, stderr=True)
+        async with stream:  # attached before start: no output can be missed
+            await container.start()
+            clock[0] = loop.time()
+            await stream.write_in(request_line(request))
+            _write_eof(stream)
+            outcome = await _pump(
+                stream,
+                collector,
+                clock[0] + request.limits.timeout_seconds,
+                lambda: self._kill(container),
+            )
+        clock[1] = loop.time()
+        waited = await container.wait(timeout=KILL_GRACE_SECONDS + 10.0)
+        exit_code: int | None = waited.get("StatusCode")
+        state = (await container.show()).get("State") or {}
+        if isinstance(state.get("ExitCode"), int):
+            exit_code = state["ExitCode"]
+        return outcome, exit_code, bool(state.get("OOMKilled"))
 
     # -- warm pool ----------------------------------------------------------------------
 
@@ -447,7 +469,13 @@ class DockerSandbox:
         exit_code: int | None = None
         error: str | None = None
         try:
-            cmd = ["timeout", "-s", "KILL", f"{limits.timeout_seconds:g}", *python_argv(self.python)]
+            cmd = [
+                "timeout",
+                "-s",
+                "KILL",
+                f"{limits.timeout_seconds:g}",
+                *python_argv(self.python),
+            ]
             execution = await warm.container.exec(
                 cmd,
                 stdin=True,

@@ -9,15 +9,27 @@ import strawberry
 from graphql.error import GraphQLError
 from strawberry.types import ExecutionContext
 
+from resolvers import agents as agents_r
 from resolvers import auth as auth_r
+from resolvers import crews as crews_r
+from resolvers import flows as flows_r
+from resolvers import providers as providers_r
+from resolvers import tools as tools_r
 from resolvers import subscriptions as sub_r
 from resolvers import users as users_r
+from schema.agents import Agent
 from schema.auth import ApiKey, ApiKeyPayload, AuthPayload
+from schema.crews import Crew
+from schema.flows import Flow, FlowValidation
+from schema.providers import LlmProvider
+from schema.tools import Tool
 from schema.extensions import default_extensions
 from schema.permissions import (
     CanManageApiKeys,
+    CanManageProviders,
     CanManageUsers,
     CanRead,
+    CanWrite,
     IsAuthenticated,
 )
 from schema.relay import Connection
@@ -31,6 +43,28 @@ class Query:
     users: Connection[User] = strawberry.field(resolver=users_r.users, permission_classes=[CanRead])
     api_keys: list[ApiKey] = strawberry.field(
         resolver=auth_r.api_keys, permission_classes=[CanManageApiKeys]
+    )
+    llm_providers: Connection[LlmProvider] = strawberry.field(
+        resolver=providers_r.llm_providers, permission_classes=[CanRead]
+    )
+    llm_provider: LlmProvider | None = strawberry.field(
+        resolver=providers_r.llm_provider, permission_classes=[CanRead]
+    )
+    agents: Connection[Agent] = strawberry.field(resolver=agents_r.agents, permission_classes=[CanRead])
+    agent: Agent | None = strawberry.field(resolver=agents_r.agent, permission_classes=[CanRead])
+    crews: Connection[Crew] = strawberry.field(resolver=crews_r.crews, permission_classes=[CanRead])
+    crew: Crew | None = strawberry.field(resolver=crews_r.crew, permission_classes=[CanRead])
+    tools: Connection[Tool] = strawberry.field(resolver=tools_r.tools, permission_classes=[CanRead])
+    tool: Tool | None = strawberry.field(resolver=tools_r.tool, permission_classes=[CanRead])
+    flows: Connection[Flow] = strawberry.field(resolver=flows_r.flows, permission_classes=[CanRead])
+    flow: Flow | None = strawberry.field(resolver=flows_r.flow, permission_classes=[CanRead])
+    flow_version: Flow | None = strawberry.field(
+        resolver=flows_r.flow_version,
+        permission_classes=[CanRead],
+        description="One immutable earlier (or the current) version of a flow.",
+    )
+    validate_flow: FlowValidation = strawberry.field(
+        resolver=flows_r.validate_flow, permission_classes=[CanRead]
     )
 
 
@@ -56,6 +90,32 @@ class Mutation:
     revoke_api_key: bool = strawberry.mutation(
         resolver=auth_r.revoke_api_key, permission_classes=[CanManageApiKeys]
     )
+
+    create_llm_provider: LlmProvider = strawberry.mutation(
+        resolver=providers_r.create_llm_provider, permission_classes=[CanManageProviders]
+    )
+    update_llm_provider: LlmProvider = strawberry.mutation(
+        resolver=providers_r.update_llm_provider, permission_classes=[CanManageProviders]
+    )
+    delete_llm_provider: bool = strawberry.mutation(
+        resolver=providers_r.delete_llm_provider, permission_classes=[CanManageProviders]
+    )
+
+    create_agent: Agent = strawberry.mutation(resolver=agents_r.create_agent, permission_classes=[CanWrite])
+    update_agent: Agent = strawberry.mutation(resolver=agents_r.update_agent, permission_classes=[CanWrite])
+    delete_agent: bool = strawberry.mutation(resolver=agents_r.delete_agent, permission_classes=[CanWrite])
+
+    create_crew: Crew = strawberry.mutation(resolver=crews_r.create_crew, permission_classes=[CanWrite])
+    update_crew: Crew = strawberry.mutation(resolver=crews_r.update_crew, permission_classes=[CanWrite])
+    delete_crew: bool = strawberry.mutation(resolver=crews_r.delete_crew, permission_classes=[CanWrite])
+
+    create_tool: Tool = strawberry.mutation(resolver=tools_r.create_tool, permission_classes=[CanWrite])
+    update_tool: Tool = strawberry.mutation(resolver=tools_r.update_tool, permission_classes=[CanWrite])
+    delete_tool: bool = strawberry.mutation(resolver=tools_r.delete_tool, permission_classes=[CanWrite])
+
+    create_flow: Flow = strawberry.mutation(resolver=flows_r.create_flow, permission_classes=[CanWrite])
+    update_flow: Flow = strawberry.mutation(resolver=flows_r.update_flow, permission_classes=[CanWrite])
+    delete_flow: bool = strawberry.mutation(resolver=flows_r.delete_flow, permission_classes=[CanWrite])
 
 
 @strawberry.type

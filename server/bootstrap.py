@@ -9,10 +9,16 @@ from limits import RateLimitItem, parse
 from limits.aio.storage import RedisStorage
 from limits.aio.strategies import MovingWindowRateLimiter
 
+from domain.agents import AgentService
 from domain.auth import IdentityService
+from domain.crews import CrewService
+from domain.flows.service import FlowService
+from domain.providers import ProviderService
+from domain.tools import ToolService
 from domain.errors import RateLimited
 from persistence.db import Database
 from persistence.uow import SqlUnitOfWorkFactory
+from server.crypto import box_from_settings
 from server.security import Argon2Hasher, JwtCodec
 from server.settings import Settings
 
@@ -43,6 +49,12 @@ class Container:
     redis: aioredis.Redis
     identity: IdentityService
     limiter: RateLimiter
+    uow: SqlUnitOfWorkFactory
+    providers: ProviderService
+    tools: ToolService
+    agents: AgentService
+    crews: CrewService
+    flows: FlowService
     extras: dict[str, object] = field(default_factory=dict)
 
     async def aclose(self) -> None:
@@ -67,4 +79,19 @@ def build_container(settings: Settings, *, rate_limits: dict[str, str] | None = 
         settings.redis_prefix,
         DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits,
     )
-    return Container(settings=settings, db=db, redis=redis, identity=identity, limiter=limiter)
+    box = box_from_settings(
+        settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
+    )
+    return Container(
+        settings=settings,
+        db=db,
+        redis=redis,
+        identity=identity,
+        limiter=limiter,
+        uow=uow,
+        providers=ProviderService(uow, box),  # type: ignore[arg-type]
+        tools=ToolService(uow),  # type: ignore[arg-type]
+        agents=AgentService(uow),  # type: ignore[arg-type]
+        crews=CrewService(uow),  # type: ignore[arg-type]
+        flows=FlowService(uow, settings.max_nodes_per_flow),  # type: ignore[arg-type]
+    )

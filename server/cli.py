@@ -39,10 +39,18 @@ def resolve_services(settings: Settings, *, embedded_ok: bool = True) -> Setting
 
 
 def _local_settings(settings: Settings) -> Settings:
-    if settings.jwt_secret is None and (settings.database_url is None):
-        # Laptop mode: keep the signing secret so restarts keep sessions valid.
-        return settings.model_copy(update={"jwt_secret": settings.local_secret("jwt")})
-    return settings
+    """Laptop mode (no DATABASE_URL): keep generated secrets in the data dir so
+    restarts keep sessions valid and stored API keys readable."""
+    from server.crypto import new_key_text
+
+    if settings.database_url is not None:
+        return settings
+    updates: dict[str, object] = {}
+    if settings.jwt_secret is None:
+        updates["jwt_secret"] = settings.local_secret("jwt")
+    if settings.secret_key is None and settings.secret_key_file is None:
+        updates["secret_key"] = settings.local_secret("master-key", new_key_text)
+    return settings.model_copy(update=updates)
 
 
 @app.command()

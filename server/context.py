@@ -60,7 +60,7 @@ class Context:
     @property
     def loaders(self) -> Loaders:
         if self._loaders is None:
-            self._loaders = Loaders(self.services)
+            self._loaders = Loaders(self.services, self.principal)
         return self._loaders
 
     async def principal(self) -> Principal:

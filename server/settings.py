@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import secrets
+from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
 
@@ -32,6 +33,12 @@ class Settings(BaseSettings):
     jwt_secret: str | None = None
     access_token_ttl: int = Field(900, ge=30, le=86400)
     refresh_token_ttl: int = Field(30 * 86400, ge=300)
+
+    # Master key (32 bytes, base64) for stored secrets; or a file holding it.
+    secret_key: str | None = None
+    secret_key_file: Path | None = None
+    previous_secret_keys: str | None = None  # comma-separated, still accepted for reading
+    max_nodes_per_flow: int = Field(2000, ge=2)
 
     # Prefix for every Redis key and channel; tests give each run its own.
     redis_prefix: str = "cg"
@@ -72,13 +79,13 @@ class Settings(BaseSettings):
             return self.jwt_secret
         return secrets.token_urlsafe(48)
 
-    def local_secret(self, name: str) -> str:
+    def local_secret(self, name: str, make: Callable[[], str] | None = None) -> str:
         """A secret kept in the data dir so `make run` restarts keep sessions valid."""
         path = self.data_dir / f"{name}.secret"
         if path.exists():
             return path.read_text().strip()
         self.data_dir.mkdir(parents=True, exist_ok=True)
-        value = secrets.token_urlsafe(48)
+        value = make() if make else secrets.token_urlsafe(48)
         path.write_text(value)
         path.chmod(0o600)
         return value

@@ -42,9 +42,11 @@ async def database(services: TestServices) -> AsyncIterator[str]:
 
 @pytest.fixture(scope="session")
 def settings(services: TestServices, database: str) -> Any:
+    from server.crypto import new_key_text
     from server.settings import Settings
 
     return Settings(
+        secret_key=new_key_text(),
         database_url=database,
         redis_url=services.redis_url,
         jwt_secret=secrets.token_urlsafe(40),

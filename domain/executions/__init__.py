@@ -1,7 +1,14 @@
 """Flow executions: state machines, events, ports and the engine (pure asyncio)."""
 
+from domain.executions.builtins import (
+    evaluate_async,
+    missing_executor_message,
+    render_value,
+    render_value_async,
+)
 from domain.executions.engine import FlowEngine, NodeTimeout, RunOutcome
 from domain.executions.events import TERMINAL_EVENTS, EventType, ExecutionEvent
+from domain.executions.memory import InMemoryExecutionStore
 from domain.executions.ports import (
     CancelSignal,
     CancelToken,
@@ -31,6 +38,7 @@ __all__ = [
     "ExecutionStore",
     "FlowEngine",
     "IllegalTransition",
+    "InMemoryExecutionStore",
     "NodeContext",
     "NodeExecutor",
     "NodeResult",
@@ -38,6 +46,10 @@ __all__ = [
     "NodeTimeout",
     "RunOutcome",
     "SystemClock",
+    "evaluate_async",
     "is_terminal",
+    "missing_executor_message",
+    "render_value",
+    "render_value_async",
     "transition",
 ]

@@ -3,16 +3,70 @@
 AGENT / CREW / LLM / TOOL need runtimes (CrewAI, LiteLLM, the sandbox) and are injected
 into `FlowEngine(executors=...)`; `missing_executor_message` names what is missing when
 one is not.
+
+Templates and expressions (`domain.flows.expressions`) are bounded in time (up to a few
+seconds for hostile input) but synchronous, so the built-ins run them on a small dedicated
+thread pool: the event loop keeps serving other nodes and runs, and a cancel still stops
+the run within a second. Other executors can use `render_value_async` / `evaluate_async`.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
+import asyncio
+import functools
+import threading
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any, TypeVar
 
 from domain.errors import BadUserInput
 from domain.executions.ports import NodeContext
 from domain.flows.model import FlowNode, NodeKind
+
+T = TypeVar("T")
+
+EXPRESSION_THREADS = 4
+_pool: ThreadPoolExecutor | None = None
+_pool_lock = threading.Lock()
+
+
+def _expression_pool() -> ThreadPoolExecutor:
+    global _pool
+    if _pool is None:
+        with _pool_lock:
+            if _pool is None:
+                _pool = ThreadPoolExecutor(EXPRESSION_THREADS, thread_name_prefix="flow-expr")
+    return _pool
+
+
+async def _off_loop(func: Callable[..., T], *args: Any) -> T:
+    loop = asyncio.get_running_loop()
+    return await loop.run_in_executor(_expression_pool(), functools.partial(func, *args))
+
+
+async def render_value_async(value: Any, scope: Mapping[str, Any]) -> Any:
+    """`render_value` off the event loop (plain values are returned as they are)."""
+    if not _has_template(value):
+        return value
+    return await _off_loop(render_value, value, scope)
+
+
+async def evaluate_async(expression: str, scope: Mapping[str, Any]) -> Any:
+    """`domain.flows.expressions.evaluate` off the event loop."""
+    from domain.flows.expressions import evaluate
+
+    return await _off_loop(evaluate, expression, scope)
+
+
+def _has_template(value: Any) -> bool:
+    if isinstance(value, str):
+        return "{" in value
+    if isinstance(value, Mapping):
+        return any(_has_template(v) for v in value.values())
+    if isinstance(value, list | tuple):
+        return any(_has_template(v) for v in value)
+    return False
+
 
 _RUNTIME_NEEDED: dict[str, str] = {
     NodeKind.LLM: "an LLM runtime",
@@ -62,7 +116,7 @@ async def run_output(node: FlowNode, ctx: NodeContext) -> Any:
     {predecessor id: output} when several completed (skipped ones are left out).
     """
     if "value" in node.config and node.config["value"] is not None:
-        return render_value(node.config["value"], ctx.scope)
+        return await render_value_async(node.config["value"], ctx.scope)
     preds = ctx.predecessors
     if len(preds) == 1:
         return ctx.upstream.get(preds[0])
@@ -90,6 +144,4 @@ async def run_condition(node: FlowNode, ctx: NodeContext) -> bool:
             "condition node has no expression",
             {f"nodes.{node.id}.config.expression": "is required"},
         )
-    from domain.flows.expressions import evaluate
-
-    return bool(evaluate(expression, ctx.scope))
+    return bool(await evaluate_async(expression, ctx.scope))

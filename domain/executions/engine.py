@@ -101,6 +101,7 @@ from domain.executions.ports import (
     SystemClock,
 )
 from domain.executions.state import ExecutionStatus, NodeStatus
+from domain.flows.graph import predecessors, successors
 from domain.flows.model import FlowEdge, FlowGraph, FlowNode, NodeKind
 
 T = TypeVar("T")
@@ -213,30 +214,33 @@ def _positive(value: float | None) -> float | None:
 class _Plan:
     nodes: dict[str, FlowNode]
     out_edges: dict[str, list[FlowEdge]]
-    preds: dict[str, tuple[str, ...]]  # distinct direct predecessors, in edge order
-    in_count: dict[str, int]  # in-edges (an edge counts once even if parallel)
+    preds: dict[str, list[str]]  # direct predecessors, in edge order
+    in_count: dict[str, int]  # number of in-edges
 
     @classmethod
     def build(cls, graph: FlowGraph) -> _Plan:
+        """The structure the scheduler walks, from `domain.flows.graph`'s helpers.
+
+        Graphs are validated before they are run; the engine still refuses the two
+        defects those helpers would paper over (duplicate node ids, edges to unknown
+        nodes). Self-loops and repeated edges are dropped by the helpers, like validation
+        reports them.
+        """
         nodes: dict[str, FlowNode] = {}
         for node in graph.nodes:
             if node.id in nodes:
                 raise BadUserInput(f"duplicate node id {node.id!r}")
             nodes[node.id] = node
-        out_edges: dict[str, list[FlowEdge]] = {nid: [] for nid in nodes}
-        preds: dict[str, list[str]] = {nid: [] for nid in nodes}
-        in_count = dict.fromkeys(nodes, 0)
         for edge in graph.edges:
             if edge.source not in nodes or edge.target not in nodes:
                 missing = edge.source if edge.source not in nodes else edge.target
                 raise BadUserInput(
                     f"edge {edge.source}->{edge.target} names unknown node {missing!r}"
                 )
-            out_edges[edge.source].append(edge)
-            in_count[edge.target] += 1
-            if edge.source not in preds[edge.target]:
-                preds[edge.target].append(edge.source)
-        return cls(nodes, out_edges, {k: tuple(v) for k, v in preds.items()}, in_count)
+        out_edges = successors(graph)
+        preds = predecessors(graph)
+        in_count = {nid: len(p) for nid, p in preds.items()}
+        return cls(nodes, out_edges, preds, in_count)
 
 
 # ----------------------------------------------------------------------------- messages
@@ -423,8 +427,11 @@ class _Run:
                 assert self.timeout is not None
                 error = f"flow timed out after {max(self.timeout, 0.0):g} s"
                 return await self._end(ExecutionStatus.FAILED, error, None, list(self.running))
-            self._start_ready()
+            if self.ready:
+                await self._start_ready()
             if not self.running:
+                if self.ready:  # the start batch stopped early for a cancel / timeout
+                    continue
                 if self.unresolved == 0:
                     return await self._end(ExecutionStatus.COMPLETED, None, None, [])
                 stuck = sorted(n for n in self.plan.nodes if n not in self.status)
@@ -508,37 +515,41 @@ class _Run:
 
     # ---- node lifecycle
 
-    def _start_ready(self) -> None:
+    async def _start_ready(self) -> None:
+        """Start every ready node (up to `max_concurrency` running).
+
+        The RUNNING row and NODE_STARTED are written here, by the run's own task, before
+        the node task exists: the write is never interrupted by a node cancel, and a
+        node's TOKEN / LOG events cannot precede its NODE_STARTED.
+        """
         limit = self.engine.max_concurrency
         ready = self.ready
+        store = self.store
         while ready and (limit is None or len(self.running) < limit):
+            if self.cancel.is_set() or self.timed_out:
+                return  # the loop ends the run; a long start batch must not delay it
             nid = ready.popleft()
             node = self.plan.nodes[nid]
             self.status[nid] = NodeStatus.RUNNING
-            self.started_at[nid] = self.clock.now()
+            started = self.started_at[nid] = self.clock.now()
+            await store.save_node_result(
+                self.execution_id,
+                NodeResult(nid, NodeStatus.RUNNING, started_at=started, attempts=1),
+            )
+            await store.append_event(
+                self.execution_id,
+                EventType.NODE_STARTED,
+                nid,
+                {"kind": node.kind, "name": node.name},
+            )
             self.running[nid] = asyncio.create_task(self._node_task(node), name=f"node:{nid}")
 
     async def _node_task(self, node: FlowNode) -> None:
         try:
-            started = self.started_at[node.id]
-            await self.write(
-                self.store.save_node_result(
-                    self.execution_id,
-                    NodeResult(node.id, NodeStatus.RUNNING, started_at=started, attempts=1),
-                )
-            )
-            await self.write(
-                self.store.append_event(
-                    self.execution_id,
-                    EventType.NODE_STARTED,
-                    node.id,
-                    {"kind": node.kind, "name": node.name},
-                )
-            )
             done = await self._attempts(node)
         except asyncio.CancelledError:
             raise
-        except Exception as exc:  # the store failed: the run cannot go on
+        except Exception as exc:  # the store failed (retry LOG event): the run cannot go on
             self.queue.put_nowait(_Crash(exc))
             return
         self.queue.put_nowait(done)
@@ -596,6 +607,11 @@ class _Run:
                             raise
                         error = NodeTimeout(f"node timed out after {timeout:g} s")
                         error.__cause__ = exc
+                except asyncio.CancelledError:
+                    task = asyncio.current_task()
+                    if task is None or task.cancelling():
+                        raise  # a real cancel: sibling failure, flow timeout, user cancel
+                    error = RuntimeError("the executor raised CancelledError")
                 except Exception as exc:
                     error = exc
                 finally:
@@ -697,14 +713,11 @@ class _Run:
                 self.engine._abandon(task)
             self.running.clear()
         self.closed = True  # from here on, emissions of node tasks are dropped
-        if self.inflight:
-            await asyncio.wait(list(self.inflight), timeout=self.engine.cancel_grace)
+        if self.inflight:  # store writes started by node tasks: let them land first
             for task in list(self.inflight):
-                if task.done():
-                    if not task.cancelled():
-                        task.exception()
-                else:
-                    self.engine._abandon(task)
+                await asyncio.wait([task])
+                if not task.cancelled():
+                    task.exception()  # a failed write is not fatal here; finish() will tell
         if status != ExecutionStatus.COMPLETED:
             now = self.clock.now()
             for nid in self.plan.nodes:

@@ -155,10 +155,9 @@ class NodeContext:
     @property
     def scope(self) -> dict[str, Any]:
         if self._scope is None:
-            self._scope = {
-                "inputs": dict(self.inputs),
-                "nodes": {nid: {"output": out} for nid, out in self.upstream.items()},
-            }
+            from domain.flows.expressions import build_scope
+
+            self._scope = build_scope(self.inputs, self.upstream)
         return self._scope
 
     async def emit_token(self, text: str) -> None:

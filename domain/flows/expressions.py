@@ -246,14 +246,16 @@ def _safe_mult(left: Any, right: Any) -> Any:
         if isinstance(count, int) and hasattr(seq, "__len__") and count > 0:
             budget = MAX_VALUE_LENGTH // count
             if count * len(seq) > MAX_VALUE_LENGTH or _text_size(seq, budget) > budget:
-                raise _LimitExceeded(f"a repeated value would exceed the limit of {MAX_VALUE_LENGTH}")
+                raise _LimitExceeded(
+                    f"a repeated value would exceed the limit of {MAX_VALUE_LENGTH}"
+                )
     return left * right
 
 
 def _safe_pow(base: Any, exponent: Any) -> Any:
     if (
-        _is_number(base)
-        and _is_number(exponent)
+        isinstance(base, int)
+        and isinstance(exponent, int)
         and exponent > 0
         and abs(base) > 1
         and exponent * math.log2(abs(base)) > MAX_INT_BITS
@@ -269,7 +271,11 @@ def _safe_mod(left: Any, right: Any) -> Any:
 
 
 def _safe_lshift(left: Any, right: Any) -> Any:
-    if isinstance(left, int) and isinstance(right, int) and left.bit_length() + right > MAX_INT_BITS:
+    if (
+        isinstance(left, int)
+        and isinstance(right, int)
+        and left.bit_length() + right > MAX_INT_BITS
+    ):
         raise _LimitExceeded(f"an integer would exceed {MAX_INT_BITS} bits")
     return left << right
 
@@ -559,7 +565,8 @@ def _compile_template(source: str) -> Template:
     tree = _parse_template(source)
     for loop in tree.find_all(jnodes.For):
         guarded = jnodes.Filter(loop.iter, _LOOP_GUARD_FILTER, [], [], None, None)
-        loop.iter = guarded.set_lineno(loop.lineno)
+        guarded.set_lineno(loop.lineno)
+        loop.iter = guarded
     try:
         return _ENV.from_string(tree)
     except TemplateSyntaxError as exc:  # includes TemplateAssertionError (unknown filter, ...)
@@ -572,6 +579,8 @@ def render(
     template: str, scope: Mapping[str, Any], *, timeout: float = RENDER_TIMEOUT_SECONDS
 ) -> str:
     """Render ``template`` with ``scope`` in the sandbox; raises :class:`TemplateError`."""
+    if not isinstance(template, str):
+        raise TemplateError("a template must be a string")
     compiled = _compile_template(template)
     budget = _Budget(deadline=time.monotonic() + timeout, timeout=timeout)
     token = _BUDGET.set(budget)
@@ -647,10 +656,45 @@ def _walk_template(node: jnodes.Node, roots: frozenset[str], refs: set[RefPath])
             stack.extend(current.iter_child_nodes())
 
 
+# Fast path for the common template shape: text plus ``{{ inputs.x }}`` / ``{{ nodes['id'].output }}``
+# placeholders. Anything else (filters, tags, comments, other names, odd spacing) takes the full
+# Jinja parse; both give the same answer for templates this recognises.
+_SIMPLE_PLACEHOLDER = re.compile(
+    r"\{\{-?[ \t]*(inputs|nodes)((?:\.[A-Za-z_][A-Za-z0-9_]*|\['[^'\\{}\n]*'\]|\[\"[^\"\\{}\n]*\"\])*)[ \t]*-?\}\}"
+)
+_SIMPLE_SEGMENT = re.compile(r"\.([A-Za-z_][A-Za-z0-9_]*)|\['([^']*)'\]|\[\"([^\"]*)\"\]")
+_JINJA_OPENERS = ("{{", "{%", "{#")
+
+
+def _simple_template_refs(source: str) -> frozenset[RefPath] | None:
+    refs: set[RefPath] = set()
+    position = 0
+    for match in _SIMPLE_PLACEHOLDER.finditer(source):
+        text = source[position : match.start()]
+        if text.endswith("{") or any(opener in text for opener in _JINJA_OPENERS):
+            return None
+        keys: list[str | None] = [
+            next(group for group in segment.groups() if group is not None)
+            for segment in _SIMPLE_SEGMENT.finditer(match.group(2))
+        ]
+        refs.add(_constant_prefix(match.group(1), keys))
+        position = match.end()
+    tail = source[position:]
+    if any(opener in tail for opener in _JINJA_OPENERS):
+        return None
+    return frozenset(refs)
+
+
 @functools.lru_cache(maxsize=4096)
 def _template_refs(source: str) -> frozenset[RefPath]:
-    if "{" not in source:  # plain text: nothing to parse
-        return frozenset()
+    if len(source) <= MAX_TEMPLATE_LENGTH:
+        simple = _simple_template_refs(source)
+        if simple is not None:
+            return simple
+    return _parsed_template_refs(source)
+
+
+def _parsed_template_refs(source: str) -> frozenset[RefPath]:
     tree = _parse_template(source)
     try:
         undeclared = meta.find_undeclared_variables(tree)
@@ -813,7 +857,8 @@ def _parse_expression(source: str) -> ast.expr:
     try:
         tree = ast.parse(source.strip(), mode="eval")
     except SyntaxError as exc:
-        raise ExpressionError(f"expression syntax error: {exc.msg}") from None
+        where = f" at column {exc.offset}" if exc.offset else ""
+        raise ExpressionError(f"expression syntax error{where}: {exc.msg}") from None
     except (RecursionError, MemoryError, ValueError):
         raise ExpressionError("expression is nested too deeply or invalid") from None
     stack: list[tuple[ast.AST, int]] = [(tree, 0)]
@@ -870,7 +915,7 @@ def _expression_refs(node: ast.expr, local: frozenset[str], refs: set[RefPath]) 
         for part in dynamic:
             _expression_refs(part, local, refs)
     elif isinstance(node, ast.Name):
-        if node.id not in local:
+        if node.id not in local and node.id not in _EXPRESSION_FUNCTIONS:
             refs.add((node.id,))
     elif isinstance(node, ast.Call):
         func = node.func
@@ -962,11 +1007,16 @@ def evaluate(
     expression: str, scope: Mapping[str, Any], *, timeout: float = EVALUATE_TIMEOUT_SECONDS
 ) -> Any:
     """Evaluate ``expression`` against ``scope`` safely; raises :class:`ExpressionError`."""
+    if not isinstance(expression, str):
+        raise ExpressionError("an expression must be a string")
     tree = _parse_expression(expression)
     budget = _Budget(deadline=time.monotonic() + timeout, timeout=timeout)
     evaluator = _Evaluator(dict(scope), budget)
     try:
-        return evaluator.eval(expression, previously_parsed=tree)
+        result = evaluator.eval(expression, previously_parsed=tree)
+        if _text_size(result, MAX_VALUE_LENGTH) > MAX_VALUE_LENGTH:
+            raise _LimitExceeded(f"the result would exceed {MAX_VALUE_LENGTH} characters")
+        return result
     except simpleeval.NameNotDefined as exc:
         raise _expression_error(f"unknown name {exc.name!r}", expression) from None
     except simpleeval.AttributeDoesNotExist as exc:
@@ -997,7 +1047,11 @@ def referenced_names(source: str, kind: SourceKind = "template") -> frozenset[Re
     source does not parse or uses constructs that are never allowed.
     """
     if kind == "template":
+        if not isinstance(source, str):
+            raise TemplateError("a template must be a string")
         return _template_refs(source)
+    if not isinstance(source, str):
+        raise ExpressionError("an expression must be a string")
     refs: set[RefPath] = set()
     try:
         _expression_refs(_parse_expression(source), frozenset(), refs)

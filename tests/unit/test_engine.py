@@ -27,9 +27,11 @@ ET = EventType
 # ------------------------------------------------------------------------------ helpers
 
 
-def graph(nodes: Iterable[tuple[str, str] | tuple[str, str, dict[str, Any]]], edges: str) -> FlowGraph:
+def graph(
+    nodes: Iterable[tuple[str, str] | tuple[str, str, dict[str, Any]]], edges: str
+) -> FlowGraph:
     """nodes: (id, kind[, config]); edges: "a>b b>c c-true>d c-false>e"."""
-    flow_nodes = tuple(FlowNode(n[0], n[1], n[0], dict(n[2]) if len(n) > 2 else {}) for n in nodes)  # type: ignore[misc]
+    flow_nodes = tuple(FlowNode(n[0], n[1], n[0], dict(n[2]) if len(n) > 2 else {}) for n in nodes)
     flow_edges = []
     for spec in edges.split():
         source, target = spec.split(">")
@@ -86,19 +88,24 @@ async def run(
 ) -> tuple[RunOutcome, InMemoryExecutionStore, str]:
     store = store or InMemoryExecutionStore()
     execution_id = execution_id or new_id()
-    if execution_id not in store.executions or store.get(execution_id).status == ExecutionStatus.PENDING:
+    if (
+        execution_id not in store.executions
+        or store.get(execution_id).status == ExecutionStatus.PENDING
+    ):
         store.start(execution_id)
     executors = {} if executor is None else {k: executor for k in ("TOOL", "AGENT", "LLM", "CREW")}
     engine = FlowEngine(store, executors, **engine_kwargs)
     outcome = await engine.run(execution_id, "tenant-1", g, inputs or {}, cancel)
     check_event_log(store.events(execution_id))
+    assert store.events(execution_id)[0].sequence == 1
     assert store.get(execution_id).status == outcome.status
     return outcome, store, execution_id
 
 
 def check_event_log(events: list[ExecutionEvent]) -> None:
     """Gap-free sequences, one run's events in a legal order, terminal event last."""
-    assert [e.sequence for e in events] == list(range(1, len(events) + 1))
+    start = events[0].sequence
+    assert [e.sequence for e in events] == list(range(start, start + len(events)))
     assert events[0].type == ET.EXECUTION_STARTED
     assert events[-1].type in TERMINAL_EVENTS
     assert sum(e.type in TERMINAL_EVENTS for e in events) == 1
@@ -114,17 +121,19 @@ def check_event_log(events: list[ExecutionEvent]) -> None:
     assert [e.at for e in events] == sorted(e.at for e in events)
 
 
-def types(store: InMemoryExecutionStore, execution_id: str, node_id: str | None = None) -> list[EventType]:
-    return [
-        e.type for e in store.events(execution_id) if node_id is None or e.node_id == node_id
-    ]
+def types(
+    store: InMemoryExecutionStore, execution_id: str, node_id: str | None = None
+) -> list[EventType]:
+    return [e.type for e in store.events(execution_id) if node_id is None or e.node_id == node_id]
 
 
 def node_status(store: InMemoryExecutionStore, execution_id: str) -> dict[str, NodeStatus]:
     return {nid: r.status for nid, r in store.get(execution_id).nodes.items()}
 
 
-def first(store: InMemoryExecutionStore, execution_id: str, type_: EventType, node_id: str | None = None) -> ExecutionEvent:
+def first(
+    store: InMemoryExecutionStore, execution_id: str, type_: EventType, node_id: str | None = None
+) -> ExecutionEvent:
     return next(
         e
         for e in store.events(execution_id)
@@ -150,8 +159,16 @@ async def test_linear_flow_passes_outputs_along_edges() -> None:
         *[ET.NODE_STARTED, ET.NODE_COMPLETED] * 4,
         ET.EXECUTION_COMPLETED,
     ]
-    assert [e.node_id for e in store.events(eid) if e.type == ET.NODE_COMPLETED] == ["in", "a", "b", "out"]
-    assert first(store, eid, ET.EXECUTION_STARTED).data == {"resumed": False, "checkpointedNodes": 0}
+    assert [e.node_id for e in store.events(eid) if e.type == ET.NODE_COMPLETED] == [
+        "in",
+        "a",
+        "b",
+        "out",
+    ]
+    assert first(store, eid, ET.EXECUTION_STARTED).data == {
+        "resumed": False,
+        "checkpointedNodes": 0,
+    }
     assert first(store, eid, ET.NODE_STARTED, "a").data == {"kind": "TOOL", "name": "a"}
     assert first(store, eid, ET.NODE_COMPLETED, "b").data == {"output": "b(a)", "attempts": 1}
     assert store.events(eid)[-1].data == {"outputs": {"out": "b(a)"}}
@@ -176,6 +193,7 @@ async def test_diamond_joins_after_both_branches() -> None:
 
     assert outcome.status == ExecutionStatus.COMPLETED
     assert outcome.outputs == {"out": "c(a,b)"}
+    assert node_status(store, eid)["c"] == NodeStatus.COMPLETED
     assert slow.started["c"] >= slow.finished["b"]
     assert dict(slow.calls) == {"a": 1, "b": 1, "c": 1}
 
@@ -207,13 +225,22 @@ async def test_executor_context_scope_and_upstream() -> None:
     seen: dict[str, Any] = {}
 
     async def tool(node: FlowNode, ctx: NodeContext) -> Any:
-        seen[node.id] = (ctx.scope, dict(ctx.upstream), ctx.predecessors, ctx.tenant_id, ctx.attempt)
+        seen[node.id] = (
+            ctx.scope,
+            dict(ctx.upstream),
+            ctx.predecessors,
+            ctx.tenant_id,
+            ctx.attempt,
+        )
         return node.id.upper()
 
     g = graph([("in", "INPUT"), ("a", "TOOL"), ("b", "TOOL")], "in>a a>b")
     await run(g, {"x": 1}, executor=tool)
     scope, upstream, preds, tenant, attempt = seen["b"]
-    assert scope == {"inputs": {"x": 1}, "nodes": {"in": {"output": {"x": 1}}, "a": {"output": "A"}}}
+    assert scope == {
+        "inputs": {"x": 1},
+        "nodes": {"in": {"output": {"x": 1}}, "a": {"output": "A"}},
+    }
     assert upstream == {"in": {"x": 1}, "a": "A"}
     assert preds == ("a",) and tenant == "tenant-1" and attempt == 1
 
@@ -273,13 +300,17 @@ async def test_max_concurrency_caps_running_nodes() -> None:
 
 async def test_thousand_node_chain_and_fan_out() -> None:
     n = 1000
-    chain = graph([("in", "INPUT"), *((f"n{i}", "TOOL") for i in range(n))],
-                  "in>n0 " + " ".join(f"n{i}>n{i + 1}" for i in range(n - 1)))
+    chain = graph(
+        [("in", "INPUT"), *((f"n{i}", "TOOL") for i in range(n))],
+        "in>n0 " + " ".join(f"n{i}>n{i + 1}" for i in range(n - 1)),
+    )
     outcome, store, eid = await run(chain, executor=Slow())
     assert outcome.status == ExecutionStatus.COMPLETED
     assert len(store.events(eid)) == 2 + 2 * (n + 1)
-    wide = graph([("in", "INPUT"), *((f"n{i}", "TOOL") for i in range(n)), ("out", "OUTPUT")],
-                 " ".join(f"in>n{i} n{i}>out" for i in range(n)))
+    wide = graph(
+        [("in", "INPUT"), *((f"n{i}", "TOOL") for i in range(n)), ("out", "OUTPUT")],
+        " ".join(f"in>n{i} n{i}>out" for i in range(n)),
+    )
     outcome, _, _ = await run(wide, executor=Slow())
     assert len(outcome.outputs["out"]) == n
 
@@ -351,7 +382,12 @@ async def test_node_with_one_live_in_edge_still_runs_after_its_live_predecessors
 
 async def test_condition_edge_without_branch_is_always_followed() -> None:
     g = graph(
-        [("in", "INPUT"), ("c", "CONDITION", {"expression": "False"}), ("x", "TOOL"), ("o", "OUTPUT")],
+        [
+            ("in", "INPUT"),
+            ("c", "CONDITION", {"expression": "False"}),
+            ("x", "TOOL"),
+            ("o", "OUTPUT"),
+        ],
         "in>c c>x x>o",
     )
     outcome, _, _ = await run(g, executor=Slow())
@@ -359,7 +395,9 @@ async def test_condition_edge_without_branch_is_always_followed() -> None:
 
 
 async def test_bad_condition_expression_fails_the_run() -> None:
-    outcome, store, eid = await run(branching("nodes.nowhere.output > 1"), {"score": 1}, executor=Slow())
+    outcome, store, eid = await run(
+        branching("nodes.nowhere.output > 1"), {"score": 1}, executor=Slow()
+    )
     assert outcome.status == ExecutionStatus.FAILED
     assert outcome.failed_node_id == "check"
     assert node_status(store, eid)["check"] == NodeStatus.FAILED
@@ -369,7 +407,10 @@ async def test_bad_condition_expression_fails_the_run() -> None:
 
 
 async def test_agent_without_executor_fails_with_not_configured() -> None:
-    g = graph([("in", "INPUT"), ("agent", "AGENT", {"retries": 3}), ("out", "OUTPUT")], "in>agent agent>out")
+    g = graph(
+        [("in", "INPUT"), ("agent", "AGENT", {"retries": 3}), ("out", "OUTPUT")],
+        "in>agent agent>out",
+    )
     outcome, store, eid = await run(g)
 
     message = "AGENT nodes need an agent runtime (CrewAI), which is not configured"
@@ -423,9 +464,29 @@ async def test_executor_raising_timeout_error_itself_is_not_mistaken_for_a_node_
     assert outcome.error == "node 'a' failed: TimeoutError: upstream API timed out"
 
 
+async def test_executor_leaking_cancelled_error_fails_the_node_instead_of_hanging() -> None:
+    async def leaky(node: FlowNode, ctx: NodeContext) -> Any:
+        raise asyncio.CancelledError  # e.g. an inner wait_for gone wrong; nobody cancelled us
+
+    outcome, _, _ = await run(graph([("a", "TOOL")], ""), executor=leaky)
+    assert outcome.error == "node 'a' failed: RuntimeError: the executor raised CancelledError"
+
+
+async def test_sync_executors_are_accepted() -> None:
+    def sync_tool(node: FlowNode, ctx: NodeContext) -> Any:
+        return 42
+
+    outcome, _, _ = await run(graph([("a", "TOOL"), ("o", "OUTPUT")], "a>o"), executor=sync_tool)
+    assert outcome.outputs == {"o": 42}
+
+
 async def test_retries_with_exponential_backoff_then_success() -> None:
     g = graph(
-        [("in", "INPUT"), ("a", "TOOL", {"fail": 2, "retries": 3, "retryBackoffSeconds": 0.05}), ("out", "OUTPUT")],
+        [
+            ("in", "INPUT"),
+            ("a", "TOOL", {"fail": 2, "retries": 3, "retryBackoffSeconds": 0.05}),
+            ("out", "OUTPUT"),
+        ],
         "in>a a>out",
     )
     slow = Slow()
@@ -457,14 +518,30 @@ async def test_retries_exhausted_fail_the_execution() -> None:
     assert outcome.status == ExecutionStatus.FAILED
     assert outcome.error == "node 'a' failed: RuntimeError: flaky a #3"
     assert slow.calls["a"] == 3
-    assert types(store, eid, "a") == [ET.NODE_STARTED, ET.LOG, ET.LOG, ET.LOG, ET.NODE_FAILED]
+    assert types(store, eid, "a") == [
+        ET.NODE_STARTED,
+        ET.LOG,
+        ET.LOG,
+        ET.LOG,
+        ET.NODE_FAILED,
+        ET.EXECUTION_FAILED,
+    ]
     assert "retrying" not in str(store.events(eid)[-3].data)
     assert store.get(eid).nodes["a"].attempts == 3
     assert node_status(store, eid) == {"a": NodeStatus.FAILED}
 
 
 async def test_timeouts_are_retried() -> None:
-    g = graph([("a", "TOOL", {"sleep": 5, "timeoutSeconds": 0.05, "retries": 1, "retryBackoffSeconds": 0})], "")
+    g = graph(
+        [
+            (
+                "a",
+                "TOOL",
+                {"sleep": 5, "timeoutSeconds": 0.05, "retries": 1, "retryBackoffSeconds": 0},
+            )
+        ],
+        "",
+    )
     slow = Slow()
     outcome, _, _ = await run(g, executor=slow)
     assert slow.calls["a"] == 2
@@ -473,7 +550,12 @@ async def test_timeouts_are_retried() -> None:
 
 async def test_failure_cancels_running_siblings() -> None:
     g = graph(
-        [("in", "INPUT"), ("bad", "TOOL", {"fail": 1, "sleep": 0.05}), ("long", "TOOL", {"sleep": 10}), ("after", "TOOL")],
+        [
+            ("in", "INPUT"),
+            ("bad", "TOOL", {"fail": 1, "sleep": 0.05}),
+            ("long", "TOOL", {"sleep": 10}),
+            ("after", "TOOL"),
+        ],
         "in>bad in>long long>after",
     )
     started = time.monotonic()
@@ -536,7 +618,12 @@ async def test_run_budget_overrides_flow_timeout() -> None:
 
 async def test_cancel_mid_run_stops_within_a_second() -> None:
     g = graph(
-        [("in", "INPUT"), ("a", "TOOL", {"sleep": 10}), ("b", "TOOL", {"sleep": 10}), ("c", "TOOL")],
+        [
+            ("in", "INPUT"),
+            ("a", "TOOL", {"sleep": 10}),
+            ("b", "TOOL", {"sleep": 10}),
+            ("c", "TOOL"),
+        ],
         "in>a in>b a>c b>c",
     )
     cancel = CancelSignal()
@@ -555,6 +642,30 @@ async def test_cancel_mid_run_stops_within_a_second() -> None:
     terminal = store.events(eid)[-1]
     assert terminal.type == ET.EXECUTION_CANCELLED
     assert terminal.data == {"cancelledNodes": ["a", "b"]}
+
+
+async def test_cancel_interrupts_a_long_start_batch_on_a_slow_store() -> None:
+    class SlowStore(InMemoryExecutionStore):
+        async def append_event(
+            self, execution_id: str, type: EventType, node_id: str | None, data: Any
+        ) -> ExecutionEvent:
+            await asyncio.sleep(0.005)  # a database round trip
+            return await super().append_event(execution_id, type, node_id, data)
+
+    n = 400  # starting them all would take > 2 s
+    g = graph(
+        [("in", "INPUT"), *((f"n{i}", "TOOL", {"sleep": 10}) for i in range(n))],
+        " ".join(f"in>n{i}" for i in range(n)),
+    )
+    cancel = CancelSignal()
+    asyncio.get_running_loop().call_later(0.2, cancel.set)
+    started = time.monotonic()
+    outcome, store, eid = await run(g, store=SlowStore(), executor=Slow(), cancel=cancel)
+    assert time.monotonic() - started < 0.2 + 1
+    assert outcome.status == ExecutionStatus.CANCELLED
+    statuses = node_status(store, eid)
+    assert statuses.pop("in") == NodeStatus.COMPLETED
+    assert set(statuses.values()) == {NodeStatus.CANCELLED} and len(statuses) == n
 
 
 async def test_cancel_ignores_late_results_of_stubborn_executors() -> None:
@@ -622,10 +733,19 @@ async def test_tokens_and_logs_become_events_of_their_node() -> None:
     g = graph([("in", "INPUT"), ("llm", "LLM"), ("out", "OUTPUT")], "in>llm llm>out")
     outcome, store, eid = await run(g, executor=llm)
     assert outcome.outputs == {"out": "Hello"}
-    assert types(store, eid, "llm") == [ET.NODE_STARTED, ET.LOG, ET.TOKEN, ET.TOKEN, ET.NODE_COMPLETED]
+    assert types(store, eid, "llm") == [
+        ET.NODE_STARTED,
+        ET.LOG,
+        ET.TOKEN,
+        ET.TOKEN,
+        ET.NODE_COMPLETED,
+    ]
     llm_events = [e for e in store.events(eid) if e.node_id == "llm"]
     assert llm_events[1].data == {"model": "scripted", "message": "calling model", "level": "info"}
-    assert [e.data for e in llm_events[2:4]] == [{"delta": "Hel", "index": 0}, {"delta": "lo", "index": 1}]
+    assert [e.data for e in llm_events[2:4]] == [
+        {"delta": "Hel", "index": 0},
+        {"delta": "lo", "index": 1},
+    ]
 
 
 # ----------------------------------------------------------------------------- resume
@@ -633,7 +753,13 @@ async def test_tokens_and_logs_become_events_of_their_node() -> None:
 
 async def test_resume_from_checkpoint_does_not_rerun_completed_nodes() -> None:
     g = graph(
-        [("in", "INPUT"), ("a", "TOOL"), ("b", "TOOL", {"sleep": 10}), ("c", "TOOL"), ("out", "OUTPUT")],
+        [
+            ("in", "INPUT"),
+            ("a", "TOOL"),
+            ("b", "TOOL", {"sleep": 10}),
+            ("c", "TOOL"),
+            ("out", "OUTPUT"),
+        ],
         "in>a a>b b>c c>out",
     )
     store = InMemoryExecutionStore()
@@ -744,4 +870,6 @@ def test_bad_user_input_is_what_template_errors_raise() -> None:
     from domain.executions.builtins import render_value
 
     with pytest.raises(BadUserInput):
-        render_value("{{ nodes.x.output.__class__ }}", {"inputs": {}, "nodes": {"x": {"output": 1}}})
+        render_value(
+            "{{ nodes.x.output.__class__ }}", {"inputs": {}, "nodes": {"x": {"output": 1}}}
+        )

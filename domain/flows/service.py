@@ -1,0 +1,265 @@
+"""Flows: versioned graphs. Every update writes a new immutable version."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from domain.errors import BadUserInput, LimitExceeded, NotFound
+from domain.flows.graph import FlowValidation, ReferenceIndex, validate_flow
+from domain.flows.model import FlowEdge, FlowGraph, FlowNode
+from domain.identity import Principal
+from domain.ports import Page, TenantUnitOfWork, TenantUnitOfWorkFactory
+from domain.rbac import Action
+from domain.resources import check_version, duplicate_name, missing_references, require_id
+from domain.validation import MAX_TEXT, Checker
+
+DEFAULT_MAX_NODES = 2000
+
+# Node config key → (resource kind, repository attribute) it references.
+_REF_KEYS = {
+    "agentId": ("agent", "agents"),
+    "crewId": ("crew", "crews"),
+    "toolId": ("tool", "tools"),
+    "providerId": ("LLM provider", "providers"),
+}
+
+
+@dataclass(slots=True)
+class Flow:
+    id: str
+    name: str
+    description: str | None
+    version: int
+    nodes: tuple[FlowNode, ...]
+    edges: tuple[FlowEdge, ...]
+    created_at: datetime
+    updated_at: datetime
+
+    @property
+    def graph(self) -> FlowGraph:
+        return FlowGraph(self.nodes, self.edges)
+
+
+@dataclass(frozen=True, slots=True)
+class FlowRefs:
+    agent_ids: frozenset[str] = frozenset()
+    crew_ids: frozenset[str] = frozenset()
+    tool_ids: frozenset[str] = frozenset()
+    provider_ids: frozenset[str] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class FlowInput:
+    name: str
+    nodes: list[FlowNode]
+    edges: list[FlowEdge]
+    description: str | None = None
+
+
+@dataclass(slots=True)
+class _Collected:
+    by_attr: dict[str, dict[str, list[str]]] = field(default_factory=dict)  # attr → id → paths
+
+
+def _collect_refs(nodes: list[FlowNode]) -> _Collected:
+    out = _Collected()
+    for i, node in enumerate(nodes):
+        config = node.config if isinstance(node.config, dict) else {}
+        for key, (_, attr) in _REF_KEYS.items():
+            value = config.get(key)
+            if isinstance(value, str) and value:
+                out.by_attr.setdefault(attr, {}).setdefault(value, []).append(
+                    f"input.nodes[{i}].config.{key}"
+                )
+    return out
+
+
+def refs_of(nodes: tuple[FlowNode, ...] | list[FlowNode]) -> FlowRefs:
+    by = _collect_refs(list(nodes)).by_attr
+    return FlowRefs(
+        agent_ids=frozenset(by.get("agents", {})),
+        crew_ids=frozenset(by.get("crews", {})),
+        tool_ids=frozenset(by.get("tools", {})),
+        provider_ids=frozenset(by.get("providers", {})),
+    )
+
+
+async def reference_index(uow: TenantUnitOfWork, nodes: list[FlowNode] | tuple[FlowNode, ...]) -> ReferenceIndex:
+    """The referenced ids that exist in this tenant (others' ids simply are not found)."""
+    by = _collect_refs(list(nodes)).by_attr
+    found: dict[str, set[str]] = {}
+    for _, attr in _REF_KEYS.values():
+        wanted = list(by.get(attr, {}))
+        repo = getattr(uow, attr)
+        found[attr] = await repo.existing_ids(wanted) if wanted else set()
+    return ReferenceIndex(
+        agent_ids=frozenset(found["agents"]),
+        crew_ids=frozenset(found["crews"]),
+        tool_ids=frozenset(found["tools"]),
+        llm_provider_ids=frozenset(found["providers"]),
+    )
+
+
+async def _check_refs_exist(uow: TenantUnitOfWork, nodes: list[FlowNode]) -> None:
+    by = _collect_refs(nodes).by_attr
+    fields: dict[str, str] = {}
+    for kind, attr in _REF_KEYS.values():
+        paths = by.get(attr, {})
+        if not paths:
+            continue
+        found = await getattr(uow, attr).existing_ids(list(paths))
+        for missing in missing_references(kind, list(paths), found):
+            for path in paths[missing]:
+                fields[path] = f"{kind} {missing} not found"
+    if fields:
+        err = NotFound("referenced resource", ", ".join(sorted({m.split()[-3] for m in fields.values()})))
+        err.message = "flow references resources that do not exist: " + "; ".join(
+            f"{k}: {v}" for k, v in fields.items()
+        )
+        err.args = (err.message,)
+        err.extensions["fields"] = fields
+        raise err
+
+
+class FlowService:
+    def __init__(self, uow: TenantUnitOfWorkFactory, max_nodes: int = DEFAULT_MAX_NODES) -> None:
+        self._uow = uow
+        self.max_nodes = max_nodes
+
+    def _clean(self, data: FlowInput) -> FlowInput:
+        check = Checker("input.")
+        name = check.text("name", data.name) or ""
+        description = check.text("description", data.description, required=False, max_len=MAX_TEXT)
+        check.raise_if_any()
+        if len(data.nodes) > self.max_nodes:
+            raise LimitExceeded(
+                f"a flow may have at most {self.max_nodes} nodes; this one has {len(data.nodes)}",
+                extensions={"limit": "maxNodesPerFlow", "max": self.max_nodes},
+            )
+        if len(data.edges) > self.max_nodes * 4:
+            raise LimitExceeded(
+                f"a flow may have at most {self.max_nodes * 4} edges",
+                extensions={"limit": "maxEdgesPerFlow", "max": self.max_nodes * 4},
+            )
+        return FlowInput(name, data.nodes, data.edges, description or None)
+
+    async def validate(
+        self, p: Principal, nodes: list[FlowNode], edges: list[FlowEdge]
+    ) -> FlowValidation:
+        p.require(Action.READ)
+        if len(nodes) > self.max_nodes:
+            raise LimitExceeded(f"a flow may have at most {self.max_nodes} nodes")
+        async with self._uow(p.tenant_schema) as uow:
+            refs = await reference_index(uow, nodes)
+        return validate_flow(FlowGraph(tuple(nodes), tuple(edges)), refs)
+
+    async def validation_of(self, p: Principal, flow: Flow) -> FlowValidation:
+        async with self._uow(p.tenant_schema) as uow:
+            refs = await reference_index(uow, flow.nodes)
+        return validate_flow(flow.graph, refs)
+
+    async def _check_graph(self, uow: TenantUnitOfWork, data: FlowInput) -> None:
+        """References to missing (or other tenants') resources are NOT_FOUND; any other
+        problem is BAD_USER_INPUT naming each offending path. Nothing invalid is stored,
+        so `executeFlow` always finds a runnable graph (`validateFlow` checks drafts)."""
+        await _check_refs_exist(uow, data.nodes)
+        refs = await reference_index(uow, data.nodes)
+        result = validate_flow(FlowGraph(tuple(data.nodes), tuple(data.edges)), refs)
+        if not result.valid:
+            fields = {f"input.{k}": v for k, v in result.field_errors.items()}
+            raise BadUserInput(f"invalid flow: {result.errors[0]}", fields or {"input.nodes": result.errors[0]})
+
+    async def list(
+        self, p: Principal, first: int, after: str | None, search: str | None = None
+    ) -> Page[Flow]:
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            return await uow.flows.page(first, after, search=search)
+
+    async def get(self, p: Principal, ident: str) -> Flow:
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            found = await uow.flows.get(require_id("flow", ident))
+        if found is None:
+            raise NotFound("flow", ident)
+        return found
+
+    async def version(self, p: Principal, ident: str, version: int) -> Flow:
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            found = await uow.flows.get_version(require_id("flow", ident), version)
+        if found is None:
+            raise NotFound(f"version {version} of flow", ident)
+        return found  # type: ignore[no-any-return]
+
+    async def versions(self, p: Principal, ident: str) -> list[Flow]:
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            return await uow.flows.versions(require_id("flow", ident))
+
+    async def create(self, p: Principal, data: FlowInput) -> Flow:
+        p.require(Action.WRITE)
+        data = self._clean(data)
+        now = datetime.now(UTC)
+        flow = Flow(
+            str(uuid.uuid4()), data.name, data.description, 1,
+            tuple(data.nodes), tuple(data.edges), now, now,
+        )
+        async with self._uow(p.tenant_schema) as uow:
+            await self._check_graph(uow, data)
+            if await uow.flows.name_taken(flow.name):
+                raise duplicate_name("flow", flow.name)
+            await uow.flows.add(flow)
+            await uow.flows.add_version(flow, p.user_id or p.api_key_id)
+            await uow.flows.set_refs(flow.id, refs_of(flow.nodes))
+            await uow.commit()
+        return flow
+
+    async def update(
+        self, p: Principal, ident: str, data: FlowInput, expected_version: int | None = None
+    ) -> Flow:
+        p.require(Action.WRITE)
+        data = self._clean(data)
+        async with self._uow(p.tenant_schema) as uow:
+            flow = await uow.flows.get(require_id("flow", ident), for_update=True)
+            if flow is None:
+                raise NotFound("flow", ident)
+            check_version("flow", flow.version, expected_version)
+            await self._check_graph(uow, data)
+            if await uow.flows.name_taken(data.name, exclude=ident):
+                raise duplicate_name("flow", data.name)
+            flow.name, flow.description = data.name, data.description
+            flow.nodes, flow.edges = tuple(data.nodes), tuple(data.edges)
+            flow.version += 1
+            flow.updated_at = datetime.now(UTC)
+            await uow.flows.update(flow)
+            await uow.flows.add_version(flow, p.user_id or p.api_key_id)
+            await uow.flows.set_refs(flow.id, refs_of(flow.nodes))
+            await uow.commit()
+        return flow
+
+    async def delete(self, p: Principal, ident: str) -> bool:
+        """Soft delete: the flow disappears and frees its references and name, but the
+        versions stay so executions that pinned one remain readable."""
+        p.require(Action.WRITE)
+        async with self._uow(p.tenant_schema) as uow:
+            flow = await uow.flows.get(require_id("flow", ident), for_update=True)
+            if flow is None:
+                raise NotFound("flow", ident)
+            await uow.flows.delete(ident)
+            await uow.commit()
+        return True
+
+
+def node_from_json(data: dict[str, Any]) -> FlowNode:
+    return FlowNode(
+        id=str(data["id"]), kind=str(data["kind"]), name=data.get("name"),
+        config=dict(data.get("config") or {}),
+    )
+
+
+def edge_from_json(data: dict[str, Any]) -> FlowEdge:
+    return FlowEdge(source=str(data["source"]), target=str(data["target"]), branch=data.get("branch"))

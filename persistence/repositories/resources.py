@@ -1,0 +1,449 @@
+"""Repositories of tenant resources. All statements use the `tenant` placeholder
+schema; the connection's schema_translate_map points it at the caller's tenant."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Sequence
+from datetime import UTC, datetime
+from typing import Any, Generic, TypeVar
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection
+
+from domain.agents import Agent, AgentOptions
+from domain.auth import is_uuid
+from domain.crews import Crew, CrewTask
+from domain.flows.model import FlowEdge, FlowNode
+from domain.flows.service import Flow, FlowRefs
+from domain.ports import Page
+from domain.providers import LlmProvider
+from domain.secrets import Sealed
+from domain.tools import Tool, ToolKind
+from persistence import tables as t
+from persistence.pagination import paginate
+
+E = TypeVar("E")
+
+
+def _uuids(ids: Sequence[str]) -> list[str]:
+    return [i for i in dict.fromkeys(ids) if is_uuid(i)]
+
+
+class _SqlResource(Generic[E]):
+    table: sa.Table
+    kind: str
+
+    def __init__(self, conn: AsyncConnection) -> None:
+        self._conn = conn
+
+    # -- mapping, per resource ------------------------------------------------
+    def _to_entity(self, row: Any) -> E:
+        raise NotImplementedError
+
+    def _values(self, entity: E) -> dict[str, Any]:
+        raise NotImplementedError
+
+    async def _load_children(self, entities: list[E]) -> None:
+        """Fill child collections of many entities with one query per child table."""
+
+    async def _save_children(self, entity: E) -> None:
+        pass
+
+    def _base(self) -> sa.Select[Any]:
+        return sa.select(self.table)
+
+    # -- generic operations ------------------------------------------------------
+    async def get(self, ident: str, *, for_update: bool = False) -> E | None:
+        if not is_uuid(ident):
+            return None
+        stmt = self._base().where(self.table.c.id == ident)
+        if for_update:
+            stmt = stmt.with_for_update()
+        row = (await self._conn.execute(stmt)).first()
+        if row is None:
+            return None
+        entity = self._to_entity(row)
+        await self._load_children([entity])
+        return entity
+
+    async def get_many(self, ids: Sequence[str]) -> dict[str, E]:
+        wanted = _uuids(ids)
+        if not wanted:
+            return {}
+        rows = await self._conn.execute(self._base().where(self.table.c.id.in_(wanted)))
+        entities = [self._to_entity(r) for r in rows]
+        await self._load_children(entities)
+        return {e.id: e for e in entities}  # type: ignore[attr-defined]
+
+    async def existing_ids(self, ids: Sequence[str]) -> set[str]:
+        wanted = _uuids(ids)
+        if not wanted:
+            return set()
+        stmt = sa.select(self.table.c.id).where(self.table.c.id.in_(wanted))
+        if "deleted_at" in self.table.c:
+            stmt = stmt.where(self.table.c.deleted_at.is_(None))
+        return {str(i) for i in (await self._conn.execute(stmt)).scalars()}
+
+    async def page(self, first: int, after: str | None, **filters: Any) -> Page[E]:
+        stmt = self._filtered(self._base(), **filters)
+        page = await paginate(
+            self._conn, stmt, self.table.c.created_at, self.table.c.id, first, after, self._to_entity
+        )
+        await self._load_children([item for item, _ in page.items])
+        return page
+
+    def _filtered(self, stmt: sa.Select[Any], search: str | None = None, **_: Any) -> sa.Select[Any]:
+        if search:
+            escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+            stmt = stmt.where(self.table.c.name.ilike(f"%{escaped}%", escape="\\"))
+        return stmt
+
+    async def add(self, entity: E) -> None:
+        await self._conn.execute(self.table.insert().values(**self._values(entity)))
+        await self._save_children(entity)
+
+    async def update(self, entity: E) -> None:
+        values = self._values(entity)
+        ident = values.pop("id")
+        values.pop("created_at", None)
+        await self._conn.execute(self.table.update().where(self.table.c.id == ident).values(**values))
+        await self._save_children(entity)
+
+    async def delete(self, ident: str) -> None:
+        await self._conn.execute(self.table.delete().where(self.table.c.id == ident))
+
+    async def name_taken(self, name: str, exclude: str | None = None) -> bool:
+        stmt = sa.select(self.table.c.id).where(self.table.c.name == name)
+        if exclude is not None:
+            stmt = stmt.where(self.table.c.id != exclude)
+        return (await self._conn.execute(stmt.limit(1))).first() is not None
+
+    async def referrers(self, ident: str) -> list[str]:
+        return []
+
+    async def _names(self, table: sa.Table, ids_stmt: sa.Select[Any], label: str) -> list[str]:
+        rows = await self._conn.execute(
+            sa.select(table.c.name).where(table.c.id.in_(ids_stmt)).order_by(table.c.name)
+        )
+        return [f"{label} {name!r}" for name in rows.scalars()]
+
+    async def _flow_referrers(self, column: str, ident: str) -> list[str]:
+        ids = sa.select(t.flow_refs.c.flow_id).where(t.flow_refs.c[column] == ident)
+        return await self._names(t.flows, ids, "flow")
+
+
+class SqlProviders(_SqlResource[LlmProvider]):
+    table = t.llm_providers
+
+    def _to_entity(self, r: Any) -> LlmProvider:
+        sealed = Sealed(r.api_key_key_id, bytes(r.api_key_ciphertext)) if r.api_key_ciphertext else None
+        return LlmProvider(
+            str(r.id), r.name, r.provider, r.model, r.base_url, sealed, r.version,
+            r.created_at, r.updated_at,
+        )
+
+    def _values(self, e: LlmProvider) -> dict[str, Any]:
+        return {
+            "id": e.id, "name": e.name, "provider": e.provider, "model": e.model,
+            "base_url": e.base_url,
+            "api_key_ciphertext": e.api_key.blob if e.api_key else None,
+            "api_key_key_id": e.api_key.key_id if e.api_key else None,
+            "version": e.version, "created_at": e.created_at, "updated_at": e.updated_at,
+        }
+
+    async def referrers(self, ident: str) -> list[str]:
+        agents = await self._names(
+            t.agents, sa.select(t.agents.c.id).where(t.agents.c.llm_provider_id == ident), "agent"
+        )
+        crews = await self._names(
+            t.crews, sa.select(t.crews.c.id).where(t.crews.c.manager_llm_provider_id == ident), "crew"
+        )
+        return agents + crews + await self._flow_referrers("llm_provider_id", ident)
+
+    async def sealed_keys(self) -> list[tuple[str, Sealed]]:
+        rows = await self._conn.execute(
+            sa.select(t.llm_providers.c.id, t.llm_providers.c.api_key_key_id, t.llm_providers.c.api_key_ciphertext)
+            .where(t.llm_providers.c.api_key_ciphertext.is_not(None))
+            .with_for_update()
+        )
+        return [(str(r.id), Sealed(r.api_key_key_id, bytes(r.api_key_ciphertext))) for r in rows]
+
+    async def store_key(self, ident: str, sealed: Sealed) -> None:
+        await self._conn.execute(
+            t.llm_providers.update()
+            .where(t.llm_providers.c.id == ident)
+            .values(api_key_ciphertext=sealed.blob, api_key_key_id=sealed.key_id)
+        )
+
+
+class SqlTools(_SqlResource[Tool]):
+    table = t.tools
+
+    def _to_entity(self, r: Any) -> Tool:
+        return Tool(
+            str(r.id), r.name, r.description, ToolKind(r.kind), r.config, r.input_schema,
+            r.version, r.created_at, r.updated_at,
+        )
+
+    def _values(self, e: Tool) -> dict[str, Any]:
+        return {
+            "id": e.id, "name": e.name, "description": e.description, "kind": e.kind.value,
+            "config": e.config, "input_schema": e.input_schema, "version": e.version,
+            "created_at": e.created_at, "updated_at": e.updated_at,
+        }
+
+    def _filtered(self, stmt: sa.Select[Any], search: str | None = None, kind: ToolKind | None = None, **kw: Any) -> sa.Select[Any]:
+        stmt = super()._filtered(stmt, search)
+        if kind is not None:
+            stmt = stmt.where(t.tools.c.kind == ToolKind(kind).value)
+        return stmt
+
+    async def referrers(self, ident: str) -> list[str]:
+        agents = await self._names(
+            t.agents, sa.select(t.agent_tools.c.agent_id).where(t.agent_tools.c.tool_id == ident), "agent"
+        )
+        return agents + await self._flow_referrers("tool_id", ident)
+
+
+class SqlAgents(_SqlResource[Agent]):
+    table = t.agents
+
+    def _to_entity(self, r: Any) -> Agent:
+        return Agent(
+            str(r.id), r.name, r.role, r.goal, r.backstory,
+            str(r.llm_provider_id) if r.llm_provider_id else None, [],
+            AgentOptions.from_json(r.options or {}), r.version, r.created_at, r.updated_at,
+        )
+
+    def _values(self, e: Agent) -> dict[str, Any]:
+        return {
+            "id": e.id, "name": e.name, "role": e.role, "goal": e.goal, "backstory": e.backstory,
+            "llm_provider_id": e.llm_provider_id, "options": e.options.to_json(),
+            "version": e.version, "created_at": e.created_at, "updated_at": e.updated_at,
+        }
+
+    async def _load_children(self, entities: list[Agent]) -> None:
+        if not entities:
+            return
+        rows = await self._conn.execute(
+            sa.select(t.agent_tools.c.agent_id, t.agent_tools.c.tool_id)
+            .where(t.agent_tools.c.agent_id.in_([e.id for e in entities]))
+            .order_by(t.agent_tools.c.agent_id, t.agent_tools.c.position)
+        )
+        by_agent: dict[str, list[str]] = defaultdict(list)
+        for agent_id, tool_id in rows:
+            by_agent[str(agent_id)].append(str(tool_id))
+        for e in entities:
+            e.tool_ids = by_agent.get(e.id, [])
+
+    async def _save_children(self, e: Agent) -> None:
+        await self._conn.execute(t.agent_tools.delete().where(t.agent_tools.c.agent_id == e.id))
+        if e.tool_ids:
+            await self._conn.execute(
+                t.agent_tools.insert(),
+                [{"agent_id": e.id, "tool_id": tid, "position": i} for i, tid in enumerate(e.tool_ids)],
+            )
+
+    async def referrers(self, ident: str) -> list[str]:
+        crew_ids = sa.union(
+            sa.select(t.crew_agents.c.crew_id).where(t.crew_agents.c.agent_id == ident),
+            sa.select(t.crew_tasks.c.crew_id).where(t.crew_tasks.c.agent_id == ident),
+            sa.select(t.crews.c.id).where(t.crews.c.manager_agent_id == ident),
+        )
+        crews = await self._names(t.crews, sa.select(crew_ids.subquery().c[0]), "crew")
+        return crews + await self._flow_referrers("agent_id", ident)
+
+
+class SqlCrews(_SqlResource[Crew]):
+    table = t.crews
+
+    def _to_entity(self, r: Any) -> Crew:
+        return Crew(
+            str(r.id), r.name, r.process, [], [],
+            str(r.manager_agent_id) if r.manager_agent_id else None,
+            str(r.manager_llm_provider_id) if r.manager_llm_provider_id else None,
+            r.version, r.created_at, r.updated_at,
+        )
+
+    def _values(self, e: Crew) -> dict[str, Any]:
+        return {
+            "id": e.id, "name": e.name, "process": e.process,
+            "manager_agent_id": e.manager_agent_id,
+            "manager_llm_provider_id": e.manager_llm_provider_id,
+            "version": e.version, "created_at": e.created_at, "updated_at": e.updated_at,
+        }
+
+    async def _load_children(self, entities: list[Crew]) -> None:
+        if not entities:
+            return
+        ids = [e.id for e in entities]
+        agents: dict[str, list[str]] = defaultdict(list)
+        for crew_id, agent_id in await self._conn.execute(
+            sa.select(t.crew_agents.c.crew_id, t.crew_agents.c.agent_id)
+            .where(t.crew_agents.c.crew_id.in_(ids))
+            .order_by(t.crew_agents.c.crew_id, t.crew_agents.c.position)
+        ):
+            agents[str(crew_id)].append(str(agent_id))
+        tasks: dict[str, list[CrewTask]] = defaultdict(list)
+        for r in await self._conn.execute(
+            sa.select(t.crew_tasks).where(t.crew_tasks.c.crew_id.in_(ids))
+            .order_by(t.crew_tasks.c.crew_id, t.crew_tasks.c.position)
+        ):
+            tasks[str(r.crew_id)].append(CrewTask(r.description, r.expected_output, str(r.agent_id)))
+        for e in entities:
+            e.agent_ids, e.tasks = agents.get(e.id, []), tasks.get(e.id, [])
+
+    async def _save_children(self, e: Crew) -> None:
+        await self._conn.execute(t.crew_tasks.delete().where(t.crew_tasks.c.crew_id == e.id))
+        await self._conn.execute(t.crew_agents.delete().where(t.crew_agents.c.crew_id == e.id))
+        await self._conn.execute(
+            t.crew_agents.insert(),
+            [{"crew_id": e.id, "agent_id": a, "position": i} for i, a in enumerate(e.agent_ids)],
+        )
+        await self._conn.execute(
+            t.crew_tasks.insert(),
+            [
+                {"crew_id": e.id, "position": i, "description": task.description,
+                 "expected_output": task.expected_output, "agent_id": task.agent_id}
+                for i, task in enumerate(e.tasks)
+            ],
+        )
+
+    async def referrers(self, ident: str) -> list[str]:
+        return await self._flow_referrers("crew_id", ident)
+
+
+def _nodes(data: list[dict[str, Any]]) -> tuple[FlowNode, ...]:
+    return tuple(FlowNode(n["id"], n["kind"], n.get("name"), n.get("config") or {}) for n in data)
+
+
+def _edges(data: list[dict[str, Any]]) -> tuple[FlowEdge, ...]:
+    return tuple(FlowEdge(e["source"], e["target"], e.get("branch")) for e in data)
+
+
+def _nodes_json(nodes: tuple[FlowNode, ...]) -> list[dict[str, Any]]:
+    return [{"id": n.id, "kind": n.kind, "name": n.name, "config": n.config} for n in nodes]
+
+
+def _edges_json(edges: tuple[FlowEdge, ...]) -> list[dict[str, Any]]:
+    return [{"source": e.source, "target": e.target, "branch": e.branch} for e in edges]
+
+
+class SqlFlows(_SqlResource[Flow]):
+    """`flows` holds the head (name, version); the graph of every version lives in
+    `flow_versions`, so reading a flow joins its head version."""
+
+    table = t.flows
+
+    def _base(self) -> sa.Select[Any]:
+        v = t.flow_versions
+        return (
+            sa.select(t.flows, v.c.nodes, v.c.edges)
+            .join(v, sa.and_(v.c.flow_id == t.flows.c.id, v.c.version == t.flows.c.version))
+            .where(t.flows.c.deleted_at.is_(None))
+        )
+
+    def _to_entity(self, r: Any) -> Flow:
+        return Flow(
+            str(r.id), r.name, r.description, r.version, _nodes(r.nodes), _edges(r.edges),
+            r.created_at, r.updated_at,
+        )
+
+    def _values(self, e: Flow) -> dict[str, Any]:
+        return {
+            "id": e.id, "name": e.name, "description": e.description, "version": e.version,
+            "created_at": e.created_at, "updated_at": e.updated_at,
+        }
+
+    async def get(self, ident: str, *, for_update: bool = False) -> Flow | None:
+        if not is_uuid(ident):
+            return None
+        stmt = self._base().where(t.flows.c.id == ident)
+        if for_update:
+            stmt = stmt.with_for_update(of=t.flows)
+        row = (await self._conn.execute(stmt)).first()
+        return self._to_entity(row) if row else None
+
+    async def name_taken(self, name: str, exclude: str | None = None) -> bool:
+        stmt = sa.select(t.flows.c.id).where(t.flows.c.name == name, t.flows.c.deleted_at.is_(None))
+        if exclude is not None:
+            stmt = stmt.where(t.flows.c.id != exclude)
+        return (await self._conn.execute(stmt.limit(1))).first() is not None
+
+    async def delete(self, ident: str) -> None:
+        await self._conn.execute(t.flow_refs.delete().where(t.flow_refs.c.flow_id == ident))
+        await self._conn.execute(
+            t.flows.update().where(t.flows.c.id == ident).values(deleted_at=datetime.now(UTC))
+        )
+
+    async def add_version(self, flow: Flow, created_by: str | None) -> None:
+        await self._conn.execute(
+            t.flow_versions.insert().values(
+                flow_id=flow.id, version=flow.version, name=flow.name,
+                description=flow.description, nodes=_nodes_json(flow.nodes),
+                edges=_edges_json(flow.edges), created_by=created_by, created_at=flow.updated_at,
+            )
+        )
+
+    def _version_entity(self, r: Any, head: Any) -> Flow:
+        return Flow(
+            str(r.flow_id), r.name, r.description, r.version, _nodes(r.nodes), _edges(r.edges),
+            head.created_at, r.created_at,
+        )
+
+    async def get_version(self, flow_id: str, version: int) -> Flow | None:
+        if not is_uuid(flow_id):
+            return None
+        row = (
+            await self._conn.execute(
+                sa.select(t.flow_versions, t.flows.c.created_at.label("flow_created_at"))
+                .join(t.flows, t.flows.c.id == t.flow_versions.c.flow_id)
+                .where(t.flow_versions.c.flow_id == flow_id, t.flow_versions.c.version == version)
+            )
+        ).first()
+        if row is None:
+            return None
+        return Flow(
+            str(row.flow_id), row.name, row.description, row.version, _nodes(row.nodes),
+            _edges(row.edges), row.flow_created_at, row.created_at,
+        )
+
+    async def versions(self, flow_id: str) -> list[Flow]:
+        rows = await self._conn.execute(
+            sa.select(t.flow_versions, t.flows.c.created_at.label("flow_created_at"))
+            .join(t.flows, t.flows.c.id == t.flow_versions.c.flow_id)
+            .where(t.flow_versions.c.flow_id == flow_id, t.flows.c.deleted_at.is_(None))
+            .order_by(t.flow_versions.c.version.desc())
+        )
+        return [
+            Flow(str(r.flow_id), r.name, r.description, r.version, _nodes(r.nodes), _edges(r.edges),
+                 r.flow_created_at, r.created_at)
+            for r in rows
+        ]
+
+    async def set_refs(self, flow_id: str, refs: FlowRefs) -> None:
+        await self._conn.execute(t.flow_refs.delete().where(t.flow_refs.c.flow_id == flow_id))
+        rows = (
+            [{"flow_id": flow_id, "agent_id": i} for i in refs.agent_ids]
+            + [{"flow_id": flow_id, "crew_id": i} for i in refs.crew_ids]
+            + [{"flow_id": flow_id, "tool_id": i} for i in refs.tool_ids]
+            + [{"flow_id": flow_id, "llm_provider_id": i} for i in refs.provider_ids]
+        )
+        if rows:
+            full = [{"agent_id": None, "crew_id": None, "tool_id": None, "llm_provider_id": None, **r} for r in rows]
+            await self._conn.execute(t.flow_refs.insert(), full)
+
+    async def refs_by_flow(self, flow_ids: Sequence[str]) -> dict[str, FlowRefs]:
+        rows = await self._conn.execute(
+            sa.select(t.flow_refs).where(t.flow_refs.c.flow_id.in_(_uuids(flow_ids)))
+        )
+        acc: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
+        for r in rows:
+            for col, key in (("agent_id", "agent_ids"), ("crew_id", "crew_ids"), ("tool_id", "tool_ids"), ("llm_provider_id", "provider_ids")):
+                if r._mapping[col] is not None:
+                    acc[str(r.flow_id)][key].add(str(r._mapping[col]))
+        return {
+            fid: FlowRefs(**{k: frozenset(v) for k, v in d.items()})  # type: ignore[arg-type]
+            for fid, d in acc.items()
+        }

@@ -1,0 +1,314 @@
+"""Bubblewrap backend: the local fallback for machines without a Docker engine.
+
+Each run is ``bwrap --unshare-all`` (new user, PID, network, IPC, UTS, cgroup and mount
+namespaces; only loopback, no listeners) with ``--die-with-parent --new-session``, the
+host's /usr bound read-only (plus /bin, /lib, /lib64, /sbin as symlinks or read-only
+binds), a fresh /proc and minimal /dev, a private size-capped tmpfs on /tmp, a read-only
+root, no /home, /root, /work or /etc secrets (only ``ld.so.cache``, ``localtime`` and
+``alternatives`` from /etc), a clear environment, and ``--disable-userns``.
+
+Limits: ``prlimit`` inside the sandbox sets RLIMIT_AS (memory), RLIMIT_NPROC (pids),
+RLIMIT_CPU (CPU seconds = timeout), RLIMIT_FSIZE (tmpfs size), RLIMIT_NOFILE and no core
+files; the host kills the whole process group on the wall-clock timeout or when the output
+cap is passed. Run as root, the process first drops to uid/gid 65534 on the host
+(``setpriv``), because the kernel does not enforce RLIMIT_NPROC for root; when the host
+lets us, each run also gets its own cgroup (memory incl. swap, pids, cpu quota; see
+``sandbox/cgroups.py``) so the limits hold for all processes of the run together and
+``cpu_fraction`` is enforced (without cgroups it is not).
+
+Python tools run with the host's ``/usr/bin/python3``; ``request.image`` is ignored here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import math
+import os
+import shutil
+import signal
+from dataclasses import replace
+
+from domain.errors import NotConfigured
+from domain.sandbox import SandboxLimits, SandboxRequest, SandboxResult
+from sandbox.cgroups import CgroupManager, RunCgroup
+from sandbox.limits import DEFAULT_MAX_LIMITS, KILL_GRACE_SECONDS
+from sandbox.output import STDERR, STDOUT, OutputCollector, build_result, python_argv, request_line
+
+SANDBOX_UID = 65534
+SANDBOX_GID = 65534
+_LINKED_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+_ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
+
+
+class BubblewrapSandbox:
+    """:class:`domain.sandbox.Sandbox` over bubblewrap. Use :meth:`open` (which probes that
+    bwrap can create its namespaces here) rather than the constructor."""
+
+    name = "bubblewrap"
+
+    def __init__(
+        self,
+        *,
+        bwrap: str | None = None,
+        python: str = "/usr/bin/python3",
+        ceiling: SandboxLimits = DEFAULT_MAX_LIMITS,
+        use_cgroups: bool | None = None,
+        extra_ro_binds: tuple[str, ...] = (),
+    ) -> None:
+        found = bwrap or shutil.which("bwrap")
+        if not found:
+            raise NotConfigured(
+                "bubblewrap (bwrap) is not installed; run scripts/sandbox-deps.sh "
+                "(Debian package: bubblewrap)"
+            )
+        self.bwrap = found
+        self.python = python
+        self.ceiling = ceiling
+        self.extra_ro_binds = extra_ro_binds
+        self.drop_root = os.geteuid() == 0
+        self.setpriv = shutil.which("setpriv") if self.drop_root else None
+        if self.drop_root and not self.setpriv:
+            raise NotConfigured("running as root needs setpriv (util-linux) to drop to uid 65534")
+        self.cgroups: CgroupManager | None = None
+        if use_cgroups is not False:
+            self.cgroups = CgroupManager.detect()
+            if use_cgroups and self.cgroups is None:
+                raise NotConfigured("cgroups were requested but this host does not allow them")
+        self._procs: set[asyncio.subprocess.Process] = set()
+        self._closed = False
+
+    @classmethod
+    async def open(cls, **kwargs: object) -> BubblewrapSandbox:
+        sandbox = cls(**kwargs)  # type: ignore[arg-type]
+        await sandbox.probe()
+        return sandbox
+
+    async def probe(self) -> None:
+        """Run ``python3 -c pass`` in the sandbox; NotConfigured with bwrap's words if not."""
+        if not os.path.exists(self.python):  # noqa: ASYNC240 (one stat at start-up)
+            raise NotConfigured(f"the sandbox python {self.python} does not exist on this host")
+        argv = self._argv(SandboxLimits(timeout_seconds=10), [self.python, "-I", "-c", "pass"])
+        proc = await asyncio.create_subprocess_exec(
+            *argv,
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            start_new_session=True,
+        )
+        try:
+            _, err = await asyncio.wait_for(proc.communicate(), 15)
+        except TimeoutError:
+            _killpg(proc)
+            await proc.wait()
+            raise NotConfigured("bubblewrap did not start a sandbox within 15 s") from None
+        if proc.returncode != 0:
+            raise NotConfigured(
+                "bubblewrap cannot create a sandbox here (are unprivileged user namespaces "
+                f"allowed?): {err.decode('utf-8', 'replace').strip()[:500]}"
+            )
+
+    # -- command line -------------------------------------------------------------------
+
+    def _argv(
+        self, limits: SandboxLimits, command: list[str], env: dict[str, str] | None = None
+    ) -> list[str]:
+        argv: list[str] = []
+        if self.drop_root and self.setpriv:
+            argv += [
+                self.setpriv,
+                f"--reuid={SANDBOX_UID}",
+                f"--regid={SANDBOX_GID}",
+                "--clear-groups",
+                "--inh-caps=-all",
+            ]
+        argv += [
+            self.bwrap,
+            "--unshare-all",
+            "--unshare-user",
+            "--uid",
+            str(SANDBOX_UID),
+            "--gid",
+            str(SANDBOX_GID),
+            "--disable-userns",
+            "--die-with-parent",
+            "--new-session",
+            "--hostname",
+            "sandbox",
+            "--clearenv",
+            "--ro-bind",
+            "/usr",
+            "/usr",
+        ]
+        for path in _LINKED_DIRS:
+            if os.path.islink(path):
+                argv += ["--symlink", os.readlink(path), path]
+            elif os.path.isdir(path):
+                argv += ["--ro-bind", path, path]
+        for path in (*_ETC_FILES, *self.extra_ro_binds):
+            argv += ["--ro-bind-try", path, path]
+        argv += [
+            "--proc",
+            "/proc",
+            "--dev",
+            "/dev",
+            "--size",
+            str(limits.tmpfs_mb * 1024 * 1024),
+            "--perms",
+            "1777",
+            "--tmpfs",
+            "/tmp",
+            "--remount-ro",
+            "/",
+            "--chdir",
+            "/tmp",
+        ]
+        base_env = {
+            "PATH": "/usr/local/bin:/usr/bin:/bin:/usr/sbin:/sbin",
+            "HOME": "/tmp",
+            "TMPDIR": "/tmp",
+            "LANG": "C.UTF-8",
+            "PYTHONDONTWRITEBYTECODE": "1",
+            "PYTHONUNBUFFERED": "1",
+            **(env or {}),
+        }
+        for key, value in base_env.items():
+            argv += ["--setenv", key, value]
+        memory = limits.memory_mb * 1024 * 1024
+        argv += [
+            "--",
+            "/usr/bin/prlimit",
+            f"--as={memory}",
+            f"--nproc={limits.pids}",
+            f"--cpu={math.ceil(limits.timeout_seconds) + 1}",
+            f"--fsize={limits.tmpfs_mb * 1024 * 1024}",
+            "--nofile=1024",
+            "--core=0",
+            "--",
+            *command,
+        ]
+        return argv
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def run(self, request: SandboxRequest) -> SandboxResult:
+        if self._closed:
+            raise NotConfigured("the bubblewrap sandbox is closed")
+        request = replace(request, limits=request.limits.clamp(self.ceiling))
+        limits = request.limits
+        command = python_argv(self.python) if request.kind == "python" else list(request.command)
+        argv = self._argv(limits, command, dict(request.env))
+        cgroup: RunCgroup | None = None
+        if self.cgroups is not None:
+            try:
+                cgroup = await asyncio.to_thread(self.cgroups.create, limits, request.execution_id)
+                argv = cgroup.join_argv(argv)
+            except OSError:
+                cgroup = None
+        collector = OutputCollector(framed=request.kind == "python", limit=limits.output_bytes)
+        loop = asyncio.get_running_loop()
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                *argv,
+                stdin=asyncio.subprocess.PIPE,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+                start_new_session=True,  # its own process group: killed as a whole
+            )
+        except OSError as exc:
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
+            raise NotConfigured(f"cannot start bubblewrap: {exc}") from None
+        self._procs.add(proc)
+        started = loop.time()
+        timed_out = False
+        try:
+            timed_out, _ = await self._supervise(proc, request, collector, started)
+            duration_ms = int((loop.time() - started) * 1000)
+        finally:
+            if proc.returncode is None:
+                _killpg(proc)
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
+            self._procs.discard(proc)
+        exit_code = proc.returncode
+        if exit_code is not None and exit_code < 0:
+            exit_code = 128 - exit_code  # killed by a signal: shell convention
+        oom = False
+        peak: int | None = None
+        if cgroup is not None:
+            oom = cgroup.oom_killed()
+            peak = cgroup.peak_memory()
+            await asyncio.to_thread(cgroup.remove)
+        result = build_result(
+            request,
+            collector,
+            backend=self.name,
+            exit_code=exit_code,
+            duration_ms=duration_ms,
+            timed_out=timed_out,
+            oom_killed=oom and not timed_out,
+        )
+        if peak is not None and result.usage.max_memory_bytes is None:
+            result = replace(result, usage=replace(result.usage, max_memory_bytes=peak))
+        return result
+
+    async def _supervise(
+        self,
+        proc: asyncio.subprocess.Process,
+        request: SandboxRequest,
+        collector: OutputCollector,
+        started: float,
+    ) -> tuple[bool, bool]:
+        """Feed stdin, read both streams under the cap and the timeout.
+        Returns (timed_out, output_exceeded)."""
+        assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
+        over = asyncio.Event()
+
+        async def feed() -> None:
+            assert proc.stdin is not None
+            with contextlib.suppress(BrokenPipeError, ConnectionResetError):
+                proc.stdin.write(request_line(request))
+                await proc.stdin.drain()
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+
+        async def pump(reader: asyncio.StreamReader, stream: int) -> None:
+            while chunk := await reader.read(65536):
+                if not collector.feed(stream, chunk):
+                    over.set()
+                    _killpg(proc)
+                    return
+
+        tasks = [
+            asyncio.create_task(feed()),
+            asyncio.create_task(pump(proc.stdout, STDOUT)),
+            asyncio.create_task(pump(proc.stderr, STDERR)),
+        ]
+        timed_out = False
+        try:
+            remaining = started + request.limits.timeout_seconds - asyncio.get_running_loop().time()
+            await asyncio.wait_for(asyncio.gather(*tasks[1:], proc.wait()), max(remaining, 0.01))
+        except TimeoutError:
+            if not over.is_set():
+                timed_out = True
+            _killpg(proc)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+        return timed_out, over.is_set()
+
+    async def close(self) -> None:
+        self._closed = True
+        for proc in list(self._procs):
+            _killpg(proc)
+
+
+def _killpg(proc: asyncio.subprocess.Process) -> None:
+    if proc.returncode is not None:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    with contextlib.suppress(ProcessLookupError):
+        proc.kill()

@@ -1,0 +1,181 @@
+"""Flow types: graph nodes and edges, validation, versions."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from domain.errors import BadUserInput
+from domain.flows import graph as g
+from domain.flows import service as d
+from domain.flows.model import FlowEdge as DomainEdge
+from domain.flows.model import FlowNode as DomainNode
+from domain.flows.model import NodeKind as DomainNodeKind
+from schema.agents import Agent
+from schema.crews import Crew
+from schema.providers import LlmProvider
+from schema.tools import Tool
+
+NodeKind = strawberry.enum(DomainNodeKind, name="NodeKind")
+
+
+@strawberry.type
+class FlowNode:
+    id: str
+    kind: NodeKind  # type: ignore[valid-type]
+    name: str | None
+    config: JSON
+
+
+@strawberry.type(description="A graph edge (Relay edge types use the <Type>Edge names).")
+class FlowGraphEdge:
+    source: str
+    target: str
+    branch: str | None
+
+
+@strawberry.type
+class FlowValidation:
+    valid: bool
+    errors: list[str]
+    execution_order: list[str] = strawberry.field(description="a topological order when valid")
+    field_errors: JSON = strawberry.field(description="input path → problem, for editors")
+
+    @classmethod
+    def from_domain(cls, v: g.FlowValidation) -> FlowValidation:
+        return cls(
+            valid=v.valid,
+            errors=list(v.errors),
+            execution_order=list(v.execution_order),
+            field_errors=dict(v.field_errors),
+        )
+
+
+def _kind(kind: str) -> Any:
+    try:
+        return DomainNodeKind(kind)
+    except ValueError:
+        return kind
+
+
+@strawberry.type
+class Flow:
+    id: strawberry.ID
+    name: str
+    description: str | None
+    version: int
+    nodes: list[FlowNode]
+    edges: list[FlowGraphEdge]
+    created_at: datetime
+    updated_at: datetime
+    domain: strawberry.Private[d.Flow]
+
+    @strawberry.field
+    async def validation(self, info: Info) -> FlowValidation:
+        refs = await references(info, self.domain.nodes)
+        return FlowValidation.from_domain(g.validate_flow(self.domain.graph, refs))
+
+    @strawberry.field(description="Agents referenced by AGENT nodes.")
+    async def agents(self, info: Info) -> list[Agent]:
+        ids = sorted(d.refs_of(self.domain.nodes).agent_ids)
+        return [Agent.from_domain(a) for a in await info.context.loaders.agent.load_many(ids) if a]
+
+    @strawberry.field(description="Crews referenced by CREW nodes.")
+    async def crews(self, info: Info) -> list[Crew]:
+        ids = sorted(d.refs_of(self.domain.nodes).crew_ids)
+        return [Crew.from_domain(c) for c in await info.context.loaders.crew.load_many(ids) if c]
+
+    @strawberry.field(description="Tools referenced by TOOL nodes.")
+    async def tools(self, info: Info) -> list[Tool]:
+        ids = sorted(d.refs_of(self.domain.nodes).tool_ids)
+        return [Tool.from_domain(t) for t in await info.context.loaders.tool.load_many(ids) if t]
+
+    @strawberry.field(description="LLM providers referenced by LLM nodes.")
+    async def llm_providers(self, info: Info) -> list[LlmProvider]:
+        ids = sorted(d.refs_of(self.domain.nodes).provider_ids)
+        return [LlmProvider.from_domain(p) for p in await info.context.loaders.provider.load_many(ids) if p]
+
+    @strawberry.field(description="Every version of this flow, newest first.")
+    async def versions(self, info: Info) -> list[Flow]:
+        principal = await info.context.principal()
+        history = await info.context.services.flows.versions(principal, self.domain.id)
+        return [Flow.from_domain(f) for f in history]
+
+    @classmethod
+    def from_domain(cls, f: d.Flow) -> Flow:
+        return cls(
+            id=strawberry.ID(f.id),
+            name=f.name,
+            description=f.description,
+            version=f.version,
+            nodes=[FlowNode(id=n.id, kind=_kind(n.kind), name=n.name, config=n.config) for n in f.nodes],
+            edges=[FlowGraphEdge(source=e.source, target=e.target, branch=e.branch) for e in f.edges],
+            created_at=f.created_at,
+            updated_at=f.updated_at,
+            domain=f,
+        )
+
+
+async def references(info: Info, nodes: tuple[DomainNode, ...] | list[DomainNode]) -> g.ReferenceIndex:
+    """Which referenced ids exist in the caller's tenant, through the batched loaders."""
+    refs = d.refs_of(nodes)
+    loaders = info.context.loaders
+
+    async def existing(loader: Any, ids: frozenset[str]) -> frozenset[str]:
+        found = await loader.load_many(sorted(ids)) if ids else []
+        return frozenset(x.id for x in found if x is not None)
+
+    return g.ReferenceIndex(
+        agent_ids=await existing(loaders.agent, refs.agent_ids),
+        crew_ids=await existing(loaders.crew, refs.crew_ids),
+        tool_ids=await existing(loaders.tool, refs.tool_ids),
+        llm_provider_ids=await existing(loaders.provider, refs.provider_ids),
+    )
+
+
+@strawberry.input
+class FlowNodeInput:
+    id: str
+    kind: NodeKind  # type: ignore[valid-type]
+    name: str | None = None
+    config: JSON | None = None
+
+
+@strawberry.input
+class FlowEdgeInput:
+    source: str
+    target: str
+    branch: str | None = None
+
+
+@strawberry.input
+class FlowInput:
+    name: str
+    nodes: list[FlowNodeInput]
+    edges: list[FlowEdgeInput]
+    description: str | None = None
+
+    def to_domain(self) -> d.FlowInput:
+        return d.FlowInput(self.name, graph_nodes(self.nodes), graph_edges(self.edges), self.description)
+
+
+def graph_nodes(nodes: list[FlowNodeInput], prefix: str = "input.") -> list[DomainNode]:
+    out = []
+    bad: dict[str, str] = {}
+    for i, n in enumerate(nodes):
+        config = n.config if n.config is not None else {}
+        if not isinstance(config, dict):
+            bad[f"{prefix}nodes[{i}].config"] = "must be a JSON object"
+            config = {}
+        out.append(DomainNode(id=n.id, kind=str(n.kind.value if hasattr(n.kind, "value") else n.kind), name=n.name, config=config))
+    if bad:
+        raise BadUserInput(f"invalid flow: {next(iter(bad))} must be a JSON object", bad)
+    return out
+
+
+def graph_edges(edges: list[FlowEdgeInput]) -> list[DomainEdge]:
+    return [DomainEdge(source=e.source, target=e.target, branch=e.branch) for e in edges]
