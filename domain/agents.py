@@ -79,7 +79,9 @@ class AgentInput:
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-def _validate(data: AgentInput, previous: AgentOptions | None = None) -> tuple[AgentInput, AgentOptions]:
+def _validate(
+    data: AgentInput, previous: AgentOptions | None = None
+) -> tuple[AgentInput, AgentOptions]:
     check = Checker("input.")
     name = check.text("name", data.name) or ""
     role = check.text("role", data.role, max_len=2000) or ""
@@ -91,7 +93,9 @@ def _validate(data: AgentInput, previous: AgentOptions | None = None) -> tuple[A
     base = previous or AgentOptions()
     options = AgentOptions(
         max_iterations=base.max_iterations if data.max_iterations is None else data.max_iterations,
-        allow_delegation=base.allow_delegation if data.allow_delegation is None else data.allow_delegation,
+        allow_delegation=base.allow_delegation
+        if data.allow_delegation is None
+        else data.allow_delegation,
         verbose=base.verbose if data.verbose is None else data.verbose,
         temperature=base.temperature if data.temperature is None else data.temperature,
     )
@@ -140,8 +144,17 @@ class AgentService:
         data, options = _validate(data)
         now = datetime.now(UTC)
         agent = Agent(
-            str(uuid.uuid4()), data.name, data.role, data.goal, data.backstory,
-            data.llm_provider_id, list(data.tool_ids or []), options, 1, now, now,
+            str(uuid.uuid4()),
+            data.name,
+            data.role,
+            data.goal,
+            data.backstory,
+            data.llm_provider_id,
+            list(data.tool_ids or []),
+            options,
+            1,
+            now,
+            now,
         )
         async with self._uow(p.tenant_schema) as uow:
             await check_agent_refs(uow, data)
@@ -165,7 +178,10 @@ class AgentService:
             if await uow.agents.name_taken(data.name, exclude=ident):
                 raise duplicate_name("agent", data.name)
             agent.name, agent.role, agent.goal, agent.backstory = (
-                data.name, data.role, data.goal, data.backstory,
+                data.name,
+                data.role,
+                data.goal,
+                data.backstory,
             )
             agent.llm_provider_id = data.llm_provider_id
             agent.tool_ids = list(data.tool_ids or [])

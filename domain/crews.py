@@ -126,8 +126,16 @@ class CrewService:
         data = _validate(data)
         now = datetime.now(UTC)
         crew = Crew(
-            str(uuid.uuid4()), data.name, data.process or "sequential", data.agent_ids,
-            data.tasks, data.manager_agent_id, data.manager_llm_provider_id, 1, now, now,
+            str(uuid.uuid4()),
+            data.name,
+            data.process or "sequential",
+            data.agent_ids,
+            data.tasks,
+            data.manager_agent_id,
+            data.manager_llm_provider_id,
+            1,
+            now,
+            now,
         )
         async with self._uow(p.tenant_schema) as uow:
             await _check_refs(uow, data)

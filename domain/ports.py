@@ -6,9 +6,16 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
-from typing import Any, Generic, Protocol, Self, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
 from domain.identity import ApiKey, RefreshToken, Tenant, User
+
+if TYPE_CHECKING:
+    from domain.agents import Agent
+    from domain.crews import Crew
+    from domain.flows.service import Flow
+    from domain.providers import LlmProvider
+    from domain.tools import Tool
 from domain.rbac import Role
 
 
@@ -123,20 +130,20 @@ class ResourceRepository(Protocol[E]):
     async def referrers(self, ident: str) -> list[str]: ...
 
 
-class FlowRepository(ResourceRepository[Any], Protocol):
-    async def add_version(self, flow: Any, created_by: str | None) -> None: ...
-    async def get_version(self, flow_id: str, version: int) -> Any | None: ...
-    async def versions(self, flow_id: str) -> list[Any]: ...
+class FlowRepository(ResourceRepository["Flow"], Protocol):
+    async def add_version(self, flow: Flow, created_by: str | None) -> None: ...
+    async def get_version(self, flow_id: str, version: int) -> Flow | None: ...
+    async def versions(self, flow_id: str) -> list[Flow]: ...
     async def set_refs(self, flow_id: str, refs: Any) -> None: ...
 
 
 class TenantUnitOfWork(Protocol):
     """One transaction inside one tenant schema."""
 
-    providers: ResourceRepository[Any]
-    tools: ResourceRepository[Any]
-    agents: ResourceRepository[Any]
-    crews: ResourceRepository[Any]
+    providers: ResourceRepository[LlmProvider]
+    tools: ResourceRepository[Tool]
+    agents: ResourceRepository[Agent]
+    crews: ResourceRepository[Crew]
     flows: FlowRepository
 
     async def __aenter__(self) -> Self: ...

@@ -6,14 +6,15 @@ import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Any
 
+from domain.errors import NotFound
 from domain.identity import Principal
 from domain.ports import Page, TenantUnitOfWorkFactory
 from domain.rbac import Action
 from domain.resources import check_version, duplicate_name, require_id, still_referenced
 from domain.secrets import Sealed, SecretBox
 from domain.validation import Checker
-from domain.errors import NotFound
 
 _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,49}$")
 
@@ -88,7 +89,9 @@ class ProviderService:
         data = _validate(data)
         now = datetime.now(UTC)
         ident = str(uuid.uuid4())
-        sealed = self._box.seal(data.api_key, _context(ident, p.tenant_id)) if data.api_key else None
+        sealed = (
+            self._box.seal(data.api_key, _context(ident, p.tenant_id)) if data.api_key else None
+        )
         provider = LlmProvider(
             ident, data.name, data.provider, data.model, data.base_url, sealed, 1, now, now
         )
@@ -144,3 +147,24 @@ class ProviderService:
         if provider.api_key is None:
             return None
         return self._box.open(provider.api_key, _context(provider.id, p.tenant_id))
+
+
+async def rotate_keys(
+    uow: TenantUnitOfWorkFactory, box: SecretBox, tenants: list[tuple[str, str]]
+) -> int:
+    """Re-encrypt every stored API key under the current master key.
+
+    `tenants` are (tenant id, schema) pairs. Each tenant is one transaction, so a
+    failure leaves every key readable (old key ids stay valid until re-sealed)."""
+    rotated = 0
+    for tenant_id, schema in tenants:
+        async with uow(schema) as tx:
+            repo: Any = tx.providers
+            for provider_id, sealed in await repo.sealed_keys():
+                if sealed.key_id == box.current_key_id:
+                    continue
+                context = _context(provider_id, tenant_id)
+                await repo.store_key(provider_id, box.seal(box.open(sealed, context), context))
+                rotated += 1
+            await tx.commit()
+    return rotated

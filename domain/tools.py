@@ -10,8 +10,8 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from jsonschema import SchemaError
-from jsonschema.validators import validator_for
+from jsonschema import SchemaError  # type: ignore[import-untyped]
+from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 
 from domain.errors import NotFound
 from domain.identity import Principal
@@ -98,7 +98,11 @@ def _check_limits(check: Checker, config: dict[str, Any]) -> None:
     for key, (low, high) in _LIMIT_KEYS.items():
         if key in config:
             value = config[key]
-            if isinstance(value, bool) or not isinstance(value, int | float) or not low <= value <= high:
+            if (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not low <= value <= high
+            ):
                 check.fail(f"config.{key}", f"must be a number between {low} and {high}")
 
 
@@ -179,8 +183,15 @@ class ToolService:
         data = _validate(data)
         now = datetime.now(UTC)
         tool = Tool(
-            str(uuid.uuid4()), data.name, data.description, data.kind, data.config,
-            data.input_schema, 1, now, now,
+            str(uuid.uuid4()),
+            data.name,
+            data.description,
+            data.kind,
+            data.config,
+            data.input_schema,
+            1,
+            now,
+            now,
         )
         async with self._uow(p.tenant_schema) as uow:
             if await uow.tools.name_taken(tool.name):

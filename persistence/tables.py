@@ -227,7 +227,9 @@ flow_versions = sa.Table(
 flow_refs = sa.Table(
     "flow_refs",
     metadata,
-    sa.Column("flow_id", UUID, _tenant_fk("flows.id", ondelete="CASCADE"), nullable=False, index=True),
+    sa.Column(
+        "flow_id", UUID, _tenant_fk("flows.id", ondelete="CASCADE"), nullable=False, index=True
+    ),
     sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT")),
     sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="RESTRICT")),
     sa.Column("tool_id", UUID, _tenant_fk("tools.id", ondelete="RESTRICT")),

@@ -8,19 +8,19 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.db import Database
-from persistence.repositories.resources import (
-    SqlAgents,
-    SqlCrews,
-    SqlFlows,
-    SqlProviders,
-    SqlTools,
-)
 from persistence.repositories.identity import (
     SqlApiKeys,
     SqlAudit,
     SqlRefreshTokens,
     SqlTenants,
     SqlUsers,
+)
+from persistence.repositories.resources import (
+    SqlAgents,
+    SqlCrews,
+    SqlFlows,
+    SqlProviders,
+    SqlTools,
 )
 
 

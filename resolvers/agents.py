@@ -15,7 +15,9 @@ async def agents(
 ) -> Connection[Agent]:
     p = await info.context.principal()
     size = page_size(first, info.context.settings.page_size_max)
-    return connection(await info.context.services.agents.list(p, size, after, search), Agent.from_domain)
+    return connection(
+        await info.context.services.agents.list(p, size, after, search), Agent.from_domain
+    )
 
 
 async def agent(info: Info, id: strawberry.ID) -> Agent:
@@ -32,7 +34,9 @@ async def update_agent(
     info: Info, id: strawberry.ID, input: AgentInput, expected_version: int | None = None
 ) -> Agent:
     p = await info.context.principal()
-    return Agent.from_domain(await info.context.services.agents.update(p, id, input.to_domain(), expected_version))
+    return Agent.from_domain(
+        await info.context.services.agents.update(p, id, input.to_domain(), expected_version)
+    )
 
 
 async def delete_agent(info: Info, id: strawberry.ID) -> bool:

@@ -30,7 +30,9 @@ async def update_crew(
     info: Info, id: strawberry.ID, input: CrewInput, expected_version: int | None = None
 ) -> Crew:
     p = await info.context.principal()
-    return Crew.from_domain(await info.context.services.crews.update(p, id, input.to_domain(), expected_version))
+    return Crew.from_domain(
+        await info.context.services.crews.update(p, id, input.to_domain(), expected_version)
+    )
 
 
 async def delete_crew(info: Info, id: strawberry.ID) -> bool:

@@ -23,7 +23,9 @@ async def flows(
 ) -> Connection[Flow]:
     p = await info.context.principal()
     size = page_size(first, info.context.settings.page_size_max)
-    return connection(await info.context.services.flows.list(p, size, after, search), Flow.from_domain)
+    return connection(
+        await info.context.services.flows.list(p, size, after, search), Flow.from_domain
+    )
 
 
 async def flow(info: Info, id: strawberry.ID) -> Flow:
@@ -40,7 +42,9 @@ async def validate_flow(
     info: Info, nodes: list[FlowNodeInput], edges: list[FlowEdgeInput]
 ) -> FlowValidation:
     p = await info.context.principal()
-    result = await info.context.services.flows.validate(p, graph_nodes(nodes, ""), graph_edges(edges))
+    result = await info.context.services.flows.validate(
+        p, graph_nodes(nodes, ""), graph_edges(edges)
+    )
     return FlowValidation.from_domain(result)
 
 
@@ -53,7 +57,9 @@ async def update_flow(
     info: Info, id: strawberry.ID, input: FlowInput, expected_version: int | None = None
 ) -> Flow:
     p = await info.context.principal()
-    return Flow.from_domain(await info.context.services.flows.update(p, id, input.to_domain(), expected_version))
+    return Flow.from_domain(
+        await info.context.services.flows.update(p, id, input.to_domain(), expected_version)
+    )
 
 
 async def delete_flow(info: Info, id: strawberry.ID) -> bool:

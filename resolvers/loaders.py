@@ -16,7 +16,9 @@ if TYPE_CHECKING:
 
 
 class Loaders:
-    def __init__(self, container: Container, principal: Callable[[], Awaitable[identity.Principal]]) -> None:
+    def __init__(
+        self, container: Container, principal: Callable[[], Awaitable[identity.Principal]]
+    ) -> None:
         self._c = container
         self._principal = principal
         self.tenant: DataLoader[str, identity.Tenant] = DataLoader(self._tenants)

@@ -15,7 +15,9 @@ async def llm_providers(
 ) -> Connection[LlmProvider]:
     p = await info.context.principal()
     size = page_size(first, info.context.settings.page_size_max)
-    return connection(await info.context.services.providers.list(p, size, after), LlmProvider.from_domain)
+    return connection(
+        await info.context.services.providers.list(p, size, after), LlmProvider.from_domain
+    )
 
 
 async def llm_provider(info: Info, id: strawberry.ID) -> LlmProvider:
@@ -25,14 +27,18 @@ async def llm_provider(info: Info, id: strawberry.ID) -> LlmProvider:
 
 async def create_llm_provider(info: Info, input: LlmProviderInput) -> LlmProvider:
     p = await info.context.principal()
-    return LlmProvider.from_domain(await info.context.services.providers.create(p, input.to_domain()))
+    return LlmProvider.from_domain(
+        await info.context.services.providers.create(p, input.to_domain())
+    )
 
 
 async def update_llm_provider(
     info: Info, id: strawberry.ID, input: LlmProviderInput, expected_version: int | None = None
 ) -> LlmProvider:
     p = await info.context.principal()
-    updated = await info.context.services.providers.update(p, id, input.to_domain(), expected_version)
+    updated = await info.context.services.providers.update(
+        p, id, input.to_domain(), expected_version
+    )
     return LlmProvider.from_domain(updated)
 
 

@@ -11,11 +11,16 @@ from schema.tools import Tool, ToolInput, ToolKind
 
 
 async def tools(
-    info: Info, first: int | None = None, after: str | None = None, kind: ToolKind | None = None  # type: ignore[valid-type]
+    info: Info,
+    first: int | None = None,
+    after: str | None = None,
+    kind: ToolKind | None = None,  # type: ignore[valid-type]
 ) -> Connection[Tool]:
     p = await info.context.principal()
     size = page_size(first, info.context.settings.page_size_max)
-    return connection(await info.context.services.tools.list(p, size, after, kind), Tool.from_domain)
+    return connection(
+        await info.context.services.tools.list(p, size, after, kind), Tool.from_domain
+    )
 
 
 async def tool(info: Info, id: strawberry.ID) -> Tool:
@@ -32,7 +37,9 @@ async def update_tool(
     info: Info, id: strawberry.ID, input: ToolInput, expected_version: int | None = None
 ) -> Tool:
     p = await info.context.principal()
-    return Tool.from_domain(await info.context.services.tools.update(p, id, input.to_domain(), expected_version))
+    return Tool.from_domain(
+        await info.context.services.tools.update(p, id, input.to_domain(), expected_version)
+    )
 
 
 async def delete_tool(info: Info, id: strawberry.ID) -> bool:

@@ -39,6 +39,9 @@ SANDBOX_UID = 65534
 SANDBOX_GID = 65534
 _LINKED_DIRS = ("/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
 _ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
+#: The environment bwrap itself (and its PID 1 inside the sandbox, whose
+#: /proc/1/environ the user code can read) starts with: never the host's.
+_LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
 
 
 class BubblewrapSandbox:
@@ -95,6 +98,7 @@ class BubblewrapSandbox:
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             start_new_session=True,
+            env=_LAUNCH_ENV,
         )
         try:
             _, err = await asyncio.wait_for(proc.communicate(), 15)
@@ -214,6 +218,7 @@ class BubblewrapSandbox:
                 stdout=asyncio.subprocess.PIPE,
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: killed as a whole
+                env=_LAUNCH_ENV,  # bwrap's own processes are visible inside: no host secrets
             )
         except OSError as exc:
             if cgroup is not None:

@@ -18,8 +18,11 @@ from domain.sandbox import JSONValue, SandboxRequest, SandboxResult, SandboxUsag
 STDOUT = 1
 STDERR = 2
 
-#: Framing allowance for the runner's result line beyond the output limit.
-_FRAME_SLACK = 4096
+#: Framing allowance beyond the output limit: one runner frame (8192 characters of print
+#: output, JSON-escaped) or the result line's envelope.
+_FRAME_SLACK = 64 * 1024
+#: the result line's envelope (ok, error text, usage) beyond the output limit
+_RESULT_ENVELOPE = 4096
 
 
 @cache
@@ -107,7 +110,7 @@ class OutputCollector:
             data = frame.get("data")
             return self._append(self._stdout, str(data).encode("utf-8"))
         if isinstance(frame, dict) and "ok" in frame:
-            if len(line) > self.limit - self.used + _FRAME_SLACK:
+            if len(line) > self.limit - self.used + _RESULT_ENVELOPE:
                 self.truncated = True
                 return False
             self._result_bytes = len(line)

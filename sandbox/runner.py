@@ -53,8 +53,8 @@ def _drain(read_fd):
         if not chunk:
             break
         text = decoder.decode(chunk)
-        if text:
-            _emit({"stream": "stdout", "data": text})
+        for start in range(0, len(text), 8192):  # small frames: the host caps precisely
+            _emit({"stream": "stdout", "data": text[start : start + 8192]})
     tail = decoder.decode(b"", final=True)
     if tail:
         _emit({"stream": "stdout", "data": tail})

@@ -14,16 +14,14 @@ from resolvers import auth as auth_r
 from resolvers import crews as crews_r
 from resolvers import flows as flows_r
 from resolvers import providers as providers_r
-from resolvers import tools as tools_r
 from resolvers import subscriptions as sub_r
+from resolvers import tools as tools_r
 from resolvers import users as users_r
 from schema.agents import Agent
 from schema.auth import ApiKey, ApiKeyPayload, AuthPayload
 from schema.crews import Crew
-from schema.flows import Flow, FlowValidation
-from schema.providers import LlmProvider
-from schema.tools import Tool
 from schema.extensions import default_extensions
+from schema.flows import Flow, FlowValidation
 from schema.permissions import (
     CanManageApiKeys,
     CanManageProviders,
@@ -32,7 +30,9 @@ from schema.permissions import (
     CanWrite,
     IsAuthenticated,
 )
+from schema.providers import LlmProvider
 from schema.relay import Connection
+from schema.tools import Tool
 from schema.users import Tenant, User
 
 
@@ -50,7 +50,9 @@ class Query:
     llm_provider: LlmProvider | None = strawberry.field(
         resolver=providers_r.llm_provider, permission_classes=[CanRead]
     )
-    agents: Connection[Agent] = strawberry.field(resolver=agents_r.agents, permission_classes=[CanRead])
+    agents: Connection[Agent] = strawberry.field(
+        resolver=agents_r.agents, permission_classes=[CanRead]
+    )
     agent: Agent | None = strawberry.field(resolver=agents_r.agent, permission_classes=[CanRead])
     crews: Connection[Crew] = strawberry.field(resolver=crews_r.crews, permission_classes=[CanRead])
     crew: Crew | None = strawberry.field(resolver=crews_r.crew, permission_classes=[CanRead])
@@ -101,21 +103,45 @@ class Mutation:
         resolver=providers_r.delete_llm_provider, permission_classes=[CanManageProviders]
     )
 
-    create_agent: Agent = strawberry.mutation(resolver=agents_r.create_agent, permission_classes=[CanWrite])
-    update_agent: Agent = strawberry.mutation(resolver=agents_r.update_agent, permission_classes=[CanWrite])
-    delete_agent: bool = strawberry.mutation(resolver=agents_r.delete_agent, permission_classes=[CanWrite])
+    create_agent: Agent = strawberry.mutation(
+        resolver=agents_r.create_agent, permission_classes=[CanWrite]
+    )
+    update_agent: Agent = strawberry.mutation(
+        resolver=agents_r.update_agent, permission_classes=[CanWrite]
+    )
+    delete_agent: bool = strawberry.mutation(
+        resolver=agents_r.delete_agent, permission_classes=[CanWrite]
+    )
 
-    create_crew: Crew = strawberry.mutation(resolver=crews_r.create_crew, permission_classes=[CanWrite])
-    update_crew: Crew = strawberry.mutation(resolver=crews_r.update_crew, permission_classes=[CanWrite])
-    delete_crew: bool = strawberry.mutation(resolver=crews_r.delete_crew, permission_classes=[CanWrite])
+    create_crew: Crew = strawberry.mutation(
+        resolver=crews_r.create_crew, permission_classes=[CanWrite]
+    )
+    update_crew: Crew = strawberry.mutation(
+        resolver=crews_r.update_crew, permission_classes=[CanWrite]
+    )
+    delete_crew: bool = strawberry.mutation(
+        resolver=crews_r.delete_crew, permission_classes=[CanWrite]
+    )
 
-    create_tool: Tool = strawberry.mutation(resolver=tools_r.create_tool, permission_classes=[CanWrite])
-    update_tool: Tool = strawberry.mutation(resolver=tools_r.update_tool, permission_classes=[CanWrite])
-    delete_tool: bool = strawberry.mutation(resolver=tools_r.delete_tool, permission_classes=[CanWrite])
+    create_tool: Tool = strawberry.mutation(
+        resolver=tools_r.create_tool, permission_classes=[CanWrite]
+    )
+    update_tool: Tool = strawberry.mutation(
+        resolver=tools_r.update_tool, permission_classes=[CanWrite]
+    )
+    delete_tool: bool = strawberry.mutation(
+        resolver=tools_r.delete_tool, permission_classes=[CanWrite]
+    )
 
-    create_flow: Flow = strawberry.mutation(resolver=flows_r.create_flow, permission_classes=[CanWrite])
-    update_flow: Flow = strawberry.mutation(resolver=flows_r.update_flow, permission_classes=[CanWrite])
-    delete_flow: bool = strawberry.mutation(resolver=flows_r.delete_flow, permission_classes=[CanWrite])
+    create_flow: Flow = strawberry.mutation(
+        resolver=flows_r.create_flow, permission_classes=[CanWrite]
+    )
+    update_flow: Flow = strawberry.mutation(
+        resolver=flows_r.update_flow, permission_classes=[CanWrite]
+    )
+    delete_flow: bool = strawberry.mutation(
+        resolver=flows_r.delete_flow, permission_classes=[CanWrite]
+    )
 
 
 @strawberry.type

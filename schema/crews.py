@@ -62,7 +62,14 @@ class Crew:
             id=strawberry.ID(c.id),
             name=c.name,
             process=c.process,
-            tasks=[CrewTask(description=t.description, expected_output=t.expected_output, agent_id=t.agent_id) for t in c.tasks],
+            tasks=[
+                CrewTask(
+                    description=t.description,
+                    expected_output=t.expected_output,
+                    agent_id=t.agent_id,
+                )
+                for t in c.tasks
+            ],
             version=c.version,
             created_at=c.created_at,
             updated_at=c.updated_at,
@@ -84,7 +91,9 @@ class CrewInput:
     name: str
     agent_ids: list[strawberry.ID]
     tasks: list[CrewTaskInput]
-    process: str | None = strawberry.field(default=None, description='"sequential" (default) or "hierarchical"')
+    process: str | None = strawberry.field(
+        default=None, description='"sequential" (default) or "hierarchical"'
+    )
     manager_agent_id: strawberry.ID | None = None
     manager_llm_provider_id: strawberry.ID | None = None
 

@@ -97,7 +97,11 @@ class Flow:
     @strawberry.field(description="LLM providers referenced by LLM nodes.")
     async def llm_providers(self, info: Info) -> list[LlmProvider]:
         ids = sorted(d.refs_of(self.domain.nodes).provider_ids)
-        return [LlmProvider.from_domain(p) for p in await info.context.loaders.provider.load_many(ids) if p]
+        return [
+            LlmProvider.from_domain(p)
+            for p in await info.context.loaders.provider.load_many(ids)
+            if p
+        ]
 
     @strawberry.field(description="Every version of this flow, newest first.")
     async def versions(self, info: Info) -> list[Flow]:
@@ -112,15 +116,21 @@ class Flow:
             name=f.name,
             description=f.description,
             version=f.version,
-            nodes=[FlowNode(id=n.id, kind=_kind(n.kind), name=n.name, config=n.config) for n in f.nodes],
-            edges=[FlowGraphEdge(source=e.source, target=e.target, branch=e.branch) for e in f.edges],
+            nodes=[
+                FlowNode(id=n.id, kind=_kind(n.kind), name=n.name, config=n.config) for n in f.nodes
+            ],
+            edges=[
+                FlowGraphEdge(source=e.source, target=e.target, branch=e.branch) for e in f.edges
+            ],
             created_at=f.created_at,
             updated_at=f.updated_at,
             domain=f,
         )
 
 
-async def references(info: Info, nodes: tuple[DomainNode, ...] | list[DomainNode]) -> g.ReferenceIndex:
+async def references(
+    info: Info, nodes: tuple[DomainNode, ...] | list[DomainNode]
+) -> g.ReferenceIndex:
     """Which referenced ids exist in the caller's tenant, through the batched loaders."""
     refs = d.refs_of(nodes)
     loaders = info.context.loaders
@@ -160,7 +170,9 @@ class FlowInput:
     description: str | None = None
 
     def to_domain(self) -> d.FlowInput:
-        return d.FlowInput(self.name, graph_nodes(self.nodes), graph_edges(self.edges), self.description)
+        return d.FlowInput(
+            self.name, graph_nodes(self.nodes), graph_edges(self.edges), self.description
+        )
 
 
 def graph_nodes(nodes: list[FlowNodeInput], prefix: str = "input.") -> list[DomainNode]:
@@ -171,7 +183,14 @@ def graph_nodes(nodes: list[FlowNodeInput], prefix: str = "input.") -> list[Doma
         if not isinstance(config, dict):
             bad[f"{prefix}nodes[{i}].config"] = "must be a JSON object"
             config = {}
-        out.append(DomainNode(id=n.id, kind=str(n.kind.value if hasattr(n.kind, "value") else n.kind), name=n.name, config=config))
+        out.append(
+            DomainNode(
+                id=n.id,
+                kind=str(n.kind.value if hasattr(n.kind, "value") else n.kind),
+                name=n.name,
+                config=config,
+            )
+        )
     if bad:
         raise BadUserInput(f"invalid flow: {next(iter(bad))} must be a JSON object", bad)
     return out

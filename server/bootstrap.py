@@ -12,10 +12,10 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from domain.agents import AgentService
 from domain.auth import IdentityService
 from domain.crews import CrewService
+from domain.errors import RateLimited
 from domain.flows.service import FlowService
 from domain.providers import ProviderService
 from domain.tools import ToolService
-from domain.errors import RateLimited
 from persistence.db import Database
 from persistence.uow import SqlUnitOfWorkFactory
 from server.crypto import box_from_settings

@@ -101,6 +101,39 @@ def migrate() -> None:
     console.print(f"migrated public and {len(schemas)} tenant schema(s)")
 
 
+@app.command("rotate-key")
+def rotate_key() -> None:
+    """Re-encrypt every tenant's stored secrets with CREWGRAPH_SECRET_KEY.
+
+    Put the old key(s) in CREWGRAPH_PREVIOUS_SECRET_KEYS while this runs."""
+    import sqlalchemy as sa
+
+    from domain.providers import rotate_keys
+    from persistence.db import Database
+    from persistence.uow import SqlUnitOfWorkFactory
+    from server.crypto import AesGcmBox, box_from_settings
+
+    settings = resolve_services(_local_settings(Settings()))
+    box = box_from_settings(
+        settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
+    )
+    if not isinstance(box, AesGcmBox):
+        raise typer.BadParameter("CREWGRAPH_SECRET_KEY (or CREWGRAPH_SECRET_KEY_FILE) is not set")
+
+    async def run() -> int:
+        db = Database(settings.database_url or "")
+        try:
+            async with db.connect() as conn:
+                rows = await conn.execute(sa.text("SELECT id, schema_name FROM public.tenants"))
+                tenants = [(str(r[0]), r[1]) for r in rows]
+            return await rotate_keys(SqlUnitOfWorkFactory(db), box, tenants)  # type: ignore[arg-type]
+        finally:
+            await db.dispose()
+
+    count = asyncio.run(run())
+    console.print(f"re-encrypted {count} secret(s) under key {box.current_key_id}")
+
+
 @app.command("export-schema")
 def export_schema(
     out: Path = typer.Option(Path("graphql/schema.graphql"), help="where to write the SDL"),

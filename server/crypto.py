@@ -28,7 +28,9 @@ def parse_key(text: str) -> bytes:
             continue
         if len(raw) == 32:
             return raw
-    raise ValueError("a secret key must be 32 bytes encoded as base64 (e.g. `openssl rand -base64 32`)")
+    raise ValueError(
+        "a secret key must be 32 bytes encoded as base64 (e.g. `openssl rand -base64 32`)"
+    )
 
 
 def key_id(key: bytes) -> str:
@@ -46,7 +48,9 @@ class AesGcmBox:
 
     def seal(self, plaintext: str, context: str) -> Sealed:
         nonce = os.urandom(_NONCE)
-        blob = nonce + self._keys[self.current_key_id].encrypt(nonce, plaintext.encode(), context.encode())
+        blob = nonce + self._keys[self.current_key_id].encrypt(
+            nonce, plaintext.encode(), context.encode()
+        )
         return Sealed(self.current_key_id, blob)
 
     def open(self, sealed: Sealed, context: str) -> str:
@@ -57,7 +61,9 @@ class AesGcmBox:
                 "(add it to CREWGRAPH_PREVIOUS_SECRET_KEYS and run `crewgraph rotate-key`)"
             )
         try:
-            return aead.decrypt(sealed.blob[:_NONCE], sealed.blob[_NONCE:], context.encode()).decode()
+            return aead.decrypt(
+                sealed.blob[:_NONCE], sealed.blob[_NONCE:], context.encode()
+            ).decode()
         except (InvalidTag, ValueError):
             raise SecretError("stored secret failed authentication: it was tampered with or moved")
 
@@ -68,13 +74,19 @@ class MissingKeyBox:
     current_key_id = "none"
 
     def seal(self, plaintext: str, context: str) -> Sealed:
-        raise NotConfigured("storing API keys needs CREWGRAPH_SECRET_KEY (or CREWGRAPH_SECRET_KEY_FILE)")
+        raise NotConfigured(
+            "storing API keys needs CREWGRAPH_SECRET_KEY (or CREWGRAPH_SECRET_KEY_FILE)"
+        )
 
     def open(self, sealed: Sealed, context: str) -> str:
-        raise NotConfigured("reading API keys needs CREWGRAPH_SECRET_KEY (or CREWGRAPH_SECRET_KEY_FILE)")
+        raise NotConfigured(
+            "reading API keys needs CREWGRAPH_SECRET_KEY (or CREWGRAPH_SECRET_KEY_FILE)"
+        )
 
 
-def box_from_settings(secret_key: str | None, key_file: Path | None, previous: str | None) -> AesGcmBox | MissingKeyBox:
+def box_from_settings(
+    secret_key: str | None, key_file: Path | None, previous: str | None
+) -> AesGcmBox | MissingKeyBox:
     text = secret_key
     if text is None and key_file is not None:
         text = key_file.read_text()

@@ -82,11 +82,10 @@ async def _serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
 
 
 @pytest.fixture(scope="session")
-async def server_url(settings: Any) -> AsyncIterator[str]:
+async def server_url(container: Any) -> AsyncIterator[str]:
     from server.app import create_app
-    from server.bootstrap import build_container
 
-    app = create_app(build_container(settings, rate_limits={}))
+    app = create_app(container)
     server, task, url = await _serve(app)
     yield url
     server.should_exit = True

@@ -41,7 +41,6 @@ from jinja2.environment import Template
 from jinja2.exceptions import SecurityError, TemplateSyntaxError, UndefinedError
 from jinja2.runtime import Context
 from jinja2.sandbox import ImmutableSandboxedEnvironment
-from jinja2.utils import _PassArg
 
 from domain.errors import BadUserInput
 
@@ -367,7 +366,7 @@ def _pre_center(args: list[Any], kwargs: dict[str, Any]) -> None:
 
 
 def _pre_indent(args: list[Any], kwargs: dict[str, Any]) -> None:
-    text = str(_arg(args, kwargs, 0, "s", ""))
+    text = _safe_str(_arg(args, kwargs, 0, "s", ""))
     width = _arg(args, kwargs, 1, "width", 4)
     per_line = width if isinstance(width, int) else len(str(width))
     _check_width(per_line, "indent width")
@@ -376,7 +375,7 @@ def _pre_indent(args: list[Any], kwargs: dict[str, Any]) -> None:
 
 
 def _pre_wordwrap(args: list[Any], kwargs: dict[str, Any]) -> None:
-    text = str(_arg(args, kwargs, 0, "s", ""))
+    text = _safe_str(_arg(args, kwargs, 0, "s", ""))
     width = _arg(args, kwargs, 1, "width", 79)
     wrap = _arg(args, kwargs, 3, "wrapstring", None)
     if isinstance(width, int) and width > 0:
@@ -394,7 +393,7 @@ def _pre_batch(args: list[Any], kwargs: dict[str, Any]) -> None:
 
 
 def _pre_format(args: list[Any], kwargs: dict[str, Any]) -> None:
-    _check_printf(str(_arg(args, kwargs, 0, "value", "")))
+    _check_printf(_safe_str(_arg(args, kwargs, 0, "value", "")))
 
 
 def _pre_join(args: list[Any], kwargs: dict[str, Any]) -> None:
@@ -402,7 +401,7 @@ def _pre_join(args: list[Any], kwargs: dict[str, Any]) -> None:
         return
     items = list(args[0])
     args[0] = items
-    separator = str(_arg(args, kwargs, 1, "d", ""))
+    separator = _safe_str(_arg(args, kwargs, 1, "d", ""))
     total = len(separator) * max(len(items) - 1, 0)
     for item in items:
         total += _text_size(item, MAX_VALUE_LENGTH)
@@ -411,11 +410,11 @@ def _pre_join(args: list[Any], kwargs: dict[str, Any]) -> None:
 
 
 def _pre_replace(args: list[Any], kwargs: dict[str, Any]) -> None:
-    text = str(_arg(args, kwargs, 0, "s", ""))
+    text = _safe_str(_arg(args, kwargs, 0, "s", ""))
     count = _arg(args, kwargs, 3, "count", None)
     _checked_str_replace(text)(
-        str(_arg(args, kwargs, 1, "old", "")),
-        str(_arg(args, kwargs, 2, "new", "")),
+        _safe_str(_arg(args, kwargs, 1, "old", "")),
+        _safe_str(_arg(args, kwargs, 2, "new", "")),
         -1 if count is None else count,
     )
 
@@ -447,13 +446,51 @@ _FILTER_PRECHECKS: dict[str, Callable[[list[Any], dict[str, Any]], None]] = {
 }
 
 
+# Filters that work on the structure of their value; every other filter turns its value into
+# text first, so a value whose text would be huge (``[[big] * 1000] * 1000``) is refused.
+_STRUCTURAL_FILTERS = frozenset(
+    {
+        "attr",
+        "batch",
+        "count",
+        "default",
+        "d",
+        "dictsort",
+        "first",
+        "groupby",
+        "items",
+        "join",
+        "last",
+        "length",
+        "list",
+        "map",
+        "max",
+        "min",
+        "random",
+        "reject",
+        "rejectattr",
+        "reverse",
+        "select",
+        "selectattr",
+        "slice",
+        "sort",
+        "sum",
+        "unique",
+    }
+)
+
+
 def _guard_filter(name: str, func: Callable[..., Any]) -> Callable[..., Any]:
     precheck = _FILTER_PRECHECKS.get(name)
-    skip = 1 if _PassArg.from_obj(func) is not None else 0
+    # pass_context / pass_eval_context / pass_environment filters get one extra leading argument
+    skip = 1 if getattr(func, "jinja_pass_arg", None) is not None else 0
+    textual = name not in _STRUCTURAL_FILTERS
 
     @functools.wraps(func)  # keeps jinja_pass_arg
     def guarded(*args: Any, **kwargs: Any) -> Any:
         _tick()
+        if textual and len(args) > skip and not isinstance(args[skip], (str, int, float)):
+            _pre_text([args[skip]], {})
         if precheck is not None:
             rest = list(args[skip:])
             precheck(rest, kwargs)

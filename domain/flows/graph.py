@@ -1,10 +1,14 @@
 """Flow graph validation and the graph helpers the engine uses.
 
-:func:`validate_flow` checks a :class:`FlowGraph` in O(V + E) (the only super-linear part is
-the upstream check for ``nodes.<id>`` references, O((V + E) * R / 64) for R distinct referenced
-nodes) and collects every problem instead of stopping at the first. Each problem is a readable
-sentence in ``errors`` and, keyed by the offending input path (``nodes[3].config.prompt``,
-``edges[2].target``, ``nodes``), in ``field_errors`` for GraphQL ``extensions.fields``.
+:func:`validate_flow` checks a :class:`FlowGraph` and collects every problem instead of
+stopping at the first. Each problem is a readable sentence in ``errors`` and, keyed by the
+offending input path (``nodes[3].config.prompt``, ``edges[2].target``, ``nodes``), in
+``field_errors`` for GraphQL ``extensions.fields``.
+
+Cost is O(V + E) plus template parsing, with two bounded exceptions: when the input order is
+not already topological, the deterministic order uses a heap (O((V + E) log V)); and
+``nodes.<id>`` references to nodes that are not direct predecessors are checked with bit masks,
+O((V + E) * R / 64) for R such distinct nodes (usually a handful).
 """
 
 from __future__ import annotations
@@ -579,8 +583,10 @@ class _Validator:
         names = " -> ".join(str(self.ids[position]) for position in [*cycle, cycle[0]])
         closing = self.edge_at[(cycle[-1], cycle[0])]
         message = f"cycle: {names}"
-        if len(remaining) > len(cycle):
-            message += f" ({len(remaining)} nodes in all are on or downstream of cycles)"
+        extra = len(remaining) - len(cycle)
+        if extra:
+            plural = "s" if extra > 1 else ""
+            message += f" (and {extra} more node{plural} on or downstream of a cycle)"
         self.report.add(f"edges[{closing}]", message)
 
     def check_terminals(self, members: list[int]) -> tuple[list[int], list[int]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import builtins
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -87,7 +88,9 @@ def refs_of(nodes: tuple[FlowNode, ...] | list[FlowNode]) -> FlowRefs:
     )
 
 
-async def reference_index(uow: TenantUnitOfWork, nodes: list[FlowNode] | tuple[FlowNode, ...]) -> ReferenceIndex:
+async def reference_index(
+    uow: TenantUnitOfWork, nodes: list[FlowNode] | tuple[FlowNode, ...]
+) -> ReferenceIndex:
     """The referenced ids that exist in this tenant (others' ids simply are not found)."""
     by = _collect_refs(list(nodes)).by_attr
     found: dict[str, set[str]] = {}
@@ -115,7 +118,9 @@ async def _check_refs_exist(uow: TenantUnitOfWork, nodes: list[FlowNode]) -> Non
             for path in paths[missing]:
                 fields[path] = f"{kind} {missing} not found"
     if fields:
-        err = NotFound("referenced resource", ", ".join(sorted({m.split()[-3] for m in fields.values()})))
+        err = NotFound(
+            "referenced resource", ", ".join(sorted({m.split()[-3] for m in fields.values()}))
+        )
         err.message = "flow references resources that do not exist: " + "; ".join(
             f"{k}: {v}" for k, v in fields.items()
         )
@@ -170,7 +175,9 @@ class FlowService:
         result = validate_flow(FlowGraph(tuple(data.nodes), tuple(data.edges)), refs)
         if not result.valid:
             fields = {f"input.{k}": v for k, v in result.field_errors.items()}
-            raise BadUserInput(f"invalid flow: {result.errors[0]}", fields or {"input.nodes": result.errors[0]})
+            raise BadUserInput(
+                f"invalid flow: {result.errors[0]}", fields or {"input.nodes": result.errors[0]}
+            )
 
     async def list(
         self, p: Principal, first: int, after: str | None, search: str | None = None
@@ -193,9 +200,9 @@ class FlowService:
             found = await uow.flows.get_version(require_id("flow", ident), version)
         if found is None:
             raise NotFound(f"version {version} of flow", ident)
-        return found  # type: ignore[no-any-return]
+        return found
 
-    async def versions(self, p: Principal, ident: str) -> list[Flow]:
+    async def versions(self, p: Principal, ident: str) -> builtins.list[Flow]:
         p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
             return await uow.flows.versions(require_id("flow", ident))
@@ -205,8 +212,14 @@ class FlowService:
         data = self._clean(data)
         now = datetime.now(UTC)
         flow = Flow(
-            str(uuid.uuid4()), data.name, data.description, 1,
-            tuple(data.nodes), tuple(data.edges), now, now,
+            str(uuid.uuid4()),
+            data.name,
+            data.description,
+            1,
+            tuple(data.nodes),
+            tuple(data.edges),
+            now,
+            now,
         )
         async with self._uow(p.tenant_schema) as uow:
             await self._check_graph(uow, data)
@@ -256,10 +269,14 @@ class FlowService:
 
 def node_from_json(data: dict[str, Any]) -> FlowNode:
     return FlowNode(
-        id=str(data["id"]), kind=str(data["kind"]), name=data.get("name"),
+        id=str(data["id"]),
+        kind=str(data["kind"]),
+        name=data.get("name"),
         config=dict(data.get("config") or {}),
     )
 
 
 def edge_from_json(data: dict[str, Any]) -> FlowEdge:
-    return FlowEdge(source=str(data["source"]), target=str(data["target"]), branch=data.get("branch"))
+    return FlowEdge(
+        source=str(data["source"]), target=str(data["target"]), branch=data.get("branch")
+    )

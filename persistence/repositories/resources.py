@@ -88,12 +88,20 @@ class _SqlResource(Generic[E]):
     async def page(self, first: int, after: str | None, **filters: Any) -> Page[E]:
         stmt = self._filtered(self._base(), **filters)
         page = await paginate(
-            self._conn, stmt, self.table.c.created_at, self.table.c.id, first, after, self._to_entity
+            self._conn,
+            stmt,
+            self.table.c.created_at,
+            self.table.c.id,
+            first,
+            after,
+            self._to_entity,
         )
         await self._load_children([item for item, _ in page.items])
         return page
 
-    def _filtered(self, stmt: sa.Select[Any], search: str | None = None, **_: Any) -> sa.Select[Any]:
+    def _filtered(
+        self, stmt: sa.Select[Any], search: str | None = None, **_: Any
+    ) -> sa.Select[Any]:
         if search:
             escaped = search.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
             stmt = stmt.where(self.table.c.name.ilike(f"%{escaped}%", escape="\\"))
@@ -107,7 +115,9 @@ class _SqlResource(Generic[E]):
         values = self._values(entity)
         ident = values.pop("id")
         values.pop("created_at", None)
-        await self._conn.execute(self.table.update().where(self.table.c.id == ident).values(**values))
+        await self._conn.execute(
+            self.table.update().where(self.table.c.id == ident).values(**values)
+        )
         await self._save_children(entity)
 
     async def delete(self, ident: str) -> None:
@@ -137,19 +147,33 @@ class SqlProviders(_SqlResource[LlmProvider]):
     table = t.llm_providers
 
     def _to_entity(self, r: Any) -> LlmProvider:
-        sealed = Sealed(r.api_key_key_id, bytes(r.api_key_ciphertext)) if r.api_key_ciphertext else None
+        sealed = (
+            Sealed(r.api_key_key_id, bytes(r.api_key_ciphertext)) if r.api_key_ciphertext else None
+        )
         return LlmProvider(
-            str(r.id), r.name, r.provider, r.model, r.base_url, sealed, r.version,
-            r.created_at, r.updated_at,
+            str(r.id),
+            r.name,
+            r.provider,
+            r.model,
+            r.base_url,
+            sealed,
+            r.version,
+            r.created_at,
+            r.updated_at,
         )
 
     def _values(self, e: LlmProvider) -> dict[str, Any]:
         return {
-            "id": e.id, "name": e.name, "provider": e.provider, "model": e.model,
+            "id": e.id,
+            "name": e.name,
+            "provider": e.provider,
+            "model": e.model,
             "base_url": e.base_url,
             "api_key_ciphertext": e.api_key.blob if e.api_key else None,
             "api_key_key_id": e.api_key.key_id if e.api_key else None,
-            "version": e.version, "created_at": e.created_at, "updated_at": e.updated_at,
+            "version": e.version,
+            "created_at": e.created_at,
+            "updated_at": e.updated_at,
         }
 
     async def referrers(self, ident: str) -> list[str]:
@@ -157,13 +181,19 @@ class SqlProviders(_SqlResource[LlmProvider]):
             t.agents, sa.select(t.agents.c.id).where(t.agents.c.llm_provider_id == ident), "agent"
         )
         crews = await self._names(
-            t.crews, sa.select(t.crews.c.id).where(t.crews.c.manager_llm_provider_id == ident), "crew"
+            t.crews,
+            sa.select(t.crews.c.id).where(t.crews.c.manager_llm_provider_id == ident),
+            "crew",
         )
         return agents + crews + await self._flow_referrers("llm_provider_id", ident)
 
     async def sealed_keys(self) -> list[tuple[str, Sealed]]:
         rows = await self._conn.execute(
-            sa.select(t.llm_providers.c.id, t.llm_providers.c.api_key_key_id, t.llm_providers.c.api_key_ciphertext)
+            sa.select(
+                t.llm_providers.c.id,
+                t.llm_providers.c.api_key_key_id,
+                t.llm_providers.c.api_key_ciphertext,
+            )
             .where(t.llm_providers.c.api_key_ciphertext.is_not(None))
             .with_for_update()
         )
@@ -182,18 +212,37 @@ class SqlTools(_SqlResource[Tool]):
 
     def _to_entity(self, r: Any) -> Tool:
         return Tool(
-            str(r.id), r.name, r.description, ToolKind(r.kind), r.config, r.input_schema,
-            r.version, r.created_at, r.updated_at,
+            str(r.id),
+            r.name,
+            r.description,
+            ToolKind(r.kind),
+            r.config,
+            r.input_schema,
+            r.version,
+            r.created_at,
+            r.updated_at,
         )
 
     def _values(self, e: Tool) -> dict[str, Any]:
         return {
-            "id": e.id, "name": e.name, "description": e.description, "kind": e.kind.value,
-            "config": e.config, "input_schema": e.input_schema, "version": e.version,
-            "created_at": e.created_at, "updated_at": e.updated_at,
+            "id": e.id,
+            "name": e.name,
+            "description": e.description,
+            "kind": e.kind.value,
+            "config": e.config,
+            "input_schema": e.input_schema,
+            "version": e.version,
+            "created_at": e.created_at,
+            "updated_at": e.updated_at,
         }
 
-    def _filtered(self, stmt: sa.Select[Any], search: str | None = None, kind: ToolKind | None = None, **kw: Any) -> sa.Select[Any]:
+    def _filtered(
+        self,
+        stmt: sa.Select[Any],
+        search: str | None = None,
+        kind: ToolKind | None = None,
+        **kw: Any,
+    ) -> sa.Select[Any]:
         stmt = super()._filtered(stmt, search)
         if kind is not None:
             stmt = stmt.where(t.tools.c.kind == ToolKind(kind).value)
@@ -201,7 +250,9 @@ class SqlTools(_SqlResource[Tool]):
 
     async def referrers(self, ident: str) -> list[str]:
         agents = await self._names(
-            t.agents, sa.select(t.agent_tools.c.agent_id).where(t.agent_tools.c.tool_id == ident), "agent"
+            t.agents,
+            sa.select(t.agent_tools.c.agent_id).where(t.agent_tools.c.tool_id == ident),
+            "agent",
         )
         return agents + await self._flow_referrers("tool_id", ident)
 
@@ -211,16 +262,31 @@ class SqlAgents(_SqlResource[Agent]):
 
     def _to_entity(self, r: Any) -> Agent:
         return Agent(
-            str(r.id), r.name, r.role, r.goal, r.backstory,
-            str(r.llm_provider_id) if r.llm_provider_id else None, [],
-            AgentOptions.from_json(r.options or {}), r.version, r.created_at, r.updated_at,
+            str(r.id),
+            r.name,
+            r.role,
+            r.goal,
+            r.backstory,
+            str(r.llm_provider_id) if r.llm_provider_id else None,
+            [],
+            AgentOptions.from_json(r.options or {}),
+            r.version,
+            r.created_at,
+            r.updated_at,
         )
 
     def _values(self, e: Agent) -> dict[str, Any]:
         return {
-            "id": e.id, "name": e.name, "role": e.role, "goal": e.goal, "backstory": e.backstory,
-            "llm_provider_id": e.llm_provider_id, "options": e.options.to_json(),
-            "version": e.version, "created_at": e.created_at, "updated_at": e.updated_at,
+            "id": e.id,
+            "name": e.name,
+            "role": e.role,
+            "goal": e.goal,
+            "backstory": e.backstory,
+            "llm_provider_id": e.llm_provider_id,
+            "options": e.options.to_json(),
+            "version": e.version,
+            "created_at": e.created_at,
+            "updated_at": e.updated_at,
         }
 
     async def _load_children(self, entities: list[Agent]) -> None:
@@ -242,7 +308,10 @@ class SqlAgents(_SqlResource[Agent]):
         if e.tool_ids:
             await self._conn.execute(
                 t.agent_tools.insert(),
-                [{"agent_id": e.id, "tool_id": tid, "position": i} for i, tid in enumerate(e.tool_ids)],
+                [
+                    {"agent_id": e.id, "tool_id": tid, "position": i}
+                    for i, tid in enumerate(e.tool_ids)
+                ],
             )
 
     async def referrers(self, ident: str) -> list[str]:
@@ -260,18 +329,28 @@ class SqlCrews(_SqlResource[Crew]):
 
     def _to_entity(self, r: Any) -> Crew:
         return Crew(
-            str(r.id), r.name, r.process, [], [],
+            str(r.id),
+            r.name,
+            r.process,
+            [],
+            [],
             str(r.manager_agent_id) if r.manager_agent_id else None,
             str(r.manager_llm_provider_id) if r.manager_llm_provider_id else None,
-            r.version, r.created_at, r.updated_at,
+            r.version,
+            r.created_at,
+            r.updated_at,
         )
 
     def _values(self, e: Crew) -> dict[str, Any]:
         return {
-            "id": e.id, "name": e.name, "process": e.process,
+            "id": e.id,
+            "name": e.name,
+            "process": e.process,
             "manager_agent_id": e.manager_agent_id,
             "manager_llm_provider_id": e.manager_llm_provider_id,
-            "version": e.version, "created_at": e.created_at, "updated_at": e.updated_at,
+            "version": e.version,
+            "created_at": e.created_at,
+            "updated_at": e.updated_at,
         }
 
     async def _load_children(self, entities: list[Crew]) -> None:
@@ -287,10 +366,13 @@ class SqlCrews(_SqlResource[Crew]):
             agents[str(crew_id)].append(str(agent_id))
         tasks: dict[str, list[CrewTask]] = defaultdict(list)
         for r in await self._conn.execute(
-            sa.select(t.crew_tasks).where(t.crew_tasks.c.crew_id.in_(ids))
+            sa.select(t.crew_tasks)
+            .where(t.crew_tasks.c.crew_id.in_(ids))
             .order_by(t.crew_tasks.c.crew_id, t.crew_tasks.c.position)
         ):
-            tasks[str(r.crew_id)].append(CrewTask(r.description, r.expected_output, str(r.agent_id)))
+            tasks[str(r.crew_id)].append(
+                CrewTask(r.description, r.expected_output, str(r.agent_id))
+            )
         for e in entities:
             e.agent_ids, e.tasks = agents.get(e.id, []), tasks.get(e.id, [])
 
@@ -304,8 +386,13 @@ class SqlCrews(_SqlResource[Crew]):
         await self._conn.execute(
             t.crew_tasks.insert(),
             [
-                {"crew_id": e.id, "position": i, "description": task.description,
-                 "expected_output": task.expected_output, "agent_id": task.agent_id}
+                {
+                    "crew_id": e.id,
+                    "position": i,
+                    "description": task.description,
+                    "expected_output": task.expected_output,
+                    "agent_id": task.agent_id,
+                }
                 for i, task in enumerate(e.tasks)
             ],
         )
@@ -346,14 +433,24 @@ class SqlFlows(_SqlResource[Flow]):
 
     def _to_entity(self, r: Any) -> Flow:
         return Flow(
-            str(r.id), r.name, r.description, r.version, _nodes(r.nodes), _edges(r.edges),
-            r.created_at, r.updated_at,
+            str(r.id),
+            r.name,
+            r.description,
+            r.version,
+            _nodes(r.nodes),
+            _edges(r.edges),
+            r.created_at,
+            r.updated_at,
         )
 
     def _values(self, e: Flow) -> dict[str, Any]:
         return {
-            "id": e.id, "name": e.name, "description": e.description, "version": e.version,
-            "created_at": e.created_at, "updated_at": e.updated_at,
+            "id": e.id,
+            "name": e.name,
+            "description": e.description,
+            "version": e.version,
+            "created_at": e.created_at,
+            "updated_at": e.updated_at,
         }
 
     async def get(self, ident: str, *, for_update: bool = False) -> Flow | None:
@@ -380,16 +477,27 @@ class SqlFlows(_SqlResource[Flow]):
     async def add_version(self, flow: Flow, created_by: str | None) -> None:
         await self._conn.execute(
             t.flow_versions.insert().values(
-                flow_id=flow.id, version=flow.version, name=flow.name,
-                description=flow.description, nodes=_nodes_json(flow.nodes),
-                edges=_edges_json(flow.edges), created_by=created_by, created_at=flow.updated_at,
+                flow_id=flow.id,
+                version=flow.version,
+                name=flow.name,
+                description=flow.description,
+                nodes=_nodes_json(flow.nodes),
+                edges=_edges_json(flow.edges),
+                created_by=created_by,
+                created_at=flow.updated_at,
             )
         )
 
     def _version_entity(self, r: Any, head: Any) -> Flow:
         return Flow(
-            str(r.flow_id), r.name, r.description, r.version, _nodes(r.nodes), _edges(r.edges),
-            head.created_at, r.created_at,
+            str(r.flow_id),
+            r.name,
+            r.description,
+            r.version,
+            _nodes(r.nodes),
+            _edges(r.edges),
+            head.created_at,
+            r.created_at,
         )
 
     async def get_version(self, flow_id: str, version: int) -> Flow | None:
@@ -405,8 +513,14 @@ class SqlFlows(_SqlResource[Flow]):
         if row is None:
             return None
         return Flow(
-            str(row.flow_id), row.name, row.description, row.version, _nodes(row.nodes),
-            _edges(row.edges), row.flow_created_at, row.created_at,
+            str(row.flow_id),
+            row.name,
+            row.description,
+            row.version,
+            _nodes(row.nodes),
+            _edges(row.edges),
+            row.flow_created_at,
+            row.created_at,
         )
 
     async def versions(self, flow_id: str) -> list[Flow]:
@@ -417,8 +531,16 @@ class SqlFlows(_SqlResource[Flow]):
             .order_by(t.flow_versions.c.version.desc())
         )
         return [
-            Flow(str(r.flow_id), r.name, r.description, r.version, _nodes(r.nodes), _edges(r.edges),
-                 r.flow_created_at, r.created_at)
+            Flow(
+                str(r.flow_id),
+                r.name,
+                r.description,
+                r.version,
+                _nodes(r.nodes),
+                _edges(r.edges),
+                r.flow_created_at,
+                r.created_at,
+            )
             for r in rows
         ]
 
@@ -431,7 +553,10 @@ class SqlFlows(_SqlResource[Flow]):
             + [{"flow_id": flow_id, "llm_provider_id": i} for i in refs.provider_ids]
         )
         if rows:
-            full = [{"agent_id": None, "crew_id": None, "tool_id": None, "llm_provider_id": None, **r} for r in rows]
+            full = [
+                {"agent_id": None, "crew_id": None, "tool_id": None, "llm_provider_id": None, **r}
+                for r in rows
+            ]
             await self._conn.execute(t.flow_refs.insert(), full)
 
     async def refs_by_flow(self, flow_ids: Sequence[str]) -> dict[str, FlowRefs]:
@@ -440,7 +565,12 @@ class SqlFlows(_SqlResource[Flow]):
         )
         acc: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
         for r in rows:
-            for col, key in (("agent_id", "agent_ids"), ("crew_id", "crew_ids"), ("tool_id", "tool_ids"), ("llm_provider_id", "provider_ids")):
+            for col, key in (
+                ("agent_id", "agent_ids"),
+                ("crew_id", "crew_ids"),
+                ("tool_id", "tool_ids"),
+                ("llm_provider_id", "provider_ids"),
+            ):
                 if r._mapping[col] is not None:
                     acc[str(r.flow_id)][key].add(str(r._mapping[col]))
         return {

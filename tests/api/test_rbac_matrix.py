@@ -11,6 +11,7 @@ import pytest
 
 from domain.rbac import POLICY, Action, Role
 from tests.conftest import PASSWORD, Team, member_token, register
+from tests.support import builders as b
 from tests.support.client import GQL, error_code
 
 
@@ -22,6 +23,11 @@ class Case:
 
 
 MISSING = str(uuid.UUID(int=0))
+
+
+def _n() -> str:
+    return f"rbac-{uuid.uuid4().hex[:10]}"
+
 
 CASES: list[Case] = [
     Case("Me", None),
@@ -43,6 +49,116 @@ CASES: list[Case] = [
     Case("DeactivateUser", Action.MANAGE_USERS, lambda _: {"id": MISSING}),
     Case("CreateApiKey", Action.MANAGE_API_KEYS, lambda _: {"name": "k", "role": "VIEWER"}),
     Case("RevokeApiKey", Action.MANAGE_API_KEYS, lambda _: {"id": MISSING}),
+    Case("LlmProviders", Action.READ),
+    Case("LlmProvider", Action.READ, lambda f: {"id": f["w"]["provider"]}),
+    Case(
+        "CreateLlmProvider",
+        Action.MANAGE_PROVIDERS,
+        lambda _: {"input": {"name": _n(), "provider": "openai", "model": "m"}},
+    ),
+    Case(
+        "UpdateLlmProvider",
+        Action.MANAGE_PROVIDERS,
+        lambda f: {
+            "id": f["w"]["provider"],
+            "input": {"name": _n(), "provider": "openai", "model": "m"},
+        },
+    ),
+    Case("DeleteLlmProvider", Action.MANAGE_PROVIDERS, lambda _: {"id": MISSING}),
+    Case("Tools", Action.READ),
+    Case("Tool", Action.READ, lambda f: {"id": f["w"]["tool"]}),
+    Case(
+        "CreateTool",
+        Action.WRITE,
+        lambda _: {
+            "input": {
+                "name": _n(),
+                "description": "d",
+                "kind": "BUILTIN",
+                "config": {"builtin": "file_read"},
+            }
+        },
+    ),
+    Case(
+        "UpdateTool",
+        Action.WRITE,
+        lambda f: {
+            "id": f["w"]["tool"],
+            "input": {
+                "name": _n(),
+                "description": "d",
+                "kind": "CUSTOM_PYTHON",
+                "config": {"code": b.PY_CODE},
+            },
+        },
+    ),
+    Case("DeleteTool", Action.WRITE, lambda _: {"id": MISSING}),
+    Case("Agents", Action.READ),
+    Case("Agent", Action.READ, lambda f: {"id": f["w"]["agent"]}),
+    Case(
+        "CreateAgent",
+        Action.WRITE,
+        lambda _: {"input": {"name": _n(), "role": "r", "goal": "g", "backstory": "b"}},
+    ),
+    Case(
+        "UpdateAgent",
+        Action.WRITE,
+        lambda f: {
+            "id": f["w"]["agent2"],
+            "input": {"name": _n(), "role": "r", "goal": "g", "backstory": "b"},
+        },
+    ),
+    Case("DeleteAgent", Action.WRITE, lambda _: {"id": MISSING}),
+    Case("Crews", Action.READ),
+    Case("Crew", Action.READ, lambda f: {"id": f["w"]["crew"]}),
+    Case(
+        "CreateCrew",
+        Action.WRITE,
+        lambda f: {
+            "input": {
+                "name": _n(),
+                "agentIds": [f["w"]["agent2"]],
+                "tasks": [{"description": "d", "expectedOutput": "e", "agentId": f["w"]["agent2"]}],
+            }
+        },
+    ),
+    Case(
+        "UpdateCrew",
+        Action.WRITE,
+        lambda f: {
+            "id": f["w"]["crew"],
+            "input": {
+                "name": _n(),
+                "agentIds": [f["w"]["agent"]],
+                "tasks": [{"description": "d", "expectedOutput": "e", "agentId": f["w"]["agent"]}],
+            },
+        },
+    ),
+    Case("DeleteCrew", Action.WRITE, lambda _: {"id": MISSING}),
+    Case("Flows", Action.READ),
+    Case("Flow", Action.READ, lambda f: {"id": f["w"]["flow"]}),
+    Case("FlowVersion", Action.READ, lambda f: {"id": f["w"]["flow"], "version": 1}),
+    Case(
+        "ValidateFlow",
+        Action.READ,
+        lambda f: b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"]),
+    ),
+    Case(
+        "CreateFlow",
+        Action.WRITE,
+        lambda f: {
+            "input": {"name": _n(), **b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"])}
+        },
+    ),
+    Case(
+        "UpdateFlow",
+        Action.WRITE,
+        lambda f: {
+            "id": f["w"]["flow"],
+            "input": {"name": _n(), **b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"])},
+        },
+    ),
+    Case("DeleteFlow", Action.WRITE, lambda _: {"id": MISSING}),
 ]
 
 
@@ -66,6 +182,7 @@ async def tokens(gql: GQL) -> dict[str, Any]:
         "MEMBER": await member_token(gql, team, "MEMBER"),
         "VIEWER": viewer,
         "viewer_id": created["createUser"]["id"],
+        "w": {k: v["id"] for k, v in (await b.world(gql, team.token)).items()},
     }
 
 

@@ -14,7 +14,9 @@ async def test_member_builds_validates_updates_and_reads_history(gql: GQL, team:
     assert provider["hasApiKey"] is True
     member = await member_token(gql, team, "MEMBER")
     tool = await b.tool(gql, member)
-    agent = await b.agent(gql, member, llmProviderId=provider["id"], toolIds=[tool["id"]], temperature=0.3)
+    agent = await b.agent(
+        gql, member, llmProviderId=provider["id"], toolIds=[tool["id"]], temperature=0.3
+    )
     assert agent["llmProvider"]["id"] == provider["id"]
     assert [t["id"] for t in agent["tools"]] == [tool["id"]]
     assert agent["temperature"] == 0.3 and agent["maxIterations"] == 20
@@ -36,19 +38,29 @@ async def test_member_builds_validates_updates_and_reads_history(gql: GQL, team:
     graph["edges"].append({"source": "team", "target": "research"})
     check = (await gql.ok("ValidateFlow", graph, token=member))["validateFlow"]
     assert check["valid"] is False
-    assert any("cycle" in e and "research" in e and "team" in e for e in check["errors"]), check["errors"]
+    assert any("cycle" in e and "research" in e and "team" in e for e in check["errors"]), check[
+        "errors"
+    ]
     assert check["executionOrder"] == []
 
     # Optimistic concurrency: a stale expectedVersion is CONFLICT; the right one bumps.
     new = {"name": "renamed", **b.graph(agent["id"], crew["id"], tool["id"])}
     new["nodes"][1]["config"]["task"] = "Dig into {{ inputs.topic }}"
-    updated = (await gql.ok("UpdateFlow", {"id": flow["id"], "input": new, "expectedVersion": 1}, token=member))["updateFlow"]
+    updated = (
+        await gql.ok(
+            "UpdateFlow", {"id": flow["id"], "input": new, "expectedVersion": 1}, token=member
+        )
+    )["updateFlow"]
     assert updated["version"] == 2 and updated["name"] == "renamed"
-    stale = await gql.op("UpdateFlow", {"id": flow["id"], "input": new, "expectedVersion": 1}, token=member)
+    stale = await gql.op(
+        "UpdateFlow", {"id": flow["id"], "input": new, "expectedVersion": 1}, token=member
+    )
     assert error_code(stale) == "CONFLICT"
     assert stale["errors"][0]["extensions"]["currentVersion"] == 2
 
-    old = (await gql.ok("FlowVersion", {"id": flow["id"], "version": 1}, token=member))["flowVersion"]
+    old = (await gql.ok("FlowVersion", {"id": flow["id"], "version": 1}, token=member))[
+        "flowVersion"
+    ]
     assert old["version"] == 1 and old["name"] == flow["name"]
     assert old["nodes"][1]["config"]["task"] == "Research {{ inputs.topic }}"
     history = (await gql.ok("Flow", {"id": flow["id"]}, token=member))["flow"]["versions"]
@@ -78,19 +90,33 @@ async def test_invalid_flow_is_refused_with_fields_and_not_stored(gql: GQL, team
 async def test_viewer_reads_but_cannot_write(gql: GQL, team: Team) -> None:
     w = await b.world(gql, team.token)
     viewer = await member_token(gql, team, "VIEWER")
-    assert (await gql.ok("Flow", {"id": w["flow"]["id"]}, token=viewer))["flow"]["name"] == w["flow"]["name"]
-    assert (await gql.ok("Agent", {"id": w["agent"]["id"]}, token=viewer))["agent"]["id"] == w["agent"]["id"]
+    assert (await gql.ok("Flow", {"id": w["flow"]["id"]}, token=viewer))["flow"]["name"] == w[
+        "flow"
+    ]["name"]
+    assert (await gql.ok("Agent", {"id": w["agent"]["id"]}, token=viewer))["agent"]["id"] == w[
+        "agent"
+    ]["id"]
     assert len((await gql.ok("Tools", token=viewer))["tools"]["edges"]) == 1
-    denied = await gql.op("CreateAgent", {"input": {"name": "x", "role": "r", "goal": "g", "backstory": "b"}}, token=viewer)
+    denied = await gql.op(
+        "CreateAgent",
+        {"input": {"name": "x", "role": "r", "goal": "g", "backstory": "b"}},
+        token=viewer,
+    )
     assert error_code(denied) == "FORBIDDEN"
     denied = await gql.op("DeleteFlow", {"id": w["flow"]["id"]}, token=viewer)
     assert error_code(denied) == "FORBIDDEN"
     member = await member_token(gql, team, "MEMBER")
-    denied = await gql.op("CreateLlmProvider", {"input": {"name": "m", "provider": "openai", "model": "x"}}, token=member)
+    denied = await gql.op(
+        "CreateLlmProvider",
+        {"input": {"name": "m", "provider": "openai", "model": "x"}},
+        token=member,
+    )
     assert error_code(denied) == "FORBIDDEN"
 
 
-async def test_deleting_referenced_resources_is_conflict_naming_referrers(gql: GQL, team: Team) -> None:
+async def test_deleting_referenced_resources_is_conflict_naming_referrers(
+    gql: GQL, team: Team
+) -> None:
     w = await b.world(gql, team.token)
     body = await gql.op("DeleteAgent", {"id": w["agent"]["id"]}, token=team.token)
     assert error_code(body) == "CONFLICT"
@@ -106,19 +132,34 @@ async def test_deleting_referenced_resources_is_conflict_naming_referrers(gql: G
 
     # Remove the referrers top-down; then everything can go and nothing dangles.
     assert (await gql.ok("DeleteFlow", {"id": w["flow"]["id"]}, token=team.token))["deleteFlow"]
-    assert error_code(await gql.op("Flow", {"id": w["flow"]["id"]}, token=team.token)) == "NOT_FOUND"
+    assert (
+        error_code(await gql.op("Flow", {"id": w["flow"]["id"]}, token=team.token)) == "NOT_FOUND"
+    )
     assert (await gql.ok("DeleteCrew", {"id": w["crew"]["id"]}, token=team.token))["deleteCrew"]
     assert (await gql.ok("DeleteAgent", {"id": w["agent"]["id"]}, token=team.token))["deleteAgent"]
     assert (await gql.ok("DeleteTool", {"id": w["tool"]["id"]}, token=team.token))["deleteTool"]
-    assert (await gql.ok("DeleteLlmProvider", {"id": w["provider"]["id"]}, token=team.token))["deleteLlmProvider"]
+    assert (await gql.ok("DeleteLlmProvider", {"id": w["provider"]["id"]}, token=team.token))[
+        "deleteLlmProvider"
+    ]
     # The deleted flow's name is free again.
-    again = await b.flow(gql, team.token, w["agent2"]["id"], (await b.crew(gql, team.token, [w["agent2"]["id"]]))["id"], (await b.tool(gql, team.token))["id"], name=w["flow"]["name"])
+    again = await b.flow(
+        gql,
+        team.token,
+        w["agent2"]["id"],
+        (await b.crew(gql, team.token, [w["agent2"]["id"]]))["id"],
+        (await b.tool(gql, team.token))["id"],
+        name=w["flow"]["name"],
+    )
     assert again["name"] == w["flow"]["name"]
 
 
 async def test_names_are_unique_per_tenant(gql: GQL, team: Team, other_team: Team) -> None:
     await b.agent(gql, team.token, name="Scout")
-    dup = await gql.op("CreateAgent", {"input": {"name": "Scout", "role": "r", "goal": "g", "backstory": "b"}}, token=team.token)
+    dup = await gql.op(
+        "CreateAgent",
+        {"input": {"name": "Scout", "role": "r", "goal": "g", "backstory": "b"}},
+        token=team.token,
+    )
     assert error_code(dup) == "CONFLICT"
     assert dup["errors"][0]["extensions"]["fields"] == {"name": "is already taken"}
     assert (await b.agent(gql, other_team.token, name="Scout"))["name"] == "Scout"
@@ -132,38 +173,122 @@ async def test_pagination_search_and_kind_filters(gql: GQL, team: Team) -> None:
     seen = [e["node"]["name"] for e in page["edges"]]
     await b.agent(gql, team.token, name="alpha-late")
     while page["pageInfo"]["hasNextPage"]:
-        page = (await gql.ok("Agents", {"first": 2, "after": page["pageInfo"]["endCursor"], "search": "alpha"}, token=team.token))["agents"]
+        page = (
+            await gql.ok(
+                "Agents",
+                {"first": 2, "after": page["pageInfo"]["endCursor"], "search": "alpha"},
+                token=team.token,
+            )
+        )["agents"]
         seen += [e["node"]["name"] for e in page["edges"]]
     assert seen == [f"alpha-{i}" for i in range(5)] + ["alpha-late"]
     literal = (await gql.ok("Agents", {"search": "%"}, token=team.token))["agents"]["edges"]
     assert literal == []
 
     await b.tool(gql, team.token, kind="BUILTIN", config={"builtin": "json_transform"})
-    await b.tool(gql, team.token, kind="DOCKER", config={"image": "python:3.12-slim", "command": ["python3", "-c", "print(1)"]})
+    await b.tool(
+        gql,
+        team.token,
+        kind="DOCKER",
+        config={"image": "python:3.12-slim", "command": ["python3", "-c", "print(1)"]},
+    )
     await b.tool(gql, team.token)
     kinds = {
-        k: [e["node"]["kind"] for e in (await gql.ok("Tools", {"kind": k}, token=team.token))["tools"]["edges"]]
+        k: [
+            e["node"]["kind"]
+            for e in (await gql.ok("Tools", {"kind": k}, token=team.token))["tools"]["edges"]
+        ]
         for k in ("BUILTIN", "DOCKER", "CUSTOM_PYTHON")
     }
-    assert kinds == {"BUILTIN": ["BUILTIN"], "DOCKER": ["DOCKER"], "CUSTOM_PYTHON": ["CUSTOM_PYTHON"]}
+    assert kinds == {
+        "BUILTIN": ["BUILTIN"],
+        "DOCKER": ["DOCKER"],
+        "CUSTOM_PYTHON": ["CUSTOM_PYTHON"],
+    }
 
 
 async def test_every_update_bumps_version_with_optimistic_concurrency(gql: GQL, team: Team) -> None:
     w = await b.world(gql, team.token)
-    agent_input = {"name": "renamed-agent", "role": "R", "goal": "G", "backstory": "B", "toolIds": [w["tool"]["id"]]}
-    a = (await gql.ok("UpdateAgent", {"id": w["agent"]["id"], "input": agent_input, "expectedVersion": 1}, token=team.token))["updateAgent"]
+    agent_input = {
+        "name": "renamed-agent",
+        "role": "R",
+        "goal": "G",
+        "backstory": "B",
+        "toolIds": [w["tool"]["id"]],
+    }
+    a = (
+        await gql.ok(
+            "UpdateAgent",
+            {"id": w["agent"]["id"], "input": agent_input, "expectedVersion": 1},
+            token=team.token,
+        )
+    )["updateAgent"]
     assert a["version"] == 2 and a["llmProvider"] is None
-    assert error_code(await gql.op("UpdateAgent", {"id": w["agent"]["id"], "input": agent_input, "expectedVersion": 1}, token=team.token)) == "CONFLICT"
-    tool_input = {"name": "t2", "description": "d", "kind": "BUILTIN", "config": {"builtin": "file_read"}}
-    t = (await gql.ok("UpdateTool", {"id": w["tool"]["id"], "input": tool_input}, token=team.token))["updateTool"]
+    assert (
+        error_code(
+            await gql.op(
+                "UpdateAgent",
+                {"id": w["agent"]["id"], "input": agent_input, "expectedVersion": 1},
+                token=team.token,
+            )
+        )
+        == "CONFLICT"
+    )
+    tool_input = {
+        "name": "t2",
+        "description": "d",
+        "kind": "BUILTIN",
+        "config": {"builtin": "file_read"},
+    }
+    t = (
+        await gql.ok("UpdateTool", {"id": w["tool"]["id"], "input": tool_input}, token=team.token)
+    )["updateTool"]
     assert t["version"] == 2 and t["kind"] == "BUILTIN"
-    crew_input = {"name": "c2", "process": "hierarchical", "agentIds": [w["agent"]["id"]], "managerAgentId": w["agent2"]["id"],
-                  "tasks": [{"description": "d", "expectedOutput": "e", "agentId": w["agent"]["id"]}]}
-    c = (await gql.ok("UpdateCrew", {"id": w["crew"]["id"], "input": crew_input, "expectedVersion": 1}, token=team.token))["updateCrew"]
-    assert c["version"] == 2 and c["process"] == "hierarchical" and c["managerAgent"]["id"] == w["agent2"]["id"]
-    p = (await gql.ok("UpdateLlmProvider", {"id": w["provider"]["id"], "input": {"name": "p2", "provider": "ollama", "model": "llama3", "baseUrl": "http://127.0.0.1:11434"}}, token=team.token))["updateLlmProvider"]
+    crew_input = {
+        "name": "c2",
+        "process": "hierarchical",
+        "agentIds": [w["agent"]["id"]],
+        "managerAgentId": w["agent2"]["id"],
+        "tasks": [{"description": "d", "expectedOutput": "e", "agentId": w["agent"]["id"]}],
+    }
+    c = (
+        await gql.ok(
+            "UpdateCrew",
+            {"id": w["crew"]["id"], "input": crew_input, "expectedVersion": 1},
+            token=team.token,
+        )
+    )["updateCrew"]
+    assert (
+        c["version"] == 2
+        and c["process"] == "hierarchical"
+        and c["managerAgent"]["id"] == w["agent2"]["id"]
+    )
+    p = (
+        await gql.ok(
+            "UpdateLlmProvider",
+            {
+                "id": w["provider"]["id"],
+                "input": {
+                    "name": "p2",
+                    "provider": "ollama",
+                    "model": "llama3",
+                    "baseUrl": "http://127.0.0.1:11434",
+                },
+            },
+            token=team.token,
+        )
+    )["updateLlmProvider"]
     assert p["version"] == 2 and p["hasApiKey"] is True  # null apiKey keeps the key
-    p = (await gql.ok("UpdateLlmProvider", {"id": w["provider"]["id"], "input": {"name": "p2", "provider": "ollama", "model": "llama3", "apiKey": ""}}, token=team.token))["updateLlmProvider"]
+    p = (
+        await gql.ok(
+            "UpdateLlmProvider",
+            {
+                "id": w["provider"]["id"],
+                "input": {"name": "p2", "provider": "ollama", "model": "llama3", "apiKey": ""},
+            },
+            token=team.token,
+        )
+    )["updateLlmProvider"]
     assert p["hasApiKey"] is False
 
 
@@ -171,11 +296,15 @@ async def test_api_key_is_never_returned(gql: GQL, team: Team) -> None:
     p = await b.provider(gql, team.token, apiKey="sk-very-secret-value")
     resp = await gql.http.post(
         "/graphql",
-        json={"query": "{ llmProviders { edges { node { id name provider model baseUrl hasApiKey } } } }"},
+        json={
+            "query": "{ llmProviders { edges { node { id name provider model baseUrl hasApiKey } } } }"
+        },
         headers={"Authorization": f"Bearer {team.token}"},
     )
     assert "sk-very-secret-value" not in resp.text
     assert p["hasApiKey"] is True
-    introspect = await gql.raw('{ __type(name: "LlmProvider") { fields { name } } }', token=team.token)
+    introspect = await gql.raw(
+        '{ __type(name: "LlmProvider") { fields { name } } }', token=team.token
+    )
     names = {f["name"] for f in introspect["data"]["__type"]["fields"]}
     assert "apiKey" not in names

@@ -15,18 +15,36 @@ def _name(prefix: str) -> str:
 
 
 async def provider(gql: GQL, token: str, **over: Any) -> dict[str, Any]:
-    data = {"name": _name("llm"), "provider": "openai", "model": "gpt-4o-mini", "apiKey": "sk-test-secret-123", **over}
+    data = {
+        "name": _name("llm"),
+        "provider": "openai",
+        "model": "gpt-4o-mini",
+        "apiKey": "sk-test-secret-123",
+        **over,
+    }
     return (await gql.ok("CreateLlmProvider", {"input": data}, token=token))["createLlmProvider"]
 
 
 async def tool(gql: GQL, token: str, **over: Any) -> dict[str, Any]:
-    data = {"name": _name("tool"), "description": "echo", "kind": "CUSTOM_PYTHON", "config": {"code": PY_CODE},
-            "inputSchema": {"type": "object"}, **over}
+    data = {
+        "name": _name("tool"),
+        "description": "echo",
+        "kind": "CUSTOM_PYTHON",
+        "config": {"code": PY_CODE},
+        "inputSchema": {"type": "object"},
+        **over,
+    }
     return (await gql.ok("CreateTool", {"input": data}, token=token))["createTool"]
 
 
 async def agent(gql: GQL, token: str, **over: Any) -> dict[str, Any]:
-    data = {"name": _name("agent"), "role": "Researcher", "goal": "Find facts", "backstory": "Curious", **over}
+    data = {
+        "name": _name("agent"),
+        "role": "Researcher",
+        "goal": "Find facts",
+        "backstory": "Curious",
+        **over,
+    }
     return (await gql.ok("CreateAgent", {"input": data}, token=token))["createAgent"]
 
 
@@ -44,11 +62,33 @@ def graph(agent_id: str, crew_id: str, tool_id: str) -> dict[str, Any]:
     """input → agent → condition → (true) crew / (false) tool → output."""
     return {
         "nodes": [
-            {"id": "in", "kind": "INPUT", "config": {"schema": {"type": "object", "properties": {"topic": {"type": "string"}}}}},
-            {"id": "research", "kind": "AGENT", "config": {"agentId": agent_id, "task": "Research {{ inputs.topic }}"}},
-            {"id": "check", "kind": "CONDITION", "config": {"expression": "inputs.topic == 'deep'"}},
-            {"id": "team", "kind": "CREW", "config": {"crewId": crew_id, "inputs": {"notes": "{{ nodes.research.output }}"}}},
-            {"id": "echo", "kind": "TOOL", "config": {"toolId": tool_id, "input": {"text": "{{ nodes.research.output }}"}}},
+            {
+                "id": "in",
+                "kind": "INPUT",
+                "config": {
+                    "schema": {"type": "object", "properties": {"topic": {"type": "string"}}}
+                },
+            },
+            {
+                "id": "research",
+                "kind": "AGENT",
+                "config": {"agentId": agent_id, "task": "Research {{ inputs.topic }}"},
+            },
+            {
+                "id": "check",
+                "kind": "CONDITION",
+                "config": {"expression": "inputs.topic == 'deep'"},
+            },
+            {
+                "id": "team",
+                "kind": "CREW",
+                "config": {"crewId": crew_id, "inputs": {"notes": "{{ nodes.research.output }}"}},
+            },
+            {
+                "id": "echo",
+                "kind": "TOOL",
+                "config": {"toolId": tool_id, "input": {"text": "{{ nodes.research.output }}"}},
+            },
             {"id": "out", "kind": "OUTPUT"},
         ],
         "edges": [
@@ -62,8 +102,15 @@ def graph(agent_id: str, crew_id: str, tool_id: str) -> dict[str, Any]:
     }
 
 
-async def flow(gql: GQL, token: str, agent_id: str, crew_id: str, tool_id: str, **over: Any) -> dict[str, Any]:
-    data = {"name": _name("flow"), "description": "demo", **graph(agent_id, crew_id, tool_id), **over}
+async def flow(
+    gql: GQL, token: str, agent_id: str, crew_id: str, tool_id: str, **over: Any
+) -> dict[str, Any]:
+    data = {
+        "name": _name("flow"),
+        "description": "demo",
+        **graph(agent_id, crew_id, tool_id),
+        **over,
+    }
     return (await gql.ok("CreateFlow", {"input": data}, token=token))["createFlow"]
 
 

@@ -110,7 +110,11 @@ def upgrade() -> None:
     )
     # Names are unique among live flows; a deleted flow frees its name.
     op.create_index(
-        "flows_live_name_key", "flows", ["name"], unique=True, schema=S,
+        "flows_live_name_key",
+        "flows",
+        ["name"],
+        unique=True,
+        schema=S,
         postgresql_where=sa.text("deleted_at IS NULL"),
     )
     op.create_table(
@@ -137,10 +141,26 @@ def upgrade() -> None:
     op.create_index("flow_refs_flow_idx", "flow_refs", ["flow_id"], schema=S)
     for col in ("agent_id", "crew_id", "tool_id", "llm_provider_id"):
         op.create_index(f"flow_refs_{col}_idx", "flow_refs", [col], schema=S)
-    for table, col in (("agents", "llm_provider_id"), ("agent_tools", "tool_id"), ("crew_agents", "agent_id"), ("crew_tasks", "agent_id")):
+    for table, col in (
+        ("agents", "llm_provider_id"),
+        ("agent_tools", "tool_id"),
+        ("crew_agents", "agent_id"),
+        ("crew_tasks", "agent_id"),
+    ):
         op.create_index(f"{table}_{col}_idx", table, [col], schema=S)
 
 
 def downgrade() -> None:
-    for name in ("flow_refs", "flow_versions", "flows", "crew_tasks", "crew_agents", "crews", "agent_tools", "agents", "tools", "llm_providers"):
+    for name in (
+        "flow_refs",
+        "flow_versions",
+        "flows",
+        "crew_tasks",
+        "crew_agents",
+        "crews",
+        "agent_tools",
+        "agents",
+        "tools",
+        "llm_providers",
+    ):
         op.drop_table(name, schema=S)

@@ -1,0 +1,58 @@
+"""DataLoaders keep SQL statements bounded, whatever the number of rows listed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from sqlalchemy import event
+
+from tests.conftest import Team, register
+from tests.support import builders as b
+from tests.support.client import GQL
+
+
+@contextmanager
+def count_statements(container: Any) -> Iterator[list[str]]:
+    seen: list[str] = []
+
+    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
+        seen.append(statement)
+
+    engine = container.db.engine.sync_engine
+    event.listen(engine, "before_cursor_execute", before)
+    try:
+        yield seen
+    finally:
+        event.remove(engine, "before_cursor_execute", before)
+
+
+async def _flows(gql: GQL, token: str, count: int) -> None:
+    tools = [await b.tool(gql, token) for _ in range(3)]
+    agents = [
+        await b.agent(gql, token, toolIds=[t["id"] for t in tools[: i % 3 + 1]]) for i in range(3)
+    ]
+    crew = await b.crew(gql, token, [a["id"] for a in agents])
+    for i in range(count):
+        await b.flow(gql, token, agents[i % 3]["id"], crew["id"], tools[i % 3]["id"])
+
+
+async def _listing_statements(gql: GQL, container: Any, token: str, first: int) -> int:
+    with count_statements(container) as seen:
+        data = await gql.ok("FlowsWithReferences", {"first": first}, token=token)
+    assert len(data["flows"]["edges"]) == first
+    node = data["flows"]["edges"][0]["node"]
+    assert node["agents"] and node["agents"][0]["tools"] and node["tools"] and node["crews"]
+    return len(seen)
+
+
+async def test_listing_flows_with_agents_and_tools_is_bounded(gql: GQL, container: Any) -> None:
+    small: Team = await register(gql)
+    big: Team = await register(gql)
+    await _flows(gql, small.token, 5)
+    await _flows(gql, big.token, 100)
+    few = await _listing_statements(gql, container, small.token, 5)
+    many = await _listing_statements(gql, container, big.token, 100)
+    assert many == few, f"5 flows took {few} statements, 100 flows took {many}"
+    assert many <= 20, many

@@ -1,0 +1,193 @@
+"""Docker specifics: container lifecycle, labels, orphan reaping, images, warm pool."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+
+import pytest
+
+from domain.errors import NotConfigured
+from domain.sandbox import SandboxLimits, SandboxRequest
+from sandbox.docker import (
+    EXPIRES_LABEL,
+    MANAGED_LABEL,
+    TENANT_LABEL,
+    DockerSandbox,
+    host_config,
+)
+from sandbox.images import ensure_image
+from tests.sandbox.fixtures import get_backend
+
+pytestmark = pytest.mark.timeout(90)
+
+
+@pytest.fixture
+async def docker_sb(sandbox_registry: dict) -> DockerSandbox:  # type: ignore[type-arg]
+    backend = await get_backend("docker", sandbox_registry)
+    assert isinstance(backend, DockerSandbox)
+    return backend
+
+
+@pytest.fixture
+async def warm_sb(sandbox_registry: dict) -> DockerSandbox:  # type: ignore[type-arg]
+    backend = await get_backend("docker-warm", sandbox_registry)
+    assert isinstance(backend, DockerSandbox)
+    return backend
+
+
+async def _managed(sb: DockerSandbox, **labels: str) -> list[dict]:  # type: ignore[type-arg]
+    wanted = [f"{MANAGED_LABEL}=1", *(f"{k}={v}" for k, v in labels.items())]
+    listed = await sb.docker.containers.list(all="true", filters=json.dumps({"label": wanted}))
+    return [c._container for c in listed]
+
+
+def test_host_config_locks_the_container_down() -> None:
+    config = host_config(SandboxLimits())
+    assert config["NetworkMode"] == "none"
+    assert config["ReadonlyRootfs"] is True
+    assert config["Memory"] == config["MemorySwap"] == 512 * 1024 * 1024
+    assert config["NanoCpus"] == 500_000_000
+    assert config["PidsLimit"] == 64
+    assert config["CapDrop"] == ["ALL"]
+    assert "no-new-privileges" in config["SecurityOpt"]
+    assert config["Init"] is True
+    assert "size=64m" in config["Tmpfs"]["/tmp"]
+    assert config["AutoRemove"] is False
+
+
+async def test_container_is_labelled_and_always_removed(docker_sb: DockerSandbox) -> None:
+    code = "import time\ndef run(x):\n    time.sleep(0.5)\n    return 1\n"
+    request = SandboxRequest(
+        tenant_id="t-labels", code=code, limits=SandboxLimits(timeout_seconds=10)
+    )
+    task = asyncio.create_task(docker_sb.run(request))
+    seen: list[dict] = []  # type: ignore[type-arg]
+    for _ in range(40):
+        await asyncio.sleep(0.05)
+        seen = await _managed(docker_sb, **{TENANT_LABEL: "t-labels"})
+        if seen:
+            break
+    result = await task
+    assert result.ok, result
+    assert seen, "the running container was not labelled crewgraph.managed=1 + tenant"
+    config = await docker_sb.docker.containers.list(all="true")
+    assert not await _managed(docker_sb, **{TENANT_LABEL: "t-labels"}), config
+    # also after failures (timeout, OOM are covered in the security suite)
+    bad = await docker_sb.run(
+        SandboxRequest(tenant_id="t-labels", code="def run(x):\n    raise SystemExit(1)\n")
+    )
+    assert not bad.ok
+    assert not await _managed(docker_sb, **{TENANT_LABEL: "t-labels"})
+
+
+async def test_fast_exiting_output_is_never_lost(docker_sb: DockerSandbox) -> None:
+    requests = [
+        SandboxRequest(tenant_id="t-fast", kind="command", command=("echo", f"line-{i}"))
+        for i in range(8)
+    ]
+    results = await asyncio.gather(*(docker_sb.run(r) for r in requests))
+    assert [r.stdout for r in results] == [f"line-{i}\n" for i in range(8)]
+
+
+async def test_reap_orphans_removes_expired_leftovers_only(docker_sb: DockerSandbox) -> None:
+    docker = docker_sb.docker
+    base = {
+        "Image": docker_sb.image,
+        "Cmd": ["sleep", "60"],
+        "User": "65534:65534",
+        "HostConfig": {"NetworkMode": "none"},
+    }
+    expired = await docker.containers.create(
+        {
+            **base,
+            "Labels": {
+                MANAGED_LABEL: "1",
+                TENANT_LABEL: "t-orphan",
+                EXPIRES_LABEL: str(int(time.time()) - 5),
+            },
+        }
+    )
+    live = await docker.containers.create(
+        {
+            **base,
+            "Labels": {
+                MANAGED_LABEL: "1",
+                TENANT_LABEL: "t-live",
+                EXPIRES_LABEL: str(int(time.time()) + 600),
+            },
+        }
+    )
+    await expired.start()
+    try:
+        removed = await docker_sb.reap_orphans()
+        assert removed >= 1
+        assert not await _managed(docker_sb, **{TENANT_LABEL: "t-orphan"})
+        assert await _managed(docker_sb, **{TENANT_LABEL: "t-live"})
+    finally:
+        for c in (expired, live):
+            try:
+                await c.delete(force=True)
+            except Exception:
+                pass
+
+
+async def test_missing_image_is_reported_not_pulled(docker_sb: DockerSandbox) -> None:
+    with pytest.raises(NotConfigured, match=r"build-sandbox-image\.sh"):
+        await ensure_image(docker_sb.docker, "crewgraph/does-not-exist:0")
+    with pytest.raises(NotConfigured, match="not in the Docker engine"):
+        await docker_sb.run(
+            SandboxRequest(
+                tenant_id="t1", code="def run(x): return 1", image="crewgraph/does-not-exist:0"
+            )
+        )
+
+
+async def test_warm_pool_reuses_per_tenant_and_recycles_on_failure(warm_sb: DockerSandbox) -> None:
+    code = "import os\ndef run(x):\n    return open('/proc/self/cgroup').read()\n"
+
+    async def container_of(tenant: str, body: str = code) -> str | None:
+        result = await warm_sb.run(
+            SandboxRequest(tenant_id=tenant, code=body, limits=SandboxLimits(timeout_seconds=10))
+        )
+        return str(result.output) if result.ok else None
+
+    a1 = await container_of("t-warm-a")
+    a2 = await container_of("t-warm-a")
+    b1 = await container_of("t-warm-b")
+    assert a1 and a1 == a2, "a healthy warm container is reused for the same tenant"
+    assert b1 and b1 != a1, "tenants never share a warm container"
+    assert await container_of("t-warm-a", "def run(x):\n    raise ValueError()\n") is None
+    await asyncio.sleep(0.3)  # recycled containers are removed in the background
+    a3 = await container_of("t-warm-a")
+    assert a3 and a3 != a1, "a container is recycled after a failed run"
+    tenants = {
+        c["Labels"][TENANT_LABEL] for c in await _managed(warm_sb, **{"crewgraph.pool": "warm"})
+    }
+    assert {"t-warm-a", "t-warm-b"} <= tenants
+
+
+async def test_warm_pool_recycles_after_max_runs_and_leftover_processes(
+    sandbox_registry: dict,  # type: ignore[type-arg]
+) -> None:
+    await get_backend("docker", sandbox_registry)  # skip when there is no engine
+    sb = DockerSandbox(warm_pool=True, warm_max_runs=2)
+    await sb.start(reap=False)
+    try:
+        code = "def run(x):\n    return open('/proc/self/cgroup').read()\n"
+        req = lambda body=code: SandboxRequest(tenant_id="t-recycle", code=body)  # noqa: E731
+        first = (await sb.run(req())).output
+        second = (await sb.run(req())).output
+        third = (await sb.run(req())).output
+        assert first == second != third, "recycled after warm_max_runs"
+        spawn = (
+            "import subprocess\ndef run(x):\n    subprocess.Popen(['sleep', '30'])\n"
+            "    return open('/proc/self/cgroup').read()\n"
+        )
+        left = (await sb.run(req(spawn))).output
+        after = (await sb.run(req())).output
+        assert left != after, "a container with leftover processes is not reused"
+    finally:
+        await sb.close()
+    assert sb.warm_containers() == 0
