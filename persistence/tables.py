@@ -236,3 +236,94 @@ flow_refs = sa.Table(
     sa.Column("llm_provider_id", UUID, _tenant_fk("llm_providers.id", ondelete="RESTRICT")),
     schema=TENANT,
 )
+
+
+# -- executions (tenant) ---------------------------------------------------
+# One row per run of a flow (pinned to a flow version) or of a crew (`graph`
+# holds the one-node graph). PostgreSQL is the source of truth: the worker that
+# runs an execution holds a lease (`lease_owner`, `lease_expires_at`) it renews;
+# `last_sequence` is the per-execution event counter, incremented under the row
+# lock in the same transaction as the event insert (gap-free).
+
+executions = sa.Table(
+    "executions",
+    metadata,
+    _id(),
+    sa.Column("flow_id", UUID),
+    sa.Column("flow_version", sa.Integer),
+    sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="SET NULL")),
+    sa.Column("graph", JSONB),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("inputs", JSONB, nullable=False),
+    sa.Column("outputs", JSONB),
+    sa.Column("error", sa.Text),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("lease_owner", sa.Text),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_sequence", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("created_by", sa.Text),
+    _ts("created_at"),
+    _ts("started_at", nullable=True),
+    _ts("finished_at", nullable=True),
+    sa.ForeignKeyConstraint(
+        ["flow_id", "flow_version"],
+        [f"{TENANT}.flow_versions.flow_id", f"{TENANT}.flow_versions.version"],
+        ondelete="RESTRICT",
+    ),
+    schema=TENANT,
+)
+
+node_runs = sa.Table(
+    "node_runs",
+    metadata,
+    sa.Column(
+        "execution_id", UUID, _tenant_fk("executions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("output", JSONB),
+    sa.Column("error", sa.Text),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    _ts("started_at", nullable=True),
+    _ts("finished_at", nullable=True),
+    schema=TENANT,
+)
+
+execution_events = sa.Table(
+    "execution_events",
+    metadata,
+    sa.Column(
+        "execution_id", UUID, _tenant_fk("executions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("sequence", sa.Integer, primary_key=True),
+    sa.Column("type", sa.Text, nullable=False),
+    sa.Column("node_id", sa.Text),
+    sa.Column("at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("data", JSONB),
+    schema=TENANT,
+)
+
+# -- active executions (public) -----------------------------------------------
+# One row per PENDING or RUNNING execution of any tenant, written in the same
+# transaction as the tenant row and deleted when the execution ends. The sweeper
+# finds expired leases and stale PENDING runs here with one indexed query, and the
+# per-tenant concurrency limit counts RUNNING rows here.
+
+active_executions = sa.Table(
+    "active_executions",
+    metadata,
+    sa.Column("execution_id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column(
+        "tenant_id",
+        sa.Uuid(as_uuid=False),
+        sa.ForeignKey("public.tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("tenant_schema", sa.Text, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("dispatched_at", sa.DateTime(timezone=True)),
+    _ts("created_at"),
+    schema="public",
+)

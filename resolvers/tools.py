@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import strawberry
+from strawberry.scalars import JSON
 from strawberry.types import Info
 
 from domain.validation import page_size
 from schema.relay import Connection, connection
-from schema.tools import Tool, ToolInput, ToolKind
+from schema.tools import Tool, ToolInput, ToolKind, ToolValidation
 
 
 async def tools(
@@ -45,3 +46,22 @@ async def update_tool(
 async def delete_tool(info: Info, id: strawberry.ID) -> bool:
     p = await info.context.principal()
     return await info.context.services.tools.delete(p, id)
+
+
+async def validate_tool(
+    info: Info,
+    id: strawberry.ID,
+    sample_input: JSON | None = None,
+    input: ToolInput | None = None,
+) -> ToolValidation:
+    """Static checks, then a real dry run in the sandbox with `sampleInput`; with
+    `input`, an unsaved edit of the tool is checked instead of the stored one."""
+    p = await info.context.principal()
+    draft = input.to_domain() if input is not None else None
+    result = await info.context.services.tool_runs.validate(p, id, sample_input, draft)
+    return ToolValidation(
+        valid=result.valid,
+        errors=list(result.errors),
+        output=result.output,
+        duration_ms=result.duration_ms,
+    )

@@ -266,6 +266,9 @@ class DockerSandbox:
         if self._closed:
             return
         self._closed = True
+        import sys
+
+        print("CLOSE", self.warm_pool, self._idle, self._busy, file=sys.stderr)
         async with self._lock:
             idle = [w for pool in self._idle.values() for w in pool]
             self._idle.clear()
@@ -496,13 +499,17 @@ class DockerSandbox:
                     started + limits.timeout_seconds + KILL_GRACE_SECONDS,
                     lambda: self._kill(warm.container),
                 )
+                elapsed = loop.time() - started
             info = await execution.inspect()
             exit_code = info.get("ExitCode")
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"docker: {getattr(exc, 'message', None) or exc}"
-        elapsed = loop.time() - started
+            elapsed = loop.time() - started
         killed = exit_code == 137 or (isinstance(exit_code, int) and exit_code < 0)
-        timed_out = outcome == "timeout" or (killed and elapsed >= limits.timeout_seconds - 0.05)
+        # `timeout -s KILL` ends a run at its limit with 137 (the host deadline is a backstop)
+        timed_out = outcome == "timeout" or (
+            outcome == "eof" and killed and elapsed >= limits.timeout_seconds - 0.05
+        )
         result = build_result(
             request,
             collector,

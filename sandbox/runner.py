@@ -18,6 +18,8 @@ User stderr (and tracebacks) go to the process's stderr unchanged. Everything ab
 limits (timeouts, OOM, output size) is decided by the host, not by this program.
 """
 
+from __future__ import annotations
+
 import builtins
 import codecs
 import json
@@ -27,12 +29,13 @@ import shutil
 import sys
 import threading
 import traceback
+from typing import Any
 
 RESULT_FD = -1
 _EMIT_LOCK = threading.Lock()
 
 
-def _emit(obj):
+def _emit(obj: dict[str, Any]) -> None:
     line = (json.dumps(obj, separators=(",", ":"), ensure_ascii=False) + "\n").encode(
         "utf-8", "replace"
     )
@@ -43,7 +46,7 @@ def _emit(obj):
             view = view[written:]
 
 
-def _drain(read_fd):
+def _drain(read_fd: int) -> None:
     decoder = codecs.getincrementaldecoder("utf-8")("replace")
     while True:
         try:
@@ -60,14 +63,14 @@ def _drain(read_fd):
         _emit({"stream": "stdout", "data": tail})
 
 
-def _process_count():
+def _process_count() -> int | None:
     try:
         return sum(1 for name in os.listdir("/proc") if name.isdigit())
     except OSError:
         return None
 
 
-def _usage():
+def _usage() -> dict[str, Any]:
     own = resource.getrusage(resource.RUSAGE_SELF)
     kids = resource.getrusage(resource.RUSAGE_CHILDREN)
     return {
@@ -79,7 +82,7 @@ def _usage():
     }
 
 
-def _wipe(directory):
+def _wipe(directory: str) -> None:
     """Empty ``directory`` (a private tmpfs of a warm container) for the next run."""
     try:
         names = os.listdir(directory)
@@ -96,7 +99,7 @@ def _wipe(directory):
             pass
 
 
-def _user_traceback(exc):
+def _user_traceback(exc: BaseException) -> str:
     """The traceback without the runner's own frames."""
     tb = exc.__traceback__
     while tb is not None and tb.tb_frame.f_code.co_filename != "<tool>":
@@ -104,7 +107,7 @@ def _user_traceback(exc):
     return "".join(traceback.format_exception(type(exc), exc, tb))
 
 
-def _call(code, entrypoint, payload):
+def _call(code: str, entrypoint: str, payload: Any) -> tuple[Any, str | None, str | None]:
     try:
         compiled = compile(code, "<tool>", "exec")
     except SyntaxError as exc:
@@ -125,7 +128,7 @@ def _call(code, entrypoint, payload):
         if hasattr(value, "__await__"):  # async def entrypoint
             import asyncio
 
-            async def _await(awaitable):
+            async def _await(awaitable: Any) -> Any:
                 return await awaitable
 
             value = asyncio.run(_await(value))
@@ -148,7 +151,7 @@ def _call(code, entrypoint, payload):
     return value, None, None
 
 
-def main():
+def main() -> int:
     global RESULT_FD
     RESULT_FD = os.dup(1)  # non-inheritable: subprocesses of the user code never get it
     line = sys.stdin.buffer.readline()
@@ -176,10 +179,11 @@ def main():
     # A private scratch directory per run (the container's /tmp may outlive this run
     # in a warm pool; it is never shared across tenants).
     base = os.environ.get("TMPDIR") or "/tmp"
-    scratch = os.path.join(
+    scratch: str | None = os.path.join(
         base, "run-" + "".join(c for c in scratch_name if c.isalnum() or c in "-_.")
     )
     try:
+        assert scratch is not None
         os.makedirs(scratch, mode=0o700, exist_ok=True)
         os.chdir(scratch)
         os.environ["TMPDIR"] = scratch

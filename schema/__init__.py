@@ -27,12 +27,13 @@ from schema.permissions import (
     CanManageProviders,
     CanManageUsers,
     CanRead,
+    CanRun,
     CanWrite,
     IsAuthenticated,
 )
 from schema.providers import LlmProvider
 from schema.relay import Connection
-from schema.tools import Tool
+from schema.tools import Tool, ToolValidation
 from schema.users import Tenant, User
 
 
@@ -131,6 +132,9 @@ class Mutation:
     )
     delete_tool: bool = strawberry.mutation(
         resolver=tools_r.delete_tool, permission_classes=[CanWrite]
+    )
+    validate_tool: ToolValidation = strawberry.mutation(
+        resolver=tools_r.validate_tool, permission_classes=[CanRun]
     )
 
     create_flow: Flow = strawberry.mutation(

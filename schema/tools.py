@@ -52,3 +52,11 @@ class ToolInput:
 
     def to_domain(self) -> d.ToolInput:
         return d.ToolInput(self.name, self.description, self.kind, self.config, self.input_schema)
+
+
+@strawberry.type
+class ToolValidation:
+    valid: bool
+    errors: list[str]
+    output: JSON | None
+    duration_ms: int | None

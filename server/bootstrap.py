@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import os
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
@@ -15,6 +17,8 @@ from domain.crews import CrewService
 from domain.errors import RateLimited
 from domain.flows.service import FlowService
 from domain.providers import ProviderService
+from domain.sandbox import Sandbox, SandboxRequest, SandboxResult
+from domain.tool_runs import ToolNodeExecutor, ToolRunner, ToolRunService
 from domain.tools import ToolService
 from persistence.db import Database
 from persistence.uow import SqlUnitOfWorkFactory
@@ -42,6 +46,40 @@ class RateLimiter:
             raise RateLimited(f"too many {name} attempts; limit is {rule}; try again later")
 
 
+class LazySandbox:
+    """Picks the sandbox backend on first use, so start-up never waits on Docker."""
+
+    name = "lazy"
+
+    def __init__(self, settings: Settings) -> None:
+        self._settings = settings
+        self._inner: Sandbox | None = None
+        self._lock = asyncio.Lock()
+
+    async def get(self) -> Sandbox:
+        async with self._lock:
+            if self._inner is None:
+                from sandbox import create_sandbox
+
+                s = self._settings
+                self._inner = await create_sandbox(
+                    backend=s.sandbox_backend,
+                    docker_host=os.environ.get("DOCKER_HOST") or None,
+                    image=s.sandbox_image,
+                    warm_pool=s.sandbox_warm_pool,
+                    python=s.sandbox_python,
+                )
+            return self._inner
+
+    async def run(self, request: SandboxRequest) -> SandboxResult:
+        return await (await self.get()).run(request)
+
+    async def close(self) -> None:
+        if self._inner is not None:
+            await self._inner.close()
+            self._inner = None
+
+
 @dataclass
 class Container:
     settings: Settings
@@ -55,9 +93,19 @@ class Container:
     agents: AgentService
     crews: CrewService
     flows: FlowService
+    sandbox: LazySandbox
+    tool_runs: ToolRunService
     extras: dict[str, object] = field(default_factory=dict)
 
+    async def tenant_schema(self, tenant_id: str) -> str:
+        return (await self.identity.tenant(tenant_id)).schema_name
+
+    def node_executors(self) -> dict[str, object]:
+        """Executors for the node kinds that need runtimes (the engine runs the rest)."""
+        return {"TOOL": ToolNodeExecutor(self.tool_runs, self.tenant_schema)}
+
     async def aclose(self) -> None:
+        await self.sandbox.close()
         await self.redis.aclose()
         await self.db.dispose()
 
@@ -79,6 +127,10 @@ def build_container(settings: Settings, *, rate_limits: dict[str, str] | None = 
         settings.redis_prefix,
         DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits,
     )
+    from sandbox.builtins import HostBuiltins
+
+    sandbox = LazySandbox(settings)
+    runner = ToolRunner(sandbox, HostBuiltins(settings.data_dir.resolve() / "scratch"))
     box = box_from_settings(
         settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
     )
@@ -94,4 +146,6 @@ def build_container(settings: Settings, *, rate_limits: dict[str, str] | None = 
         agents=AgentService(uow),  # type: ignore[arg-type]
         crews=CrewService(uow),  # type: ignore[arg-type]
         flows=FlowService(uow, settings.max_nodes_per_flow),  # type: ignore[arg-type]
+        sandbox=sandbox,
+        tool_runs=ToolRunService(uow, runner),  # type: ignore[arg-type]
     )

@@ -40,6 +40,12 @@ class Settings(BaseSettings):
     previous_secret_keys: str | None = None  # comma-separated, still accepted for reading
     max_nodes_per_flow: int = Field(2000, ge=2)
 
+    # Tool sandbox: auto = Docker when an engine answers (DOCKER_HOST), else bubblewrap.
+    sandbox_backend: str = Field("auto", pattern="^(auto|docker|bubblewrap)$")
+    sandbox_image: str = "crewgraph/sandbox-python:1"
+    sandbox_warm_pool: bool = False
+    sandbox_python: str = "/usr/bin/python3"
+
     # Prefix for every Redis key and channel; tests give each run its own.
     redis_prefix: str = "cg"
 

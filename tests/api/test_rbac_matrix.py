@@ -93,6 +93,7 @@ CASES: list[Case] = [
         },
     ),
     Case("DeleteTool", Action.WRITE, lambda _: {"id": MISSING}),
+    Case("ValidateTool", Action.RUN, lambda f: {"id": f["w"]["tool"], "sampleInput": {"x": 1}}),
     Case("Agents", Action.READ),
     Case("Agent", Action.READ, lambda f: {"id": f["w"]["agent"]}),
     Case(
