@@ -275,6 +275,13 @@ class DockerSandbox:
         await asyncio.gather(*(self._remove(w.container) for w in idle))
         if self._background:
             await asyncio.gather(*self._background, return_exceptions=True)
+        # safety net: whatever this instance created and somehow still exists
+        with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
+            leftovers = await self._docker.containers.list(
+                all="true",
+                filters=json.dumps({"label": [f"{INSTANCE_LABEL}={self.instance}"]}),
+            )
+            await asyncio.gather(*(self._remove(c) for c in leftovers))
         if self._owns_client:
             await self._docker.close()
 

@@ -1,0 +1,312 @@
+"""Running executions durably: leases, heartbeats, cancellation, the sweeper.
+
+PostgreSQL is the source of truth; the task queue only says "look at execution X".
+
+- `ExecutionRunner.run(ref)` claims the execution (`LeaseStore.claim`: PENDING -> RUNNING,
+  or a RUNNING one whose lease expired, under the tenant's concurrency limit), runs the
+  engine, and renews the lease every `lease_seconds / 3` (heartbeat). A claim that finds
+  the execution RUNNING under a live lease, finished, or over the tenant's limit does
+  nothing, so a duplicate or stale dispatch is harmless.
+- Every store write of the run is fenced by the lease owner: when the lease was lost
+  (another worker took over after a pause longer than the lease), the writes fail, the
+  heartbeat notices and the local run is abandoned without a terminal write.
+- Cancellation is a persisted flag plus a Redis signal: the worker that owns the run sets
+  the run's `CancelSignal` when the signal arrives (`listen_for_cancels`), and the
+  heartbeat reads the flag as a fallback (a lost signal costs at most one heartbeat).
+- `Sweeper.sweep_once` (every process runs one) moves RUNNING executions whose lease
+  expired back to PENDING and re-dispatches them, and re-dispatches PENDING executions
+  whose dispatch is older than `redispatch_after` (a lost queue message, or a slot that
+  freed up under the concurrency limit). The engine resumes from the checkpoints.
+- A claim refuses to start an execution for the `max_attempts + 1`-th time: it is FAILED
+  ("gave up after N attempts"), so a run that kills its worker every time does not loop
+  forever, and nothing stays RUNNING forever.
+- When a run ends, the runner dispatches the tenant's oldest PENDING executions, which
+  may have been waiting for the slot.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+from collections.abc import Mapping
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from domain.executions.engine import DEFAULT_FLOW_TIMEOUT, FlowEngine, RunOutcome
+from domain.executions.ports import CancelSignal, ExecutionStore, NodeExecutor
+from domain.executions.records import Claim, ExecutionRef, LeaseState
+from domain.executions.streams import FeedInterrupted, Subscription
+
+log = logging.getLogger("crewgraph.executions")
+
+DEFAULT_LEASE_SECONDS = 30.0
+DEFAULT_MAX_ATTEMPTS = 5
+
+
+class LeaseLost(Exception):
+    """A fenced write found that this worker no longer holds the execution's lease."""
+
+
+class LeaseStore(Protocol):
+    async def claim(
+        self,
+        ref: ExecutionRef,
+        owner: str,
+        lease_seconds: float,
+        *,
+        max_running: int,
+        max_attempts: int,
+    ) -> Claim | None: ...
+
+    async def renew(
+        self, ref: ExecutionRef, owner: str, lease_seconds: float
+    ) -> LeaseState | None:
+        """None when the lease is no longer `owner`'s."""
+        ...
+
+    async def release(self, ref: ExecutionRef, owner: str) -> bool:
+        """Give the execution back (RUNNING -> PENDING) at shutdown; True if it was ours."""
+        ...
+
+    async def sweep(self, redispatch_after: float, limit: int) -> list[ExecutionRef]:
+        """Requeue expired leases; return those and stale PENDING executions to dispatch."""
+        ...
+
+    async def next_pending(self, tenant_id: str, limit: int) -> list[ExecutionRef]: ...
+
+
+class Dispatcher(Protocol):
+    async def dispatch(self, ref: ExecutionRef) -> None: ...
+
+
+class StoreFactory(Protocol):
+    def __call__(self, ref: ExecutionRef, owner: str) -> ExecutionStore: ...
+
+
+class CancelFeed(Protocol):
+    def __call__(self) -> AbstractAsyncContextManager[Subscription[ExecutionRef]]: ...
+
+
+@dataclass(slots=True)
+class _ActiveRun:
+    ref: ExecutionRef
+    signal: CancelSignal
+    task: asyncio.Task[RunOutcome] | None = None
+    lost: bool = False
+    heartbeat: asyncio.Task[None] | None = field(default=None)
+
+
+class ExecutionRunner:
+    """Runs claimed executions in this process; one instance per process."""
+
+    def __init__(
+        self,
+        leases: LeaseStore,
+        stores: StoreFactory,
+        executors: Mapping[str, NodeExecutor],
+        *,
+        owner: str,
+        dispatcher: Dispatcher | None = None,
+        lease_seconds: float = DEFAULT_LEASE_SECONDS,
+        flow_timeout: float | None = DEFAULT_FLOW_TIMEOUT,
+        default_node_timeout: float | None = None,
+        max_running_per_tenant: int = 20,
+        max_attempts: int = DEFAULT_MAX_ATTEMPTS,
+        max_parallel: int = 50,
+    ) -> None:
+        self.leases = leases
+        self.stores = stores
+        self.executors = dict(executors)
+        self.owner = owner
+        self.dispatcher = dispatcher
+        self.lease_seconds = lease_seconds
+        self.flow_timeout = flow_timeout
+        self.default_node_timeout = default_node_timeout
+        self.max_running_per_tenant = max_running_per_tenant
+        self.max_attempts = max_attempts
+        self._slots = asyncio.Semaphore(max_parallel)
+        self._active: dict[str, _ActiveRun] = {}
+        self._submitted: set[asyncio.Task[RunOutcome | None]] = set()
+        self._closing = False
+
+    @property
+    def active(self) -> list[str]:
+        """Ids of the executions running in this process."""
+        return list(self._active)
+
+    def submit(self, ref: ExecutionRef) -> None:
+        """Run `ref` in the background (the in-process dispatcher)."""
+        if self._closing:
+            return
+        task = asyncio.create_task(self.run(ref), name=f"execution:{ref.execution_id}")
+        self._submitted.add(task)
+        task.add_done_callback(self._submitted.discard)
+
+    def cancel_local(self, execution_id: str) -> bool:
+        """Set the cancel signal of a run of this process; False if it does not run here."""
+        active = self._active.get(execution_id)
+        if active is None:
+            return False
+        active.signal.set()
+        return True
+
+    async def run(self, ref: ExecutionRef) -> RunOutcome | None:
+        """Claim and run `ref`; None when there was nothing to run or the run was abandoned."""
+        if ref.execution_id in self._active or self._closing:
+            return None
+        async with self._slots:
+            if ref.execution_id in self._active or self._closing:
+                return None
+            claim = await self.leases.claim(
+                ref,
+                self.owner,
+                self.lease_seconds,
+                max_running=self.max_running_per_tenant,
+                max_attempts=self.max_attempts,
+            )
+            if claim is None:
+                return None
+            outcome = await self._run_claimed(claim)
+        await self._dispatch_waiting(ref.tenant_id)
+        return outcome
+
+    async def _run_claimed(self, claim: Claim) -> RunOutcome | None:
+        ref = claim.ref
+        active = _ActiveRun(ref, CancelSignal())
+        if claim.cancel_requested:
+            active.signal.set()
+        self._active[ref.execution_id] = active
+        engine = FlowEngine(
+            self.stores(ref, self.owner),
+            self.executors,
+            default_node_timeout=self.default_node_timeout,
+            flow_timeout=self.flow_timeout,
+        )
+        budget = None if self.flow_timeout is None else self.flow_timeout - claim.elapsed
+        active.task = asyncio.create_task(
+            engine.run(
+                ref.execution_id, ref.tenant_id, claim.graph, claim.inputs, active.signal,
+                budget=budget,
+            )
+        )
+        active.heartbeat = asyncio.create_task(self._heartbeat(active))
+        try:
+            return await active.task
+        except asyncio.CancelledError:
+            if active.lost and not self._closing:
+                log.warning("lease lost; run abandoned", extra={"execution_id": ref.execution_id})
+                return None
+            raise
+        except Exception:
+            # The store failed (database down, lease lost): the execution stays RUNNING
+            # and resumes elsewhere once its lease expires.
+            log.exception("execution run failed", extra={"execution_id": ref.execution_id})
+            return None
+        finally:
+            active.heartbeat.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await active.heartbeat
+            self._active.pop(ref.execution_id, None)
+
+    async def _heartbeat(self, active: _ActiveRun) -> None:
+        interval = max(self.lease_seconds / 3.0, 0.05)
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                state = await self.leases.renew(active.ref, self.owner, self.lease_seconds)
+            except Exception:
+                log.exception("lease renewal failed", extra={"execution_id": active.ref.execution_id})
+                continue
+            if state is None:
+                active.lost = True
+                if active.task is not None:
+                    active.task.cancel()
+                return
+            if state.cancel_requested:
+                active.signal.set()
+
+    async def _dispatch_waiting(self, tenant_id: str) -> None:
+        if self.dispatcher is None or self._closing:
+            return
+        try:
+            for waiting in await self.leases.next_pending(tenant_id, 4):
+                await self.dispatcher.dispatch(waiting)
+        except Exception:
+            log.exception("dispatching waiting executions failed")
+
+    async def shutdown(self, *, release: bool = True) -> None:
+        """Stop every local run without a terminal write; give the executions back."""
+        self._closing = True
+        runs = list(self._active.values())
+        for active in runs:
+            if active.task is not None:
+                active.task.cancel()
+        for task in list(self._submitted):
+            task.cancel()
+        pending = [a.task for a in runs if a.task is not None] + list(self._submitted)
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        if release:
+            for active in runs:
+                try:
+                    if await self.leases.release(active.ref, self.owner) and self.dispatcher:
+                        await self.dispatcher.dispatch(active.ref)
+                except Exception:
+                    log.exception("releasing a lease failed")
+
+
+async def listen_for_cancels(feed: CancelFeed, runner: ExecutionRunner) -> None:
+    """Forward cancel signals (from any API process) to the runs of this process."""
+    while True:
+        try:
+            async with feed() as subscription:
+                while True:
+                    ref = await subscription.next(None)
+                    if ref is not None:
+                        runner.cancel_local(ref.execution_id)
+        except FeedInterrupted:
+            continue
+        except asyncio.CancelledError:
+            raise
+        except Exception:
+            log.exception("cancel listener failed; retrying")
+            await asyncio.sleep(1.0)
+
+
+class Sweeper:
+    """Re-dispatches executions whose worker vanished; safe to run in every process."""
+
+    def __init__(
+        self,
+        leases: LeaseStore,
+        dispatcher: Dispatcher,
+        *,
+        interval: float = 5.0,
+        redispatch_after: float = 30.0,
+        batch: int = 100,
+    ) -> None:
+        self.leases = leases
+        self.dispatcher = dispatcher
+        self.interval = interval
+        self.redispatch_after = redispatch_after
+        self.batch = batch
+
+    async def sweep_once(self) -> list[ExecutionRef]:
+        refs = await self.leases.sweep(self.redispatch_after, self.batch)
+        for ref in refs:
+            await self.dispatcher.dispatch(ref)
+        return refs
+
+    async def run_forever(self) -> None:
+        while True:
+            # Jitter keeps the sweepers of many processes from hitting the database at once.
+            await asyncio.sleep(self.interval * random.uniform(0.75, 1.25))  # noqa: S311
+            try:
+                await self.sweep_once()
+            except asyncio.CancelledError:
+                raise
+            except Exception:
+                log.exception("sweep failed")
