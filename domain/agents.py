@@ -9,15 +9,15 @@ from typing import Any
 
 from domain.errors import NotFound
 from domain.identity import Principal
-from domain.ports import Page, TenantUnitOfWork, TenantUnitOfWorkFactory
+from domain.ports import Page, TenantUnitOfWork
 from domain.rbac import Action
 from domain.resources import (
+    ResourceService,
     check_version,
     duplicate_name,
     missing_references,
     not_found_refs,
     require_id,
-    still_referenced,
 )
 from domain.validation import MAX_TEXT, Checker
 
@@ -120,9 +120,9 @@ async def check_agent_refs(uow: TenantUnitOfWork, data: AgentInput) -> None:
             raise not_found_refs("tool", "input.toolIds", missing)
 
 
-class AgentService:
-    def __init__(self, uow: TenantUnitOfWorkFactory) -> None:
-        self._uow = uow
+class AgentService(ResourceService[Agent]):
+    kind = "agent"
+    repo_attr = "agents"
 
     async def list(
         self, p: Principal, first: int, after: str | None, search: str | None = None
@@ -130,14 +130,6 @@ class AgentService:
         p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
             return await uow.agents.page(first, after, search=search)
-
-    async def get(self, p: Principal, ident: str) -> Agent:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            found = await uow.agents.get(require_id("agent", ident))
-        if found is None:
-            raise NotFound("agent", ident)
-        return found
 
     async def create(self, p: Principal, data: AgentInput) -> Agent:
         p.require(Action.WRITE)
@@ -191,16 +183,3 @@ class AgentService:
             await uow.agents.update(agent)
             await uow.commit()
         return agent
-
-    async def delete(self, p: Principal, ident: str) -> bool:
-        p.require(Action.WRITE)
-        async with self._uow(p.tenant_schema) as uow:
-            agent = await uow.agents.get(require_id("agent", ident), for_update=True)
-            if agent is None:
-                raise NotFound("agent", ident)
-            referrers = await uow.agents.referrers(ident)
-            if referrers:
-                raise still_referenced("agent", agent.name, referrers)
-            await uow.agents.delete(ident)
-            await uow.commit()
-        return True

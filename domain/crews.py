@@ -8,15 +8,15 @@ from datetime import UTC, datetime
 
 from domain.errors import NotFound
 from domain.identity import Principal
-from domain.ports import Page, TenantUnitOfWork, TenantUnitOfWorkFactory
+from domain.ports import Page, TenantUnitOfWork
 from domain.rbac import Action
 from domain.resources import (
+    ResourceService,
     check_version,
     duplicate_name,
     missing_references,
     not_found_refs,
     require_id,
-    still_referenced,
 )
 from domain.validation import MAX_TEXT, Checker
 
@@ -104,22 +104,14 @@ async def _check_refs(uow: TenantUnitOfWork, data: CrewInput) -> None:
             )
 
 
-class CrewService:
-    def __init__(self, uow: TenantUnitOfWorkFactory) -> None:
-        self._uow = uow
+class CrewService(ResourceService[Crew]):
+    kind = "crew"
+    repo_attr = "crews"
 
     async def list(self, p: Principal, first: int, after: str | None) -> Page[Crew]:
         p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
             return await uow.crews.page(first, after)
-
-    async def get(self, p: Principal, ident: str) -> Crew:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            found = await uow.crews.get(require_id("crew", ident))
-        if found is None:
-            raise NotFound("crew", ident)
-        return found
 
     async def create(self, p: Principal, data: CrewInput) -> Crew:
         p.require(Action.WRITE)
@@ -167,16 +159,3 @@ class CrewService:
             await uow.crews.update(crew)
             await uow.commit()
         return crew
-
-    async def delete(self, p: Principal, ident: str) -> bool:
-        p.require(Action.WRITE)
-        async with self._uow(p.tenant_schema) as uow:
-            crew = await uow.crews.get(require_id("crew", ident), for_update=True)
-            if crew is None:
-                raise NotFound("crew", ident)
-            referrers = await uow.crews.referrers(ident)
-            if referrers:
-                raise still_referenced("crew", crew.name, referrers)
-            await uow.crews.delete(ident)
-            await uow.commit()
-        return True

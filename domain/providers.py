@@ -12,7 +12,7 @@ from domain.errors import NotFound
 from domain.identity import Principal
 from domain.ports import Page, TenantUnitOfWorkFactory
 from domain.rbac import Action
-from domain.resources import check_version, duplicate_name, require_id, still_referenced
+from domain.resources import ResourceService, check_version, duplicate_name, require_id
 from domain.secrets import Sealed, SecretBox
 from domain.validation import Checker
 
@@ -66,23 +66,19 @@ def _context(provider_id: str, tenant_id: str) -> str:
     return f"llm_provider:{tenant_id}:{provider_id}"
 
 
-class ProviderService:
+class ProviderService(ResourceService[LlmProvider]):
+    kind = "LLM provider"
+    repo_attr = "providers"
+    write_action = Action.MANAGE_PROVIDERS
+
     def __init__(self, uow: TenantUnitOfWorkFactory, box: SecretBox) -> None:
-        self._uow = uow
+        super().__init__(uow)
         self._box = box
 
     async def list(self, p: Principal, first: int, after: str | None) -> Page[LlmProvider]:
         p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
             return await uow.providers.page(first, after)
-
-    async def get(self, p: Principal, ident: str) -> LlmProvider:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            found = await uow.providers.get(require_id("LLM provider", ident))
-        if found is None:
-            raise NotFound("LLM provider", ident)
-        return found
 
     async def create(self, p: Principal, data: ProviderInput) -> LlmProvider:
         p.require(Action.MANAGE_PROVIDERS)
@@ -128,19 +124,6 @@ class ProviderService:
             await uow.providers.update(current)
             await uow.commit()
         return current
-
-    async def delete(self, p: Principal, ident: str) -> bool:
-        p.require(Action.MANAGE_PROVIDERS)
-        async with self._uow(p.tenant_schema) as uow:
-            current = await uow.providers.get(require_id("LLM provider", ident), for_update=True)
-            if current is None:
-                raise NotFound("LLM provider", ident)
-            referrers = await uow.providers.referrers(ident)
-            if referrers:
-                raise still_referenced("LLM provider", current.name, referrers)
-            await uow.providers.delete(ident)
-            await uow.commit()
-        return True
 
     def reveal_key(self, p: Principal, provider: LlmProvider) -> str | None:
         """For runtime adapters only; never reaches an API response or a log."""

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import ClassVar, Generic, TypeVar
 
 from domain.auth import is_uuid
 from domain.errors import Conflict, NotFound
+from domain.identity import Principal
+from domain.ports import ResourceRepository, TenantUnitOfWork, TenantUnitOfWorkFactory
+from domain.rbac import Action
+
+E = TypeVar("E")
 
 
 def require_id(kind: str, ident: str) -> str:
@@ -45,3 +51,46 @@ def not_found_refs(kind: str, field: str, missing: Sequence[str]) -> NotFound:
     err = NotFound(kind, ", ".join(missing))
     err.extensions["fields"] = {field: f"{kind} not found: {', '.join(missing)}"}
     return err
+
+
+class ResourceService(Generic[E]):
+    """Reads and deletes shared by every tenant resource; writes stay per resource."""
+
+    kind: ClassVar[str]  # for messages: "agent"
+    repo_attr: ClassVar[str]  # unit-of-work attribute: "agents"
+    write_action: ClassVar[Action] = Action.WRITE
+
+    def __init__(self, uow: TenantUnitOfWorkFactory) -> None:
+        self._uow = uow
+
+    def _repo(self, uow: TenantUnitOfWork) -> ResourceRepository[E]:
+        repo: ResourceRepository[E] = getattr(uow, self.repo_attr)
+        return repo
+
+    async def get(self, p: Principal, ident: str) -> E:
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            found = await self._repo(uow).get(require_id(self.kind, ident))
+        if found is None:
+            raise NotFound(self.kind, ident)
+        return found
+
+    async def get_many(self, p: Principal, ids: Sequence[str]) -> dict[str, E]:
+        """For DataLoaders: what exists in the caller's tenant, by id."""
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            return await self._repo(uow).get_many(ids)
+
+    async def delete(self, p: Principal, ident: str) -> bool:
+        p.require(self.write_action)
+        async with self._uow(p.tenant_schema) as uow:
+            repo = self._repo(uow)
+            current = await repo.get(require_id(self.kind, ident), for_update=True)
+            if current is None:
+                raise NotFound(self.kind, ident)
+            referrers = await repo.referrers(ident)
+            if referrers:
+                raise still_referenced(self.kind, getattr(current, "name", ident), referrers)
+            await repo.delete(ident)
+            await uow.commit()
+        return True

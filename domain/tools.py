@@ -15,9 +15,9 @@ from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 
 from domain.errors import NotFound
 from domain.identity import Principal
-from domain.ports import Page, TenantUnitOfWorkFactory
+from domain.ports import Page
 from domain.rbac import Action
-from domain.resources import check_version, duplicate_name, require_id, still_referenced
+from domain.resources import ResourceService, check_version, duplicate_name, require_id
 from domain.validation import MAX_TEXT, Checker
 
 
@@ -159,9 +159,9 @@ def _validate(data: ToolInput) -> ToolInput:
     return ToolInput(name, description, data.kind, data.config, data.input_schema)
 
 
-class ToolService:
-    def __init__(self, uow: TenantUnitOfWorkFactory) -> None:
-        self._uow = uow
+class ToolService(ResourceService[Tool]):
+    kind = "tool"
+    repo_attr = "tools"
 
     async def list(
         self, p: Principal, first: int, after: str | None, kind: ToolKind | None = None
@@ -169,14 +169,6 @@ class ToolService:
         p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
             return await uow.tools.page(first, after, kind=kind)
-
-    async def get(self, p: Principal, ident: str) -> Tool:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            found = await uow.tools.get(require_id("tool", ident))
-        if found is None:
-            raise NotFound("tool", ident)
-        return found
 
     async def create(self, p: Principal, data: ToolInput) -> Tool:
         p.require(Action.WRITE)
@@ -219,16 +211,3 @@ class ToolService:
             await uow.tools.update(tool)
             await uow.commit()
         return tool
-
-    async def delete(self, p: Principal, ident: str) -> bool:
-        p.require(Action.WRITE)
-        async with self._uow(p.tenant_schema) as uow:
-            tool = await uow.tools.get(require_id("tool", ident), for_update=True)
-            if tool is None:
-                raise NotFound("tool", ident)
-            referrers = await uow.tools.referrers(ident)
-            if referrers:
-                raise still_referenced("tool", tool.name, referrers)
-            await uow.tools.delete(ident)
-            await uow.commit()
-        return True

@@ -14,7 +14,13 @@ from domain.flows.model import FlowEdge, FlowGraph, FlowNode
 from domain.identity import Principal
 from domain.ports import Page, TenantUnitOfWork, TenantUnitOfWorkFactory
 from domain.rbac import Action
-from domain.resources import check_version, duplicate_name, missing_references, require_id
+from domain.resources import (
+    ResourceService,
+    check_version,
+    duplicate_name,
+    missing_references,
+    require_id,
+)
 from domain.validation import MAX_TEXT, Checker
 
 DEFAULT_MAX_NODES = 2000
@@ -129,9 +135,15 @@ async def _check_refs_exist(uow: TenantUnitOfWork, nodes: list[FlowNode]) -> Non
         raise err
 
 
-class FlowService:
+class FlowService(ResourceService[Flow]):
+    """Deleting a flow is a soft delete (see SqlFlows.delete): the flow disappears and
+    frees its references and name; its versions stay for executions that pinned one."""
+
+    kind = "flow"
+    repo_attr = "flows"
+
     def __init__(self, uow: TenantUnitOfWorkFactory, max_nodes: int = DEFAULT_MAX_NODES) -> None:
-        self._uow = uow
+        super().__init__(uow)
         self.max_nodes = max_nodes
 
     def _clean(self, data: FlowInput) -> FlowInput:
@@ -185,14 +197,6 @@ class FlowService:
         p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
             return await uow.flows.page(first, after, search=search)
-
-    async def get(self, p: Principal, ident: str) -> Flow:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            found = await uow.flows.get(require_id("flow", ident))
-        if found is None:
-            raise NotFound("flow", ident)
-        return found
 
     async def version(self, p: Principal, ident: str, version: int) -> Flow:
         p.require(Action.READ)
@@ -253,18 +257,6 @@ class FlowService:
             await uow.flows.set_refs(flow.id, refs_of(flow.nodes))
             await uow.commit()
         return flow
-
-    async def delete(self, p: Principal, ident: str) -> bool:
-        """Soft delete: the flow disappears and frees its references and name, but the
-        versions stay so executions that pinned one remain readable."""
-        p.require(Action.WRITE)
-        async with self._uow(p.tenant_schema) as uow:
-            flow = await uow.flows.get(require_id("flow", ident), for_update=True)
-            if flow is None:
-                raise NotFound("flow", ident)
-            await uow.flows.delete(ident)
-            await uow.commit()
-        return True
 
 
 def node_from_json(data: dict[str, Any]) -> FlowNode:
