@@ -36,7 +36,8 @@ sandbox-up:  ## a Docker engine, bubblewrap and the sandbox image (all built loc
 	  else echo "WARNING: sandbox setup failed; sandbox tests will skip" >&2; fi
 
 test: install lint sandbox-up  ## lint + the whole test suite (short modes of slow tests)
-	set -a; [ -f .crewgraph/docker.env ] && . .crewgraph/docker.env; set +a; \
+	[ -f .crewgraph/docker.env ] && . .crewgraph/docker.env; \
+	if [ "$${CI:-}" = "true" ]; then export CREWGRAPH_REQUIRE_SANDBOX=docker,bubblewrap; fi; \
 	$(BIN)/pytest -q -p no:cacheprovider
 
 test-long: install

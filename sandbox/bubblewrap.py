@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import math
 import os
 import shutil
@@ -78,7 +79,7 @@ class BubblewrapSandbox:
             self.cgroups = CgroupManager.detect()
             if use_cgroups and self.cgroups is None:
                 raise NotConfigured("cgroups were requested but this host does not allow them")
-        self._procs: set[asyncio.subprocess.Process] = set()
+        self._runs: set[_Run] = set()
         self._closed = False
 
     @classmethod
@@ -157,6 +158,12 @@ class BubblewrapSandbox:
             "--dev",
             "/dev",
             "--size",
+            str(min(limits.tmpfs_mb, 16) * 1024 * 1024),
+            "--tmpfs",
+            "/dev/shm",
+            "--remount-ro",
+            "/dev",
+            "--size",
             str(limits.tmpfs_mb * 1024 * 1024),
             "--perms",
             "1777",
@@ -210,7 +217,26 @@ class BubblewrapSandbox:
             except OSError:
                 cgroup = None
         collector = OutputCollector(framed=request.kind == "python", limit=limits.output_bytes)
+        try:
+            return await self._run_process(request, argv, collector, cgroup)
+        finally:  # also on cancellation: nothing of the run outlives it
+            if cgroup is not None:
+                await asyncio.shield(asyncio.to_thread(cgroup.remove))
+
+    async def _run_process(
+        self,
+        request: SandboxRequest,
+        argv: list[str],
+        collector: OutputCollector,
+        cgroup: RunCgroup | None,
+    ) -> SandboxResult:
         loop = asyncio.get_running_loop()
+        # bwrap reports the host pid of the sandbox's init on --info-fd: killing that one
+        # first ends the whole PID namespace while bwrap itself still reaps it (killing
+        # bwrap first would orphan its child to PID 1 of the host).
+        info_r, info_w = os.pipe()
+        os.set_blocking(info_r, False)
+        argv = _with_info_fd(argv, info_w)
         try:
             proc = await asyncio.create_subprocess_exec(
                 *argv,
@@ -219,32 +245,31 @@ class BubblewrapSandbox:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: killed as a whole
                 env=_LAUNCH_ENV,  # bwrap's own processes are visible inside: no host secrets
+                pass_fds=(info_w,),
             )
         except OSError as exc:
-            if cgroup is not None:
-                await asyncio.to_thread(cgroup.remove)
+            os.close(info_r)
             raise NotConfigured(f"cannot start bubblewrap: {exc}") from None
-        self._procs.add(proc)
+        finally:
+            os.close(info_w)
+        run = _Run(proc, info_r)
+        self._runs.add(run)
         started = loop.time()
-        timed_out = False
         try:
-            timed_out, _ = await self._supervise(proc, request, collector, started)
+            timed_out = await self._supervise(run, request, collector, started)
             duration_ms = int((loop.time() - started) * 1000)
         finally:
             if proc.returncode is None:
-                _killpg(proc)
+                run.kill()
                 with contextlib.suppress(Exception):
-                    await asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS)
-            self._procs.discard(proc)
+                    await asyncio.shield(asyncio.wait_for(proc.wait(), KILL_GRACE_SECONDS))
+            run.close()
+            self._runs.discard(run)
         exit_code = proc.returncode
         if exit_code is not None and exit_code < 0:
             exit_code = 128 - exit_code  # killed by a signal: shell convention
-        oom = False
-        peak: int | None = None
-        if cgroup is not None:
-            oom = cgroup.oom_killed()
-            peak = cgroup.peak_memory()
-            await asyncio.to_thread(cgroup.remove)
+        oom = cgroup.oom_killed() if cgroup is not None else False
+        peak = cgroup.peak_memory() if cgroup is not None else None
         result = build_result(
             request,
             collector,
@@ -260,15 +285,18 @@ class BubblewrapSandbox:
 
     async def _supervise(
         self,
-        proc: asyncio.subprocess.Process,
+        run: _Run,
         request: SandboxRequest,
         collector: OutputCollector,
         started: float,
-    ) -> tuple[bool, bool]:
-        """Feed stdin, read both streams under the cap and the timeout.
-        Returns (timed_out, output_exceeded)."""
+    ) -> bool:
+        """Feed stdin, read both streams under the cap and the timeout; True on timeout.
+
+        The pipes are read to their end even after the cap is passed (the excess is
+        discarded): asyncio only reports the exit once both pipes are closed."""
+        proc = run.proc
         assert proc.stdin is not None and proc.stdout is not None and proc.stderr is not None
-        over = asyncio.Event()
+        loop = asyncio.get_running_loop()
 
         async def feed() -> None:
             assert proc.stdin is not None
@@ -281,33 +309,73 @@ class BubblewrapSandbox:
         async def pump(reader: asyncio.StreamReader, stream: int) -> None:
             while chunk := await reader.read(65536):
                 if not collector.feed(stream, chunk):
-                    over.set()
-                    _killpg(proc)
-                    return
+                    await run.kill_soon()
 
-        tasks = [
-            asyncio.create_task(feed()),
-            asyncio.create_task(pump(proc.stdout, STDOUT)),
-            asyncio.create_task(pump(proc.stderr, STDERR)),
-        ]
+        feeder = asyncio.create_task(feed())
+        finished = asyncio.gather(pump(proc.stdout, STDOUT), pump(proc.stderr, STDERR), proc.wait())
         timed_out = False
         try:
-            remaining = started + request.limits.timeout_seconds - asyncio.get_running_loop().time()
-            await asyncio.wait_for(asyncio.gather(*tasks[1:], proc.wait()), max(remaining, 0.01))
+            remaining = started + request.limits.timeout_seconds - loop.time()
+            await asyncio.wait_for(asyncio.shield(finished), max(remaining, 0.01))
         except TimeoutError:
-            if not over.is_set():
-                timed_out = True
-            _killpg(proc)
+            timed_out = not collector.truncated
+            await run.kill_soon()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(finished), KILL_GRACE_SECONDS)
         finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-        return timed_out, over.is_set()
+            finished.cancel()
+            feeder.cancel()
+            await asyncio.gather(finished, feeder, return_exceptions=True)
+        return timed_out
 
     async def close(self) -> None:
         self._closed = True
-        for proc in list(self._procs):
-            _killpg(proc)
+        for run in list(self._runs):
+            run.kill()
+
+
+def _with_info_fd(argv: list[str], fd: int) -> list[str]:
+    index = next(i for i, arg in enumerate(argv) if os.path.basename(arg) == "bwrap")
+    return [*argv[: index + 1], "--info-fd", str(fd), *argv[index + 1 :]]
+
+
+class _Run:
+    """One bwrap process and the pid of its sandbox init (from --info-fd)."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, info_fd: int) -> None:
+        self.proc = proc
+        self._info_fd: int | None = info_fd
+        self.child_pid: int | None = None
+
+    def _read_child_pid(self) -> None:
+        if self._info_fd is None or self.child_pid is not None:
+            return
+        try:
+            raw = os.read(self._info_fd, 4096)  # written right after clone(); never blocks
+            self.child_pid = int(json.loads(raw or b"{}").get("child-pid") or 0) or None
+        except (OSError, ValueError):  # not written (yet): the process group kill remains
+            self.child_pid = None
+
+    async def kill_soon(self) -> None:
+        self.kill()
+
+    def kill(self) -> None:
+        """SIGKILL the sandbox init (the kernel then kills its whole PID namespace and
+        bwrap exits by itself), then the process group as a fallback."""
+        if self.proc.returncode is not None:
+            return
+        self._read_child_pid()
+        if self.child_pid:
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.kill(self.child_pid, signal.SIGKILL)
+        loop = asyncio.get_running_loop()
+        loop.call_later(0.5, _killpg, self.proc)
+
+    def close(self) -> None:
+        if self._info_fd is not None:
+            with contextlib.suppress(OSError):
+                os.close(self._info_fd)
+            self._info_fd = None
 
 
 def _killpg(proc: asyncio.subprocess.Process) -> None:

@@ -266,9 +266,6 @@ class DockerSandbox:
         if self._closed:
             return
         self._closed = True
-        import sys
-
-        print("CLOSE", self.warm_pool, self._idle, self._busy, file=sys.stderr)
         async with self._lock:
             idle = [w for pool in self._idle.values() for w in pool]
             self._idle.clear()
@@ -473,61 +470,71 @@ class DockerSandbox:
         warm = await self._checkout(request, image)
         loop = asyncio.get_running_loop()
         collector = OutputCollector(framed=True, limit=limits.output_bytes)
-        healthy = False
-        started = loop.time()
+        clock = [loop.time(), loop.time()]  # started, ended
         outcome: Outcome = "eof"
         exit_code: int | None = None
         error: str | None = None
-        try:
-            cmd = [
-                "timeout",
-                "-s",
-                "KILL",
-                f"{limits.timeout_seconds:g}",
-                *python_argv(self.python),
-            ]
-            execution = await warm.container.exec(
-                cmd,
-                stdin=True,
-                stdout=True,
-                stderr=True,
-                user=SANDBOX_USER,
-                environment=_base_env(request),
-                workdir="/tmp",
+        healthy = False
+        try:  # whatever happens (cancellation included) the container is checked in
+            try:
+                async with asyncio.timeout(limits.timeout_seconds + _ENGINE_SLACK):
+                    outcome, exit_code = await self._warm_steps(request, warm, collector, clock)
+            except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
+                error = f"docker: {getattr(exc, 'message', None) or exc or type(exc).__name__}"
+                clock[1] = loop.time()
+            elapsed = clock[1] - clock[0]
+            killed = exit_code == 137 or (isinstance(exit_code, int) and exit_code < 0)
+            # `timeout -s KILL` ends a run at its limit with 137 (the host deadline is a backstop)
+            timed_out = outcome == "timeout" or (
+                outcome == "eof" and killed and elapsed >= limits.timeout_seconds - 0.05
             )
-            stream = execution.start(detach=False)
-            async with stream:
-                started = loop.time()
-                await stream.write_in(request_line(request, wipe_tmp=True))
-                _write_eof(stream)
-                outcome = await _pump(
-                    stream,
-                    collector,
-                    started + limits.timeout_seconds + KILL_GRACE_SECONDS,
-                    lambda: self._kill(warm.container),
-                )
-                elapsed = loop.time() - started
-            info = await execution.inspect()
-            exit_code = info.get("ExitCode")
-        except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-            error = f"docker: {getattr(exc, 'message', None) or exc}"
-            elapsed = loop.time() - started
-        killed = exit_code == 137 or (isinstance(exit_code, int) and exit_code < 0)
-        # `timeout -s KILL` ends a run at its limit with 137 (the host deadline is a backstop)
-        timed_out = outcome == "timeout" or (
-            outcome == "eof" and killed and elapsed >= limits.timeout_seconds - 0.05
+            result = build_result(
+                request,
+                collector,
+                backend=self.name,
+                exit_code=exit_code,
+                duration_ms=int(elapsed * 1000),
+                timed_out=timed_out,
+                oom_killed=killed and not timed_out and outcome == "eof",
+                error=error,
+            )
+            left = leftover_processes(collector)
+            healthy = result.ok and left is not None and left <= _WARM_BASELINE_PROCESSES
+            return result
+        finally:
+            await self._checkin(warm, healthy)
+
+    async def _warm_steps(
+        self,
+        request: SandboxRequest,
+        warm: _Warm,
+        collector: OutputCollector,
+        clock: list[float],
+    ) -> tuple[Outcome, int | None]:
+        loop = asyncio.get_running_loop()
+        limits = request.limits
+        cmd = ["timeout", "-s", "KILL", f"{limits.timeout_seconds:g}", *python_argv(self.python)]
+        execution = await warm.container.exec(
+            cmd,
+            stdin=True,
+            stdout=True,
+            stderr=True,
+            user=SANDBOX_USER,
+            environment=_base_env(request),
+            workdir="/tmp",
         )
-        result = build_result(
-            request,
-            collector,
-            backend=self.name,
-            exit_code=exit_code,
-            duration_ms=int(elapsed * 1000),
-            timed_out=timed_out,
-            oom_killed=killed and not timed_out and outcome == "eof",
-            error=error,
-        )
-        left = leftover_processes(collector)
-        healthy = result.ok and left is not None and left <= _WARM_BASELINE_PROCESSES
-        await self._checkin(warm, healthy)
-        return result
+        stream = execution.start(detach=False)
+        async with stream:
+            clock[0] = loop.time()
+            await stream.write_in(request_line(request, wipe_tmp=True))
+            _write_eof(stream)
+            outcome = await _pump(
+                stream,
+                collector,
+                clock[0] + limits.timeout_seconds + KILL_GRACE_SECONDS,
+                lambda: self._kill(warm.container),
+            )
+            clock[1] = loop.time()
+        info = await execution.inspect()
+        exit_code = info.get("ExitCode")
+        return outcome, exit_code if isinstance(exit_code, int) else None

@@ -5,12 +5,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
-
-import aiodocker
-from aiodocker.exceptions import DockerError
+from typing import TYPE_CHECKING, Any
 
 from domain.errors import NotConfigured
+
+if TYPE_CHECKING:  # aiodocker is only needed once a Docker backend is in use
+    import aiodocker
 
 DEFAULT_IMAGE = os.environ.get("CREWGRAPH_SANDBOX_IMAGE", "crewgraph/sandbox-python:1")
 BUILD_SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "build-sandbox-image.sh"
@@ -25,6 +25,8 @@ def build_hint(name: str) -> str:
 
 async def ensure_image(docker: aiodocker.Docker, name: str = DEFAULT_IMAGE) -> dict[str, Any]:
     """Inspect data of image ``name``; :class:`NotConfigured` when it is missing."""
+    from aiodocker.exceptions import DockerError
+
     try:
         info: dict[str, Any] = await docker.images.inspect(name)
     except DockerError as exc:

@@ -51,6 +51,7 @@ fi
 
 suite="${CREWGRAPH_DEBIAN_SUITE:-}"
 if [ -z "$suite" ] && [ -r /etc/os-release ]; then
+  # shellcheck disable=SC1091
   suite="$(. /etc/os-release && echo "${VERSION_CODENAME:-}")"
 fi
 suite="${suite:-bookworm}"
@@ -105,6 +106,7 @@ else
   log "using cached $tarball"
 fi
 
+old_id="$(docker image inspect "$image" --format '{{.Id}}' 2>/dev/null || true)"
 log "docker import -> $image"
 docker import \
   --change 'ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin' \
@@ -116,4 +118,8 @@ docker import \
   --change 'CMD ["python3"]' \
   --message "crewgraph sandbox: Debian $suite minbase + python3" \
   "$tarball" "$image" >/dev/null
+new_id="$(docker image inspect "$image" --format '{{.Id}}')"
+if [ -n "$old_id" ] && [ "$old_id" != "$new_id" ]; then
+  docker image rm "$old_id" >/dev/null 2>&1 || true   # the replaced build, unless in use
+fi
 log "built $image ($(docker image inspect "$image" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"

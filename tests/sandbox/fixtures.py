@@ -22,8 +22,12 @@ import pytest
 from domain.errors import NotConfigured
 from domain.sandbox import Sandbox, SandboxLimits, SandboxRequest, SandboxResult
 
-BACKENDS = ["docker", "bubblewrap"]
-BACKENDS_WITH_WARM = ["docker", "docker-warm", "bubblewrap"]
+BACKENDS = [pytest.param("docker", marks=pytest.mark.docker), "bubblewrap"]
+BACKENDS_WITH_WARM = [
+    pytest.param("docker", marks=pytest.mark.docker),
+    pytest.param("docker-warm", marks=pytest.mark.docker),
+    "bubblewrap",
+]
 
 #: limits small enough to keep the suite fast
 FAST = SandboxLimits(timeout_seconds=10, output_bytes=200_000)

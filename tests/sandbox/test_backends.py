@@ -103,3 +103,33 @@ async def test_memory_use_is_reported(sandbox: Sandbox) -> None:
     assert result.ok, result
     assert result.usage.max_memory_bytes is not None
     assert result.usage.max_memory_bytes > 50 * 1024 * 1024
+
+
+async def test_cancelled_run_leaves_nothing_behind(any_sandbox: Sandbox) -> None:
+    tenant = f"t-cancel-{any_sandbox.name}"
+    task = asyncio.create_task(
+        run_code(any_sandbox, "def run(x):\n    while True:\n        pass\n", tenant=tenant)
+    )
+    await asyncio.sleep(0.8)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert time.monotonic() - started < 3, "a cancel must stop the run promptly"
+    await asyncio.sleep(0.3)  # background removals
+    if any_sandbox.name == "docker":
+        import json
+
+        docker = any_sandbox.docker  # type: ignore[attr-defined]
+        left = await docker.containers.list(
+            all="true", filters=json.dumps({"label": [f"crewgraph.tenant={tenant}"]})
+        )
+        assert not left, "containers of a cancelled run remain"
+    else:
+        cgroups = any_sandbox.cgroups  # type: ignore[attr-defined]
+        for base in cgroups.bases.values() if cgroups else ():
+            assert not [p for p in base.iterdir() if p.is_dir()], (
+                "cgroups of a cancelled run remain"
+            )
+    after = await run_code(any_sandbox, "def run(x):\n    return 'next'\n", tenant=tenant)
+    assert after.ok and after.output == "next", after

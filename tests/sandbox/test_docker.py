@@ -20,7 +20,7 @@ from sandbox.docker import (
 from sandbox.images import ensure_image
 from tests.sandbox.fixtures import get_backend
 
-pytestmark = pytest.mark.timeout(90)
+pytestmark = [pytest.mark.timeout(90), pytest.mark.docker]
 
 
 @pytest.fixture

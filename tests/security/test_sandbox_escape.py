@@ -94,7 +94,7 @@ import os
 def run(_):
     out = {}
     for path in ('/x', '/etc/x', '/usr/x', '/usr/bin/x', '/root/x', '/home/x', '/var/x',
-                 '/proc/sys/kernel/hostname'):
+                 '/proc/sys/kernel/hostname', '/dev/x', '/sys/x'):
         try:
             with open(path, 'w') as f:
                 f.write('pwned')
