@@ -15,6 +15,7 @@ from persistence.repositories.identity import (
     SqlTenants,
     SqlUsers,
 )
+from persistence.repositories.executions import SqlExecutions
 from persistence.repositories.resources import (
     SqlAgents,
     SqlCrews,
@@ -54,6 +55,7 @@ class SqlUnitOfWork:
         self.agents = SqlAgents(conn)
         self.crews = SqlCrews(conn)
         self.flows = SqlFlows(conn)
+        self.executions = SqlExecutions(conn)
 
     async def commit(self) -> None:
         await self.conn.commit()

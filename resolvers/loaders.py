@@ -26,6 +26,9 @@ class Loaders:
         self.tool: DataLoader[str, Any] = DataLoader(self._batch("tools"))
         self.agent: DataLoader[str, Any] = DataLoader(self._batch("agents"))
         self.crew: DataLoader[str, Any] = DataLoader(self._batch("crews"))
+        self.execution: DataLoader[str, Any] = DataLoader(self._batch("executions"))
+        self.node_runs: DataLoader[str, list[Any]] = DataLoader(self._node_runs)
+        self.flow_version: DataLoader[tuple[str, int], Any] = DataLoader(self._flow_versions)
 
     async def _tenants(self, ids: Sequence[str]) -> list[identity.Tenant | BaseException]:
         out: list[identity.Tenant | BaseException] = []
@@ -35,6 +38,17 @@ class Loaders:
             except NotFound as exc:
                 out.append(exc)
         return out
+
+    async def _node_runs(self, ids: Sequence[str]) -> list[list[Any]]:
+        principal = await self._principal()
+        found = await self._c.executions.node_runs(principal, list(ids))
+        return [found.get(i, []) for i in ids]
+
+    async def _flow_versions(self, keys: Sequence[tuple[str, int]]) -> list[Any]:
+        """Pinned flow versions (also of deleted flows, whose runs stay readable)."""
+        principal = await self._principal()
+        async with self._c.uow(principal.tenant_schema) as uow:
+            return [await uow.flows.get_version(flow_id, version) for flow_id, version in keys]
 
     def _batch(self, attr: str) -> Callable[[Sequence[str]], Awaitable[list[Any]]]:
         async def load(ids: Sequence[str]) -> list[Any]:

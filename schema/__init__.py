@@ -12,6 +12,7 @@ from strawberry.types import ExecutionContext
 from resolvers import agents as agents_r
 from resolvers import auth as auth_r
 from resolvers import crews as crews_r
+from resolvers import executions as executions_r
 from resolvers import flows as flows_r
 from resolvers import providers as providers_r
 from resolvers import subscriptions as sub_r
@@ -20,6 +21,7 @@ from resolvers import users as users_r
 from schema.agents import Agent
 from schema.auth import ApiKey, ApiKeyPayload, AuthPayload
 from schema.crews import Crew
+from schema.executions import Execution, ExecutionEvent
 from schema.extensions import default_extensions
 from schema.flows import Flow, FlowValidation
 from schema.permissions import (
@@ -68,6 +70,14 @@ class Query:
     )
     validate_flow: FlowValidation = strawberry.field(
         resolver=flows_r.validate_flow, permission_classes=[CanRead]
+    )
+    executions: Connection[Execution] = strawberry.field(
+        resolver=executions_r.executions,
+        permission_classes=[CanRead],
+        description="Executions of the team, newest first.",
+    )
+    execution: Execution | None = strawberry.field(
+        resolver=executions_r.execution, permission_classes=[CanRead]
     )
 
 
@@ -146,6 +156,19 @@ class Mutation:
     delete_flow: bool = strawberry.mutation(
         resolver=flows_r.delete_flow, permission_classes=[CanWrite]
     )
+    execute_flow: Execution = strawberry.mutation(
+        resolver=executions_r.execute_flow,
+        permission_classes=[CanRun],
+        description="Run the flow's current version; returns the PENDING execution at once.",
+    )
+    test_crew: Execution = strawberry.mutation(
+        resolver=executions_r.test_crew,
+        permission_classes=[CanRun],
+        description="Run a crew as a one-node flow (input → crew → output).",
+    )
+    cancel_execution: Execution = strawberry.mutation(
+        resolver=executions_r.cancel_execution, permission_classes=[CanRun]
+    )
 
 
 @strawberry.type
@@ -156,6 +179,25 @@ class Subscription:
     ) -> AsyncGenerator[datetime, None]:
         async for beat in sub_r.heartbeat(info, interval_seconds):
             yield beat
+
+    @strawberry.subscription(
+        permission_classes=[CanRead],
+        description="Stored events after afterSequence, then live ones, each exactly once "
+        "and in order; completes after the terminal event.",
+    )
+    async def execution_events(
+        self, info: strawberry.Info, execution_id: strawberry.ID, after_sequence: int | None = 0
+    ) -> AsyncGenerator[ExecutionEvent, None]:
+        async for event in executions_r.execution_events(info, execution_id, after_sequence):
+            yield event
+
+    @strawberry.subscription(
+        permission_classes=[CanRead],
+        description="Every status change of the team's executions, from now on.",
+    )
+    async def execution_updates(self, info: strawberry.Info) -> AsyncGenerator[Execution, None]:
+        async for update in executions_r.execution_updates(info):
+            yield update
 
 
 class CrewgraphSchema(strawberry.Schema):

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
@@ -18,7 +18,11 @@ from domain.flows.model import NodeKind as DomainNodeKind
 from schema.agents import Agent
 from schema.crews import Crew
 from schema.providers import LlmProvider
+from schema.relay import Connection
 from schema.tools import Tool
+
+if TYPE_CHECKING:
+    from schema.executions import Execution
 
 NodeKind = strawberry.enum(DomainNodeKind, name="NodeKind")
 
@@ -102,6 +106,14 @@ class Flow:
             for p in await info.context.loaders.provider.load_many(ids)
             if p
         ]
+
+    @strawberry.field(description="Runs of this flow (any version), newest first.")
+    async def executions(
+        self, info: Info, first: int | None = None, after: str | None = None
+    ) -> Connection[Annotated[Execution, strawberry.lazy("schema.executions")]]:
+        from resolvers.executions import flow_executions
+
+        return await flow_executions(info, self.domain.id, first, after)
 
     @strawberry.field(description="Every version of this flow, newest first.")
     async def versions(self, info: Info) -> list[Flow]:

@@ -23,6 +23,7 @@ from domain.errors import DomainError
 from schema import build_schema
 from server.bootstrap import Container
 from server.context import Context, Credentials, authenticate
+from server.ws import MultiplexingHandler, Multiplexer
 
 log = structlog.get_logger("crewgraph.http")
 
@@ -32,6 +33,9 @@ def _error_body(message: str, code: str) -> dict[str, Any]:
 
 
 class CrewgraphGraphQL(GraphQL[Context, None]):
+    # Execution subscriptions are multiplexed: one upstream per identical subscription.
+    graphql_transport_ws_handler_class = MultiplexingHandler
+
     def __init__(self, container: Container, **kwargs: Any) -> None:
         s = container.settings
         super().__init__(
@@ -41,6 +45,8 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             **kwargs,
         )
         self.container = container
+        self.multiplexer = Multiplexer(self.schema, queue_size=s.subscription_queue_size)
+        container.extras["multiplexer"] = self.multiplexer  # counters for tests and benches
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -168,6 +174,7 @@ def create_app(
     async def lifespan(_: Starlette) -> AsyncIterator[None]:
         if on_startup:
             await on_startup()
+        await container.start()  # after migrations: sweeper, in-process runner
         try:
             yield
         finally:

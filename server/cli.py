@@ -134,6 +134,25 @@ def rotate_key() -> None:
     console.print(f"re-encrypted {count} secret(s) under key {box.current_key_id}")
 
 
+@app.command()
+def worker(
+    burst: bool = typer.Option(False, help="exit once the queue is empty"),
+) -> None:
+    """Run executions from the queue (for API processes with CREWGRAPH_WORKER_MODE=arq).
+
+    Needs the API's DATABASE_URL, REDIS_URL, CREWGRAPH_REDIS_PREFIX and secrets; run as
+    many as you like. PostgreSQL leases make each execution run on one worker at a time,
+    and a killed worker's executions resume elsewhere once their lease expires."""
+    from server.logging import configure_logging
+    from server.workers import run_worker
+
+    settings = Settings()
+    configure_logging(settings.log_level, settings.log_json)
+    if not settings.database_url or not settings.redis_url:
+        raise typer.BadParameter("a worker needs DATABASE_URL and REDIS_URL")
+    run_worker(settings, burst=burst)
+
+
 @app.command("export-schema")
 def export_schema(
     out: Path = typer.Option(Path("graphql/schema.graphql"), help="where to write the SDL"),

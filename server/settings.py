@@ -6,6 +6,7 @@ import secrets
 from collections.abc import Callable
 from functools import cached_property
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -54,6 +55,26 @@ class Settings(BaseSettings):
     max_aliases: int = Field(30, ge=1)
     max_tokens: int = Field(5000, ge=100)
     page_size_max: int = Field(100, ge=1)
+
+    # Executions. `worker_mode`: "inprocess" runs them in the API process (make run, the
+    # API tests); "arq" only enqueues them for `crewgraph worker` processes.
+    worker_mode: Literal["inprocess", "arq"] = "inprocess"
+    worker_concurrency: int = Field(50, ge=1, le=10_000)  # runs per process
+    worker_queue: str | None = None  # arq queue name; default "<redis_prefix>:executions"
+    execution_lease_seconds: float = Field(30.0, ge=0.3, le=3600)
+    sweep_interval_seconds: float = Field(5.0, ge=0.05, le=3600)
+    redispatch_after_seconds: float = Field(30.0, ge=0.1)
+    flow_timeout_seconds: float = Field(3600.0, gt=0)
+    max_execution_attempts: int = Field(5, ge=1, le=100)
+    max_concurrent_executions: int = Field(20, ge=1)  # RUNNING per tenant; the rest wait
+    max_active_executions: int = Field(1000, ge=1)  # PENDING + RUNNING per tenant
+    max_execution_input_bytes: int = Field(256_000, ge=64)
+    subscription_idle_poll_seconds: float = Field(5.0, gt=0)
+    subscription_queue_size: int = Field(1000, ge=10)  # frames per WebSocket before closing
+    # Test-only: "module.path" whose `wrap(executors) -> executors` adjusts the node
+    # executors of this process (tests use it for deliberately slow nodes). Never set it
+    # in production.
+    test_executors: str | None = None
 
     log_level: str = "INFO"
     log_json: bool = True

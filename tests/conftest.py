@@ -53,6 +53,13 @@ def settings(services: TestServices, database: str) -> Any:
         redis_prefix=f"cgtest{secrets.token_hex(4)}",
         log_json=True,
         log_level="WARNING",
+        # Executions: test-only slow TOOL nodes (tests/support/slow_executors.py), and
+        # short leases / sweeps / polls so recovery paths run in seconds.
+        test_executors="tests.support.slow_executors",
+        execution_lease_seconds=3.0,
+        sweep_interval_seconds=0.5,
+        redispatch_after_seconds=5.0,
+        subscription_idle_poll_seconds=1.0,
     )
 
 

@@ -35,6 +35,23 @@ IMPLEMENTED = [
     "RegisterInput",
     "LoginInput",
     "CreateUserInput",
+    # executions
+    "ExecutionStatus",
+    "NodeStatus",
+    "ExecutionEventType",
+    "NodeRun",
+    "Execution",
+    "ExecutionEvent",
+    "ExecutionConnection",
+    "ExecutionEdge",
+    "Flow",
+    "Query.executions",
+    "Query.execution",
+    "Mutation.executeFlow",
+    "Mutation.testCrew",
+    "Mutation.cancelExecution",
+    "Subscription.executionEvents",
+    "Subscription.executionUpdates",
 ]
 
 

@@ -61,9 +61,7 @@ class LeaseStore(Protocol):
         max_attempts: int,
     ) -> Claim | None: ...
 
-    async def renew(
-        self, ref: ExecutionRef, owner: str, lease_seconds: float
-    ) -> LeaseState | None:
+    async def renew(self, ref: ExecutionRef, owner: str, lease_seconds: float) -> LeaseState | None:
         """None when the lease is no longer `owner`'s."""
         ...
 
@@ -119,7 +117,7 @@ class ExecutionRunner:
     ) -> None:
         self.leases = leases
         self.stores = stores
-        self.executors = dict(executors)
+        self.executors = executors  # read at every run (the wiring may fill it later)
         self.owner = owner
         self.dispatcher = dispatcher
         self.lease_seconds = lease_seconds
@@ -131,6 +129,7 @@ class ExecutionRunner:
         self._active: dict[str, _ActiveRun] = {}
         self._submitted: set[asyncio.Task[RunOutcome | None]] = set()
         self._closing = False
+        self._release_on_stop = True
 
     @property
     def active(self) -> list[str]:
@@ -188,7 +187,11 @@ class ExecutionRunner:
         budget = None if self.flow_timeout is None else self.flow_timeout - claim.elapsed
         active.task = asyncio.create_task(
             engine.run(
-                ref.execution_id, ref.tenant_id, claim.graph, claim.inputs, active.signal,
+                ref.execution_id,
+                ref.tenant_id,
+                claim.graph,
+                claim.inputs,
+                active.signal,
                 budget=budget,
             )
         )
@@ -199,6 +202,10 @@ class ExecutionRunner:
             if active.lost and not self._closing:
                 log.warning("lease lost; run abandoned", extra={"execution_id": ref.execution_id})
                 return None
+            # Shutdown: nothing terminal was written; give the execution back at once so
+            # another worker resumes it without waiting for the lease to expire.
+            if self._release_on_stop:
+                await asyncio.shield(self._release(ref))
             raise
         except Exception:
             # The store failed (database down, lease lost): the execution stays RUNNING
@@ -218,7 +225,9 @@ class ExecutionRunner:
             try:
                 state = await self.leases.renew(active.ref, self.owner, self.lease_seconds)
             except Exception:
-                log.exception("lease renewal failed", extra={"execution_id": active.ref.execution_id})
+                log.exception(
+                    "lease renewal failed", extra={"execution_id": active.ref.execution_id}
+                )
                 continue
             if state is None:
                 active.lost = True
@@ -238,8 +247,13 @@ class ExecutionRunner:
             log.exception("dispatching waiting executions failed")
 
     async def shutdown(self, *, release: bool = True) -> None:
-        """Stop every local run without a terminal write; give the executions back."""
+        """Stop every local run without a terminal write; give the executions back.
+
+        `release=False` leaves them RUNNING (like a crash): the sweeper requeues them once
+        their lease expires.
+        """
         self._closing = True
+        self._release_on_stop = release
         runs = list(self._active.values())
         for active in runs:
             if active.task is not None:
@@ -249,13 +263,16 @@ class ExecutionRunner:
         pending = [a.task for a in runs if a.task is not None] + list(self._submitted)
         if pending:
             await asyncio.wait(pending, timeout=5.0)
-        if release:
+        if release:  # runs that did not get to release their lease themselves
             for active in runs:
-                try:
-                    if await self.leases.release(active.ref, self.owner) and self.dispatcher:
-                        await self.dispatcher.dispatch(active.ref)
-                except Exception:
-                    log.exception("releasing a lease failed")
+                await self._release(active.ref)
+
+    async def _release(self, ref: ExecutionRef) -> None:
+        try:
+            if await self.leases.release(ref, self.owner) and self.dispatcher is not None:
+                await self.dispatcher.dispatch(ref)
+        except Exception:
+            log.exception("releasing a lease failed", extra={"execution_id": ref.execution_id})
 
 
 async def listen_for_cancels(feed: CancelFeed, runner: ExecutionRunner) -> None:
@@ -293,6 +310,7 @@ class Sweeper:
         self.interval = interval
         self.redispatch_after = redispatch_after
         self.batch = batch
+        self.paused = False  # maintenance (and tests): skip sweeps while set
 
     async def sweep_once(self) -> list[ExecutionRef]:
         refs = await self.leases.sweep(self.redispatch_after, self.batch)
@@ -303,7 +321,9 @@ class Sweeper:
     async def run_forever(self) -> None:
         while True:
             # Jitter keeps the sweepers of many processes from hitting the database at once.
-            await asyncio.sleep(self.interval * random.uniform(0.75, 1.25))  # noqa: S311
+            await asyncio.sleep(self.interval * random.uniform(0.75, 1.25))
+            if self.paused:
+                continue
             try:
                 await self.sweep_once()
             except asyncio.CancelledError:

@@ -160,6 +160,11 @@ CASES: list[Case] = [
         },
     ),
     Case("DeleteFlow", Action.WRITE, lambda _: {"id": MISSING}),
+    Case("Executions", Action.READ),
+    Case("Execution", Action.READ, lambda _: {"id": MISSING}),
+    Case("ExecuteFlow", Action.RUN, lambda f: {"id": f["w"]["flow"], "inputs": {"topic": "x"}}),
+    Case("TestCrew", Action.RUN, lambda f: {"id": f["w"]["crew"], "inputs": {"topic": "x"}}),
+    Case("CancelExecution", Action.RUN, lambda _: {"id": MISSING}),
 ]
 
 
