@@ -13,6 +13,7 @@ the run within a second. Other executors can use `render_value_async` / `evaluat
 from __future__ import annotations
 
 import asyncio
+import re
 import functools
 import threading
 from collections.abc import Callable, Mapping
@@ -123,11 +124,25 @@ async def run_output(node: FlowNode, ctx: NodeContext) -> Any:
     return {pid: ctx.upstream.get(pid) for pid in preds}
 
 
-def render_value(value: Any, scope: Mapping[str, Any]) -> Any:
-    """Render a template string; dicts and lists are rendered item by item."""
-    if isinstance(value, str):
-        from domain.flows.expressions import render
+_WHOLE_EXPRESSION = re.compile(r"^\s*\{\{(?P<expr>(?:(?!\}\}|\{\{|\{%|\{#).)*)\}\}\s*$", re.S)
 
+
+def render_value(value: Any, scope: Mapping[str, Any]) -> Any:
+    """Render a template string; dicts and lists are rendered item by item.
+
+    A string that is exactly one `{{ expression }}` (no filters) keeps the native
+    JSON type of what it names: `"{{ inputs.n }}"` with n = 21 gives 21, not "21",
+    and `"{{ nodes.a.output }}"` passes a whole object along. Anything else renders
+    to text."""
+    if isinstance(value, str):
+        from domain.flows.expressions import ExpressionError, evaluate, render
+
+        whole = _WHOLE_EXPRESSION.match(value)
+        if whole and "|" not in whole["expr"]:
+            try:
+                return evaluate(whole["expr"].strip(), scope)
+            except ExpressionError:
+                pass  # not valid in the expression language: let Jinja render (or explain)
         return render(value, scope)
     if isinstance(value, Mapping):
         return {k: render_value(v, scope) for k, v in value.items()}

@@ -218,7 +218,29 @@ async def test_output_template_sees_inputs_and_node_outputs() -> None:
         "in>research research>out research>many",
     )
     outcome, _, _ = await run(g, {"topic": "insects"}, executor=Slow())
-    assert outcome.outputs == {"out": "insects: Bees", "many": {"n": "6", "k": 7}}
+    # A template that is one whole expression keeps its JSON type; mixed text renders.
+    assert outcome.outputs == {"out": "insects: Bees", "many": {"n": 6, "k": 7}}
+
+
+async def test_whole_expression_templates_pass_native_values() -> None:
+    g = graph(
+        [
+            ("in", "INPUT"),
+            ("research", "TOOL", {"result": {"title": "Bees", "tags": ["a", "b"]}}),
+            ("obj", "OUTPUT", {"value": "{{ nodes.research.output }}"}),
+            ("num", "OUTPUT", {"value": " {{ inputs.n }} "}),
+            ("text", "OUTPUT", {"value": "{{ inputs.n }}!"}),
+            ("filtered", "OUTPUT", {"value": "{{ nodes.research.output.tags | join(',') }}"}),
+        ],
+        "in>research research>obj research>num research>text research>filtered",
+    )
+    outcome, _, _ = await run(g, {"n": 21}, executor=Slow())
+    assert outcome.outputs == {
+        "obj": {"title": "Bees", "tags": ["a", "b"]},
+        "num": 21,
+        "text": "21!",
+        "filtered": "a,b",
+    }
 
 
 async def test_executor_context_scope_and_upstream() -> None:
