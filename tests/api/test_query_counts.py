@@ -54,5 +54,7 @@ async def test_listing_flows_with_agents_and_tools_is_bounded(gql: GQL, containe
     await _flows(gql, big.token, 100)
     few = await _listing_statements(gql, container, small.token, 5)
     many = await _listing_statements(gql, container, big.token, 100)
-    assert many == few, f"5 flows took {few} statements, 100 flows took {many}"
-    assert many <= 20, many
+    # One statement per table and nesting level (a loader batch can split across two
+    # event-loop ticks under load); an N+1 would add ~95 statements for 100 flows.
+    assert many <= few + 4, f"5 flows took {few} statements, 100 flows took {many}"
+    assert many <= 16, many
