@@ -22,4 +22,4 @@ def test_bench_short_mode(name: str) -> None:
         timeout=300,
     )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-3000:]
-    assert "|" in out.stdout or "time" in out.stdout
+    assert out.stdout.strip(), "the benchmark printed nothing"
