@@ -44,8 +44,14 @@ def main() -> int:
         if out.returncode != 0:
             failed.append(script.stem)
             print(out.stderr[-3000:], file=sys.stderr)
-        sections += ["", f"## {script.stem.removeprefix('bench_').replace('_', ' ')}", "",
-                     f"`{script.relative_to(ROOT)}`, {took:.1f} s", "", out.stdout.strip()]
+        sections += [
+            "",
+            f"## {script.stem.removeprefix('bench_').replace('_', ' ')}",
+            "",
+            f"`{script.relative_to(ROOT)}`, {took:.1f} s",
+            "",
+            out.stdout.strip(),
+        ]
     if not args.no_write:
         (ROOT / "docs").mkdir(exist_ok=True)
         (ROOT / "docs" / "benchmarks.md").write_text("\n".join(sections) + "\n")

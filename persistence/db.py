@@ -7,6 +7,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
@@ -27,6 +28,8 @@ class Database:
         self.engine: AsyncEngine = create_async_engine(
             url, pool_size=pool_size, max_overflow=20, pool_pre_ping=True, echo=echo
         )
+        self.pool_size = pool_size
+        self._raw: Any = None
 
     @asynccontextmanager
     async def connect(self, tenant_schema: str | None = None) -> AsyncIterator[AsyncConnection]:
@@ -42,5 +45,30 @@ class Database:
         async with self.engine.connect() as conn:
             await conn.exec_driver_sql("SELECT 1")
 
+    async def raw(self) -> Any:
+        """An asyncpg pool for the few hottest statements (execution events and node
+        checkpoints: one autocommit statement each, so no BEGIN / COMMIT / pre-ping /
+        reset round trips). Statements name their schema explicitly, validated with
+        `check_schema_name`; everything else goes through SQLAlchemy."""
+        if self._raw is None:
+            import asyncpg
+
+            dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
+            self._raw = await asyncpg.create_pool(
+                dsn,
+                min_size=1,
+                max_size=max(4, self.pool_size // 2),
+                statement_cache_size=1024,
+                reset=_no_reset,  # single-statement use: no session state to reset
+            )
+        return self._raw
+
     async def dispose(self) -> None:
+        raw, self._raw = self._raw, None
+        if raw is not None:
+            await raw.close()
         await self.engine.dispose()
+
+
+async def _no_reset(connection: Any) -> None:
+    return None

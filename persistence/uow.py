@@ -8,6 +8,7 @@ from typing import Self
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.db import Database
+from persistence.repositories.executions import SqlExecutions
 from persistence.repositories.identity import (
     SqlApiKeys,
     SqlAudit,
@@ -15,7 +16,6 @@ from persistence.repositories.identity import (
     SqlTenants,
     SqlUsers,
 )
-from persistence.repositories.executions import SqlExecutions
 from persistence.repositories.resources import (
     SqlAgents,
     SqlCrews,

@@ -18,12 +18,15 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+)
 
 from domain.errors import DomainError
 from schema import build_schema
 from server.bootstrap import Container
 from server.context import Context, Credentials, authenticate
-from server.ws import MultiplexingHandler, Multiplexer
+from server.ws import Multiplexer, MultiplexingHandler
 
 log = structlog.get_logger("crewgraph.http")
 
@@ -47,6 +50,8 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         self.container = container
         self.multiplexer = Multiplexer(self.schema, queue_size=s.subscription_queue_size)
         container.extras["multiplexer"] = self.multiplexer  # counters for tests and benches
+        if not s.subscription_multiplex:
+            self.graphql_transport_ws_handler_class = BaseGraphQLTransportWSHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -106,6 +111,8 @@ class RequestLimits:
         structlog.contextvars.clear_contextvars()
         structlog.contextvars.bind_contextvars(request_id=rid)
         if scope["type"] == "websocket":
+            # The server's own send: server/ws.py writes shared frames through it.
+            scope["state"]["crewgraph.asgi_send"] = send
             await self.app(scope, receive, send)
             return
         declared = headers.get(b"content-length")

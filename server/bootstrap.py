@@ -16,11 +16,11 @@ from limits.aio.strategies import MovingWindowRateLimiter
 from domain.agents import AgentService
 from domain.auth import IdentityService
 from domain.crews import CrewService
+from domain.errors import RateLimited
 from domain.executions.ports import NodeExecutor
 from domain.executions.records import ExecutionRef
 from domain.executions.service import ExecutionLimits, ExecutionService
 from domain.executions.worker import Dispatcher, ExecutionRunner, Sweeper
-from domain.errors import RateLimited
 from domain.flows.service import FlowService
 from domain.providers import ProviderService
 from domain.sandbox import Sandbox, SandboxRequest, SandboxResult
@@ -210,7 +210,7 @@ def build_container(
     "inprocess" (or `with_runner`, as `crewgraph worker` does)."""
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before wiring")
-    db = Database(settings.database_url)
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
     redis = aioredis.from_url(settings.redis_url, decode_responses=False)
     uow = SqlUnitOfWorkFactory(db)
     identity = IdentityService(
@@ -233,9 +233,7 @@ def build_container(
     )
     bus = RedisBus(redis, settings.redis_prefix)
     executors: dict[str, NodeExecutor] = {}  # filled below, once the runtimes exist
-    dispatcher, runtime = _execution_runtime(
-        settings, db, bus, executors, with_runner=with_runner
-    )
+    dispatcher, runtime = _execution_runtime(settings, db, bus, executors, with_runner=with_runner)
     executions = ExecutionService(
         uow,  # type: ignore[arg-type]
         bus,

@@ -63,6 +63,11 @@ class Context:
             self._loaders = Loaders(self.services, self.principal)
         return self._loaders
 
+    def reset_loaders(self) -> None:
+        """Forget cached loads: a subscription calls this before each event it sends, so
+        nested fields (nodeRuns, flow, ...) are read fresh for every event."""
+        self._loaders = None
+
     async def principal(self) -> Principal:
         if self._principal is None:
             self._principal = await authenticate(self.services, self.credentials)

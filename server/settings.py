@@ -47,6 +47,10 @@ class Settings(BaseSettings):
     sandbox_warm_pool: bool = False
     sandbox_python: str = "/usr/bin/python3"
 
+    # Pooled PostgreSQL connections per process (SQLAlchemy; overflow connections are
+    # opened and closed per use, which costs a backend start each time under load).
+    db_pool_size: int = Field(20, ge=1, le=500)
+
     # Prefix for every Redis key and channel; tests give each run its own.
     redis_prefix: str = "cg"
 
@@ -71,6 +75,9 @@ class Settings(BaseSettings):
     max_execution_input_bytes: int = Field(256_000, ge=64)
     subscription_idle_poll_seconds: float = Field(5.0, gt=0)
     subscription_queue_size: int = Field(1000, ge=10)  # frames per WebSocket before closing
+    # Share one upstream per identical execution subscription (server/ws.py); off = stock
+    # Strawberry (each subscriber resolves and serialises every event; for benchmarks).
+    subscription_multiplex: bool = True
     # Test-only: "module.path" whose `wrap(executors) -> executors` adjusts the node
     # executors of this process (tests use it for deliberately slow nodes). Never set it
     # in production.

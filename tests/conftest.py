@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
@@ -16,6 +17,16 @@ from tests.support.client import GQL
 from tests.support.services import TestServices, free_port, wait_for_port
 
 PASSWORD = "correct horse battery"
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """`slow` tests (long variants) run under `make test-long` or an explicit `-m`."""
+    if os.environ.get("CREWGRAPH_LONG_TESTS") or config.getoption("markexpr"):
+        return
+    skip = pytest.mark.skip(reason="long variant: make test-long (CREWGRAPH_LONG_TESTS=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
 
 
 @pytest.fixture(scope="session")

@@ -13,8 +13,8 @@ the run within a second. Other executors can use `render_value_async` / `evaluat
 from __future__ import annotations
 
 import asyncio
-import re
 import functools
+import re
 import threading
 from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor

@@ -21,7 +21,17 @@ def _tool_flow(tool_id: str, node_input: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": b._name("tool-flow"),
         "nodes": [
-            {"id": "in", "kind": "INPUT", "config": {"schema": {"type": "object", "properties": {"n": {"type": "integer"}}, "required": ["n"]}}},
+            {
+                "id": "in",
+                "kind": "INPUT",
+                "config": {
+                    "schema": {
+                        "type": "object",
+                        "properties": {"n": {"type": "integer"}},
+                        "required": ["n"],
+                    }
+                },
+            },
             {"id": "calc", "kind": "TOOL", "config": {"toolId": tool_id, "input": node_input}},
             {"id": "out", "kind": "OUTPUT", "config": {"value": "{{ nodes.calc.output.double }}"}},
         ],
@@ -29,8 +39,15 @@ def _tool_flow(tool_id: str, node_input: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-async def test_custom_python_tool_node_runs_in_the_sandbox(gql: GQL, team: Team, container: Any) -> None:
-    tool = await b.tool(gql, team.token, config={"code": DOUBLE}, inputSchema={"type": "object", "properties": {"n": {"type": "integer"}}})
+async def test_custom_python_tool_node_runs_in_the_sandbox(
+    gql: GQL, team: Team, container: Any
+) -> None:
+    tool = await b.tool(
+        gql,
+        team.token,
+        config={"code": DOUBLE},
+        inputSchema={"type": "object", "properties": {"n": {"type": "integer"}}},
+    )
     flow = await create_flow(gql, team.token, _tool_flow(tool["id"], {"n": "{{ inputs.n }}"}))
     run = await execute(gql, team.token, flow["id"], {"n": 21})
     done = await wait_status(gql, team.token, run["id"], timeout=60)
@@ -45,11 +62,19 @@ async def test_custom_python_tool_node_runs_in_the_sandbox(gql: GQL, team: Team,
 
 
 async def test_failing_tool_fails_the_node_and_the_run(gql: GQL, team: Team) -> None:
-    tool = await b.tool(gql, team.token, config={"code": "def run(input):\n    raise ValueError('bad input value')\n"})
+    tool = await b.tool(
+        gql,
+        team.token,
+        config={"code": "def run(input):\n    raise ValueError('bad input value')\n"},
+    )
     flow = await create_flow(gql, team.token, _tool_flow(tool["id"], {"n": "{{ inputs.n }}"}))
     run = await execute(gql, team.token, flow["id"], {"n": 1})
     done = await wait_status(gql, team.token, run["id"], timeout=60)
     assert done["status"] == "FAILED"
     calc = {r["nodeId"]: r for r in done["nodeRuns"]}["calc"]
-    assert calc["status"] == "FAILED" and "ValueError" in calc["error"] and "bad input value" in calc["error"]
+    assert (
+        calc["status"] == "FAILED"
+        and "ValueError" in calc["error"]
+        and "bad input value" in calc["error"]
+    )
     assert "calc" in done["error"]

@@ -47,7 +47,9 @@ def test_email_is_normalized() -> None:
     assert not check.errors
 
 
-@pytest.mark.parametrize(("first", "ok"), [(None, True), (1, True), (100, True), (0, False), (101, False), (-5, False)])
+@pytest.mark.parametrize(
+    ("first", "ok"), [(None, True), (1, True), (100, True), (0, False), (101, False), (-5, False)]
+)
 def test_page_size(first: int | None, ok: bool) -> None:
     if ok:
         assert 1 <= page_size(first) <= 100

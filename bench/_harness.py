@@ -1,0 +1,149 @@
+"""Shared pieces of the service benchmarks: a throwaway database and a real server process.
+
+The server runs as `python -m server.cli serve` in its own process (so its CPU and memory
+can be measured apart from the clients), against the machine's PostgreSQL / Redis when
+they answer (else embedded ones), in a database created for the run and dropped after.
+Slow and paced nodes come from the test-only executor hook
+(CREWGRAPH_TEST_EXECUTORS=tests.support.slow_executors): TOOL nodes with
+`testSleepSeconds` / `testLogEvents` / `testLogIntervalSeconds`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import os
+import secrets
+import signal
+import subprocess
+import sys
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.support.services import TestServices, free_port  # noqa: E402
+
+
+class Server:
+    def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
+        self.proc = proc
+        self.url = url
+
+    @property
+    def pid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(15)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+
+@contextlib.asynccontextmanager
+async def services() -> AsyncIterator[TestServices]:
+    svc = TestServices()
+    svc.start()
+    await svc.create_database()
+    try:
+        yield svc
+    finally:
+        await svc.drop_database()
+        svc.stop()
+
+
+@contextlib.asynccontextmanager
+async def server(svc: TestServices, **env: str) -> AsyncIterator[Server]:
+    port = free_port()
+    full_env = {
+        **os.environ,
+        "PYTHONPATH": str(ROOT),
+        "DATABASE_URL": svc.database_url,
+        "REDIS_URL": svc.redis_url,
+        "CREWGRAPH_REDIS_PREFIX": f"cgbench{secrets.token_hex(4)}",
+        "CREWGRAPH_JWT_SECRET": secrets.token_urlsafe(40),
+        "CREWGRAPH_SECRET_KEY": _key(),
+        "CREWGRAPH_TEST_EXECUTORS": "tests.support.slow_executors",
+        "CREWGRAPH_LOG_LEVEL": "ERROR",
+        "CREWGRAPH_DATA_DIR": str(ROOT / ".crewgraph" / "bench"),
+        "CREWGRAPH_MAX_CONCURRENT_EXECUTIONS": "500",
+        "CREWGRAPH_WORKER_CONCURRENCY": "500",
+        **env,
+    }
+    runner = os.environ.get("BENCH_SERVER_RUNNER")  # e.g. a profiling wrapper script
+    command = [sys.executable, runner] if runner else [sys.executable, "-m", "server.cli"]
+    proc = subprocess.Popen(
+        [*command, "serve", "--port", str(port)],
+        cwd=ROOT,
+        env=full_env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    srv = Server(proc, url)
+    try:
+        await _ready(srv)
+        yield srv
+    finally:
+        srv.stop()
+
+
+def _key() -> str:
+    from server.crypto import new_key_text
+
+    return new_key_text()
+
+
+async def _ready(srv: Server, timeout: float = 60.0) -> None:
+    deadline = asyncio.get_running_loop().time() + timeout
+    async with httpx.AsyncClient() as client:
+        while True:
+            if srv.proc.poll() is not None:
+                err = srv.proc.stderr.read().decode() if srv.proc.stderr else ""
+                raise RuntimeError(f"server exited: {err[-2000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if (await client.get(srv.url + "/readyz")).status_code == 200:
+                    return
+            if asyncio.get_running_loop().time() > deadline:
+                raise TimeoutError("server did not become ready")
+            await asyncio.sleep(0.2)
+
+
+def percentile(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    k = max(0, min(len(ordered) - 1, round(p / 100 * (len(ordered) - 1))))
+    return ordered[k]
+
+
+def machine() -> str:
+    import platform
+
+    return f"{platform.processor() or platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}"
+
+
+def flow_chain(tool_id: str, nodes: list[dict[str, Any]], name: str) -> dict[str, Any]:
+    """input → TOOL nodes (configs given) → output."""
+    ids = [f"s{i}" for i in range(len(nodes))]
+    graph_nodes: list[dict[str, Any]] = [{"id": "in", "kind": "INPUT"}]
+    graph_nodes += [
+        {"id": nid, "kind": "TOOL", "config": {"toolId": tool_id, **cfg}}
+        for nid, cfg in zip(ids, nodes, strict=True)
+    ]
+    graph_nodes.append({"id": "out", "kind": "OUTPUT"})
+    chain = ["in", *ids, "out"]
+    return {
+        "name": name,
+        "nodes": graph_nodes,
+        "edges": [{"source": a, "target": b} for a, b in itertools.pairwise(chain)],
+    }

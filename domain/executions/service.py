@@ -1,0 +1,478 @@
+"""Execution use cases: run flows and crews, cancel, read runs, follow their events.
+
+- `execute_flow` validates the flow (refused with BAD_USER_INPUT when invalid) and the
+  inputs (a JSON object, at most `max_input_bytes`, matching every INPUT node's
+  `config.schema`), pins the flow's current version, stores a PENDING execution and
+  dispatches it; it returns at once. Over `max_active` PENDING + RUNNING executions in the
+  tenant it is refused with LIMIT_EXCEEDED; how many run at the same time is the worker's
+  business (`max_running` per tenant, the rest wait as PENDING).
+- `test_crew` does the same for a one-node flow: INPUT "input" -> CREW "crew" -> OUTPUT
+  "output", the crew node's `inputs` mapping every execution input `k` to the template
+  `{{ inputs.k }}` (so keys must be identifiers).
+- `cancel`: a PENDING execution is CANCELLED at once (with its EXECUTION_CANCELLED event);
+  a RUNNING one gets the persisted cancel flag plus a Redis signal, and its worker stops
+  it within a second; a finished one is returned as it is.
+- `follow_events` / `updates` back the subscriptions (see `streams.py`).
+
+Every use case takes the caller's `Principal`; an id of another tenant is NOT_FOUND.
+"""
+
+from __future__ import annotations
+
+import builtins
+import json
+import logging
+import uuid
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from types import TracebackType
+from typing import Any, Protocol, Self
+
+from domain.errors import BadUserInput, LimitExceeded, NotFound
+from domain.executions.builtins import validate_inputs
+from domain.executions.events import EventType, ExecutionEvent
+from domain.executions.ports import NodeResult
+from domain.executions.records import Execution, ExecutionRef
+from domain.executions.state import ExecutionStatus, transition
+from domain.executions.streams import (
+    DEFAULT_IDLE_POLL,
+    FeedInterrupted,
+    Subscription,
+    follow,
+)
+from domain.executions.worker import Dispatcher
+from domain.flows.graph import ReferenceIndex, validate_flow
+from domain.flows.model import FlowEdge, FlowGraph, FlowNode, NodeKind
+from domain.flows.service import reference_index
+from domain.identity import Principal
+from domain.ports import Page, ResourceRepository
+from domain.rbac import Action
+from domain.resources import require_id
+
+log = logging.getLogger("crewgraph.executions")
+
+DEFAULT_MAX_INPUT_BYTES = 256_000
+DEFAULT_MAX_ACTIVE = 1000
+MAX_EVENTS_PAGE = 1000
+
+
+# --------------------------------------------------------------------------- ports
+
+
+class ExecutionRepository(Protocol):
+    """Executions of one tenant, inside the unit of work's transaction."""
+
+    async def add(self, execution: Execution, ref: ExecutionRef, graph: FlowGraph | None) -> None:
+        """Insert a PENDING execution (and its entry among the active executions)."""
+        ...
+
+    async def get(self, ident: str, *, for_update: bool = False) -> Execution | None: ...
+
+    async def page(
+        self,
+        first: int,
+        after: str | None,
+        *,
+        status: ExecutionStatus | None = None,
+        flow_id: str | None = None,
+    ) -> Page[Execution]:
+        """Newest first."""
+        ...
+
+    async def node_runs(self, ids: Sequence[str]) -> dict[str, list[NodeResult]]: ...
+
+    async def events_after(
+        self, execution_id: str, after: int, limit: int, before: int | None = None
+    ) -> list[ExecutionEvent]: ...
+
+    async def head(self, execution_id: str) -> tuple[int, bool]: ...
+
+    async def request_cancel(self, ident: str) -> None: ...
+
+    async def end_pending(
+        self, ident: str, status: ExecutionStatus, error: str | None
+    ) -> Execution:
+        """A PENDING execution ends without running (its node runs become CANCELLED)."""
+        ...
+
+    async def append_event(
+        self, ident: str, type: EventType, node_id: str | None, data: dict[str, Any] | None
+    ) -> ExecutionEvent:
+        """Next sequence under the execution's row lock (the caller holds it)."""
+        ...
+
+    async def count_active(self, tenant_id: str) -> int: ...
+
+
+class ExecutionUnitOfWork(Protocol):
+    flows: Any
+    crews: ResourceRepository[Any]
+    agents: ResourceRepository[Any]
+    tools: ResourceRepository[Any]
+    providers: ResourceRepository[Any]
+    executions: ExecutionRepository
+
+    async def __aenter__(self) -> Self: ...
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None: ...
+
+    async def commit(self) -> None: ...
+
+
+class ExecutionUnitOfWorkFactory(Protocol):
+    def __call__(self, tenant_schema: str) -> ExecutionUnitOfWork: ...
+
+
+class ExecutionBus(Protocol):
+    """Redis pub/sub, namespaced per tenant (see persistence.bus)."""
+
+    async def publish_event(self, tenant_id: str, event: ExecutionEvent) -> None: ...
+
+    async def publish_status(self, tenant_id: str, execution: Execution) -> None: ...
+
+    async def publish_cancel(self, ref: ExecutionRef) -> None: ...
+
+    def events(
+        self, tenant_id: str, execution_id: str
+    ) -> AbstractAsyncContextManager[Subscription[ExecutionEvent]]: ...
+
+    def statuses(self, tenant_id: str) -> AbstractAsyncContextManager[Subscription[Execution]]: ...
+
+    def cancels(self) -> AbstractAsyncContextManager[Subscription[ExecutionRef]]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionLimits:
+    max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES
+    max_active: int = DEFAULT_MAX_ACTIVE  # PENDING + RUNNING per tenant
+    max_nodes: int = 2000
+
+
+# --------------------------------------------------------------------------- use cases
+
+
+class ExecutionService:
+    def __init__(
+        self,
+        uow: ExecutionUnitOfWorkFactory,
+        bus: ExecutionBus,
+        dispatcher: Dispatcher | None,
+        limits: ExecutionLimits | None = None,
+        *,
+        idle_poll: float = DEFAULT_IDLE_POLL,
+    ) -> None:
+        self._uow = uow
+        self._bus = bus
+        self.dispatcher = dispatcher
+        self.limits = limits or ExecutionLimits()
+        self.idle_poll = idle_poll
+
+    # ---- starting runs
+
+    async def execute_flow(self, p: Principal, flow_id: str, inputs: object) -> Execution:
+        p.require(Action.RUN)
+        clean = self._check_inputs(inputs)
+        async with self._uow(p.tenant_schema) as uow:
+            flow = await uow.flows.get(require_id("flow", flow_id))
+            if flow is None:
+                raise NotFound("flow", flow_id)
+            if len(flow.nodes) > self.limits.max_nodes:
+                raise LimitExceeded(
+                    f"flow has {len(flow.nodes)} nodes; the limit (maxNodesPerFlow) is "
+                    f"{self.limits.max_nodes}",
+                    extensions={"limit": "maxNodesPerFlow", "max": self.limits.max_nodes},
+                )
+            refs = await reference_index(uow, flow.nodes)
+            _require_valid(validate_flow(flow.graph, refs), f"flow {flow.name!r}")
+            for node in flow.nodes:
+                if node.kind == NodeKind.INPUT and node.config.get("schema"):
+                    validate_inputs(clean, node.config["schema"])
+            await self._check_active(uow, p)
+            execution = self._new(p, clean, flow_id=flow.id, flow_version=flow.version)
+            await uow.executions.add(execution, self._ref(p, execution), None)
+            await uow.commit()
+        await self._started(p, execution)
+        return execution
+
+    async def test_crew(self, p: Principal, crew_id: str, inputs: object) -> Execution:
+        p.require(Action.RUN)
+        clean = self._check_inputs(inputs)
+        bad = sorted(k for k in clean if not k.isidentifier())
+        if bad:
+            raise BadUserInput(
+                "crew inputs are passed by name, so their names must be identifiers",
+                {f"inputs.{k}": "must be an identifier (letters, digits, _)" for k in bad},
+            )
+        async with self._uow(p.tenant_schema) as uow:
+            crew = await uow.crews.get(require_id("crew", crew_id))
+            if crew is None:
+                raise NotFound("crew", crew_id)
+            graph = crew_graph(crew.id, clean)
+            _require_valid(
+                validate_flow(graph, ReferenceIndex(crew_ids=frozenset({crew.id}))), "crew run"
+            )
+            await self._check_active(uow, p)
+            execution = self._new(p, clean, crew_id=crew.id)
+            await uow.executions.add(execution, self._ref(p, execution), graph)
+            await uow.commit()
+        await self._started(p, execution)
+        return execution
+
+    def _check_inputs(self, inputs: object) -> dict[str, Any]:
+        if inputs is None:
+            inputs = {}
+        if not isinstance(inputs, Mapping):
+            raise BadUserInput("inputs must be a JSON object", {"inputs": "must be a JSON object"})
+        try:
+            size = len(json.dumps(inputs, separators=(",", ":"), allow_nan=False).encode())
+        except (TypeError, ValueError):
+            raise BadUserInput("inputs must be plain JSON", {"inputs": "must be plain JSON"})
+        limit = self.limits.max_input_bytes
+        if size > limit:
+            raise LimitExceeded(
+                f"execution inputs are {size} bytes; the limit (maxExecutionInputBytes) is "
+                f"{limit} bytes",
+                extensions={"limit": "maxExecutionInputBytes", "max": limit, "size": size},
+            )
+        return {str(k): v for k, v in inputs.items()}
+
+    async def _check_active(self, uow: ExecutionUnitOfWork, p: Principal) -> None:
+        active = await uow.executions.count_active(p.tenant_id)
+        if active >= self.limits.max_active:
+            raise LimitExceeded(
+                f"the team already has {active} pending or running executions; the limit "
+                f"(maxActiveExecutions) is {self.limits.max_active}",
+                extensions={"limit": "maxActiveExecutions", "max": self.limits.max_active},
+            )
+
+    @staticmethod
+    def _new(p: Principal, inputs: dict[str, Any], **kw: Any) -> Execution:
+        return Execution(
+            id=str(uuid.uuid4()),
+            status=ExecutionStatus.PENDING,
+            inputs=inputs,
+            created_at=datetime.now(UTC),
+            created_by=p.user_id or p.api_key_id,
+            **kw,
+        )
+
+    @staticmethod
+    def _ref(p: Principal, execution: Execution) -> ExecutionRef:
+        return ExecutionRef(p.tenant_id, p.tenant_schema, execution.id)
+
+    async def _started(self, p: Principal, execution: Execution) -> None:
+        """Announce and dispatch. Failures only delay the run: the sweeper re-dispatches."""
+        try:
+            await self._bus.publish_status(p.tenant_id, execution)
+        except Exception:
+            log.exception("publishing a status change failed")
+        if self.dispatcher is None:
+            return
+        try:
+            await self.dispatcher.dispatch(self._ref(p, execution))
+        except Exception:
+            log.exception("dispatch failed; the sweeper will retry")
+
+    # ---- cancel
+
+    async def cancel(self, p: Principal, ident: str) -> Execution:
+        p.require(Action.RUN)
+        event: ExecutionEvent | None = None
+        signal = False
+        async with self._uow(p.tenant_schema) as uow:
+            execution = await uow.executions.get(require_id("execution", ident), for_update=True)
+            if execution is None:
+                raise NotFound("execution", ident)
+            if execution.status == ExecutionStatus.PENDING:
+                transition(execution.status, ExecutionStatus.CANCELLED)
+                execution = await uow.executions.end_pending(
+                    ident, ExecutionStatus.CANCELLED, "cancelled before it started"
+                )
+                event = await uow.executions.append_event(
+                    ident, EventType.EXECUTION_CANCELLED, None, {"cancelledNodes": []}
+                )
+                await uow.commit()
+            elif execution.status == ExecutionStatus.RUNNING:
+                if not execution.cancel_requested:
+                    await uow.executions.request_cancel(ident)
+                    await uow.commit()
+                    execution.cancel_requested = True
+                signal = True
+        try:
+            if event is not None:
+                await self._bus.publish_status(p.tenant_id, execution)
+                await self._bus.publish_event(p.tenant_id, event)
+            if signal:
+                await self._bus.publish_cancel(self._ref(p, execution))
+        except Exception:
+            # The flag is persisted: the worker's heartbeat reads it.
+            log.exception("publishing a cancel failed")
+        return execution
+
+    # ---- reads
+
+    async def get(self, p: Principal, ident: str) -> Execution:
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            found = await uow.executions.get(require_id("execution", ident))
+        if found is None:
+            raise NotFound("execution", ident)
+        return found
+
+    async def list(
+        self,
+        p: Principal,
+        first: int,
+        after: str | None,
+        *,
+        status: ExecutionStatus | None = None,
+        flow_id: str | None = None,
+    ) -> Page[Execution]:
+        p.require(Action.READ)
+        if flow_id is not None and not _is_uuid(flow_id):
+            return Page(items=[], has_next_page=False)
+        async with self._uow(p.tenant_schema) as uow:
+            return await uow.executions.page(first, after, status=status, flow_id=flow_id)
+
+    async def node_runs(
+        self, p: Principal, ids: Sequence[str]
+    ) -> dict[str, builtins.list[NodeResult]]:
+        """Node runs of the given executions of the caller's tenant (others: none)."""
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            return await uow.executions.node_runs(ids)
+
+    async def events(
+        self, p: Principal, ident: str, after: int = 0, limit: int = MAX_EVENTS_PAGE
+    ) -> builtins.list[ExecutionEvent]:
+        await self.get(p, ident)
+        limit = max(1, min(limit, MAX_EVENTS_PAGE))
+        async with self._uow(p.tenant_schema) as uow:
+            return await uow.executions.events_after(ident, max(after, 0), limit)
+
+    # ---- live
+
+    async def follow_events(
+        self,
+        p: Principal,
+        ident: str,
+        after: int | None,
+        *,
+        live: bool = True,
+        on_subscribed: Callable[[int], Awaitable[None]] | None = None,
+        before_replay: Callable[[], Awaitable[None]] | None = None,
+    ) -> AsyncIterator[ExecutionEvent]:
+        """Stored events after `after`, then live ones, each once, up to the terminal one.
+
+        `after=None` follows from the head (live only). `before_replay` runs after the
+        checks, before anything is read (the multiplexer joins its group there).
+        """
+        if after is not None and after < 0:
+            raise BadUserInput(
+                "afterSequence must be 0 or more", {"afterSequence": "must be 0 or more"}
+            )
+        await self.get(p, ident)  # READ, and NOT_FOUND for other tenants' ids
+        if before_replay is not None:
+            await before_replay()
+        tenant_log = _TenantLog(self._uow, p.tenant_schema)
+
+        def feed() -> AbstractAsyncContextManager[Subscription[ExecutionEvent]]:
+            return self._bus.events(p.tenant_id, ident)
+
+        async for event in follow(
+            tenant_log,
+            feed,
+            ident,
+            after,
+            live=live,
+            idle_poll=self.idle_poll,
+            on_subscribed=on_subscribed,
+        ):
+            yield event
+
+    async def updates(
+        self,
+        p: Principal,
+        *,
+        on_subscribed: Callable[[], Awaitable[None]] | None = None,
+        before_subscribe: Callable[[], Awaitable[None]] | None = None,
+        live: bool = True,
+    ) -> AsyncIterator[Execution]:
+        """Every status change of the caller's tenant from now on.
+
+        Best effort: changes published while the subscription was being re-established
+        (slow consumer, Redis reconnect) are not replayed.
+        """
+        p.require(Action.READ)
+        if before_subscribe is not None:
+            await before_subscribe()
+        if not live:
+            return
+        first = True
+        while True:
+            try:
+                async with self._bus.statuses(p.tenant_id) as subscription:
+                    if first and on_subscribed is not None:
+                        await on_subscribed()
+                    first = False
+                    while True:
+                        execution = await subscription.next(None)
+                        if execution is not None:
+                            yield execution
+            except FeedInterrupted:
+                continue
+
+
+class _TenantLog:
+    """The event log of one tenant, one short transaction per read."""
+
+    def __init__(self, uow: ExecutionUnitOfWorkFactory, schema: str) -> None:
+        self._uow = uow
+        self._schema = schema
+
+    async def events_after(
+        self, execution_id: str, after: int, limit: int, before: int | None = None
+    ) -> list[ExecutionEvent]:
+        async with self._uow(self._schema) as uow:
+            return await uow.executions.events_after(execution_id, after, limit, before)
+
+    async def head(self, execution_id: str) -> tuple[int, bool]:
+        async with self._uow(self._schema) as uow:
+            return await uow.executions.head(execution_id)
+
+
+def crew_graph(crew_id: str, inputs: Mapping[str, Any]) -> FlowGraph:
+    """The one-node flow `testCrew` runs: INPUT -> CREW -> OUTPUT."""
+    crew_inputs = {k: "{{ inputs.%s }}" % k for k in inputs}  # noqa: UP031
+    return FlowGraph(
+        nodes=(
+            FlowNode("input", NodeKind.INPUT.value, "input"),
+            FlowNode(
+                "crew", NodeKind.CREW.value, "crew", {"crewId": crew_id, "inputs": crew_inputs}
+            ),
+            FlowNode("output", NodeKind.OUTPUT.value, "output"),
+        ),
+        edges=(FlowEdge("input", "crew"), FlowEdge("crew", "output")),
+    )
+
+
+def _require_valid(result: Any, what: str) -> None:
+    if result.valid:
+        return
+    fields = {f"flow.{k}": v for k, v in result.field_errors.items()}
+    raise BadUserInput(f"{what} is not valid: {result.errors[0]}", fields or None)
+
+
+def _is_uuid(value: str) -> bool:
+    try:
+        uuid.UUID(value)
+    except (ValueError, TypeError, AttributeError):
+        return False
+    return True

@@ -1,0 +1,135 @@
+"""Execution types: runs, node runs, events, and their enums."""
+
+from __future__ import annotations
+
+from datetime import datetime
+
+import strawberry
+from strawberry.scalars import JSON
+from strawberry.types import Info
+
+from domain.executions import events as ev
+from domain.executions import records as rec
+from domain.executions import state as st
+from domain.executions.ports import NodeResult
+from schema.crews import Crew
+from schema.flows import Flow
+
+ExecutionStatus = strawberry.enum(st.ExecutionStatus, name="ExecutionStatus")
+NodeStatus = strawberry.enum(st.NodeStatus, name="NodeStatus")
+ExecutionEventType = strawberry.enum(ev.EventType, name="ExecutionEventType")
+
+
+@strawberry.type(description="One node of one execution: its latest status and result.")
+class NodeRun:
+    node_id: str
+    status: NodeStatus  # type: ignore[valid-type]
+    output: JSON | None
+    error: str | None
+    attempts: int
+    started_at: datetime | None
+    finished_at: datetime | None
+
+    @classmethod
+    def from_domain(cls, r: NodeResult) -> NodeRun:
+        return cls(
+            node_id=r.node_id,
+            status=st.NodeStatus(r.status),
+            output=r.output,
+            error=r.error,
+            attempts=r.attempts,
+            started_at=r.started_at,
+            finished_at=r.finished_at,
+        )
+
+
+@strawberry.type(description="One event of an execution; `sequence` is 1, 2, 3, ... per run.")
+class ExecutionEvent:
+    execution_id: strawberry.ID
+    sequence: int
+    type: ExecutionEventType  # type: ignore[valid-type]
+    node_id: str | None
+    at: datetime
+    data: JSON | None
+
+    @classmethod
+    def from_domain(cls, e: ev.ExecutionEvent) -> ExecutionEvent:
+        return cls(
+            execution_id=strawberry.ID(e.execution_id),
+            sequence=e.sequence,
+            type=e.type,
+            node_id=e.node_id,
+            at=e.at,
+            data=e.data,
+        )
+
+
+@strawberry.type(description="One run of a flow version or of a crew.")
+class Execution:
+    id: strawberry.ID
+    flow_version: int | None
+    status: ExecutionStatus  # type: ignore[valid-type]
+    outputs: JSON | None = strawberry.field(description="output node id → value")
+    error: str | None
+    cancel_requested: bool
+    attempts: int = strawberry.field(description="how many times a worker started it")
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    domain: strawberry.Private[rec.Execution]
+
+    @strawberry.field
+    async def inputs(self, info: Info) -> JSON:
+        if self.domain.inputs is not None:
+            return self.domain.inputs
+        found = await info.context.loaders.execution.load(self.domain.id)
+        return found.inputs if found is not None else {}
+
+    @strawberry.field(description="The flow at the version this execution ran.")
+    async def flow(self, info: Info) -> Flow | None:
+        d = self.domain
+        if d.flow_id is None or d.flow_version is None:
+            return None
+        found = await info.context.loaders.flow_version.load((d.flow_id, d.flow_version))
+        return Flow.from_domain(found) if found is not None else None
+
+    @strawberry.field(description="The crew of a `testCrew` run.")
+    async def crew(self, info: Info) -> Crew | None:
+        if self.domain.crew_id is None:
+            return None
+        found = await info.context.loaders.crew.load(self.domain.crew_id)
+        return Crew.from_domain(found) if found is not None else None
+
+    @strawberry.field
+    async def node_runs(self, info: Info) -> list[NodeRun]:
+        runs = await info.context.loaders.node_runs.load(self.domain.id)
+        return [NodeRun.from_domain(r) for r in runs]
+
+    @strawberry.field(
+        description="Stored events after afterSequence in order (at most `first`, up to 1000); "
+        "subscribe to executionEvents to follow them live."
+    )
+    async def events(
+        self, info: Info, after_sequence: int = 0, first: int = 100
+    ) -> list[ExecutionEvent]:
+        p = await info.context.principal()
+        found = await info.context.services.executions.events(
+            p, self.domain.id, after_sequence, first
+        )
+        return [ExecutionEvent.from_domain(e) for e in found]
+
+    @classmethod
+    def from_domain(cls, e: rec.Execution) -> Execution:
+        return cls(
+            id=strawberry.ID(e.id),
+            flow_version=e.flow_version,
+            status=e.status,
+            outputs=e.outputs,
+            error=e.error,
+            cancel_requested=e.cancel_requested,
+            attempts=e.attempts,
+            created_at=e.created_at,
+            started_at=e.started_at,
+            finished_at=e.finished_at,
+            domain=e,
+        )

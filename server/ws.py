@@ -1,0 +1,550 @@
+"""graphql-transport-ws with multiplexed execution subscriptions.
+
+Stock Strawberry resolves and serialises every event once per subscriber (~90 µs of CPU
+per event per subscriber here), so 1,000 dashboards on one execution fall seconds behind.
+This handler groups identical subscriptions and does that work once per group
+(Hasura-style multiplexing), without patching Strawberry (pinned: 0.341.2; this subclass
+uses `run_operation`, `_send_result_stream`, `Operation` and `forget_id`):
+
+- Eligible: a subscription whose only root field is `executionEvents` or
+  `executionUpdates`. Everything else (queries over the socket, `heartbeat`, documents
+  with several root fields) runs the stock way.
+- Per subscriber: the document runs through the stock pipeline (validation, limits,
+  permission classes, argument parsing, error codes) in *replay* mode (see
+  `resolvers/multiplex.py`). The resolver checks access (another tenant's execution is
+  NOT_FOUND) and only then joins its group; errors reach the subscriber exactly as on
+  the stock path. Its stored events after `afterSequence` are sent from that run.
+- Per group, keyed by (document, operation name, variables except the one feeding
+  `afterSequence`, tenant, role): one upstream run of the same document in *tail* mode
+  follows the live events; each result is encoded to JSON once and sent to every live
+  member as `{"id": <member's id>, "type": "next", "payload": <shared bytes>}`.
+- A member buffers the group's frames from the moment it joins until its replay is done,
+  then sends the buffered frames with sequences above the last replayed one (or above
+  its `afterSequence`, which may be ahead of the run), and from then on is fed by the
+  group directly, with the same filter: no gap, no duplicate.
+- All frames of a connection go through one bounded writer queue (ordering per
+  connection). The group never waits for a socket: a connection more than
+  `queue_size` frames behind is closed with 1013 ("try again later"; resubscribe with
+  `afterSequence`). Operations of the connection itself (replay, stock operations) wait
+  for room instead. After each fan-out the group yields to the loop so writers run.
+- Per-message deflate stays off (uvicorn `ws_per_message_deflate=False`), so a shared
+  frame costs no per-connection compression.
+- Fast path: when a connection has nothing queued and runs on uvicorn's
+  websockets-sansio protocol (pinned uvicorn 0.54) without extensions, a shared frame is
+  written straight to its transport (a text frame header + the member's id prefix + the
+  shared payload bytes), skipping the ASGI send chain and a task switch per delivery.
+  Uvicorn's own flow control still applies (`writable`); otherwise frames take the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import json
+import logging
+import struct
+from collections import deque
+from dataclasses import dataclass
+from functools import lru_cache
+from typing import Any
+
+from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
+    BaseGraphQLTransportWSHandler,
+    Operation,
+    _OperationStreamClosed,
+)
+from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
+    CompleteMessage,
+    Message,
+)
+from strawberry.types.execution import ExecutionResult, PreExecutionError
+from strawberry.utils.aio import aclosing
+
+from graphql import (
+    FieldNode,
+    GraphQLError,
+    OperationDefinitionNode,
+    OperationType,
+    VariableNode,
+    parse,
+)
+from resolvers.multiplex import MUX, Replay, Tail
+
+log = logging.getLogger("crewgraph.ws")
+
+MULTIPLEXED_FIELDS = frozenset({"executionEvents", "executionUpdates"})
+SLOW_CONSUMER_CODE = 1013
+GROUP_READY_TIMEOUT = 30.0
+ASGI_SEND_KEY = "crewgraph.asgi_send"  # scope["state"] key set by server.app.RequestLimits
+
+
+@lru_cache(maxsize=4096)
+def _text_frame_header(length: int) -> bytes:
+    """Header of an unmasked, final, uncompressed WebSocket text frame (server → client)."""
+    if length < 126:
+        return bytes((0x81, length))
+    if length < 65536:
+        return b"\x81\x7e" + struct.pack("!H", length)
+    return b"\x81\x7f" + struct.pack("!Q", length)
+
+
+class _DirectWriter:
+    """Writes text frames straight to uvicorn's websockets-sansio transport."""
+
+    __slots__ = ("protocol",)
+
+    def __init__(self, protocol: Any) -> None:
+        self.protocol = protocol
+
+    @classmethod
+    def of(cls, websocket: Any) -> _DirectWriter | None:
+        scope = getattr(getattr(websocket, "ws", None), "scope", None) or {}
+        send = (scope.get("state") or {}).get(ASGI_SEND_KEY)
+        protocol = getattr(send, "__self__", None)
+        if type(protocol).__name__ != "WebSocketsSansIOProtocol":
+            return None
+        conn = getattr(protocol, "conn", None)
+        if conn is None or getattr(conn, "extensions", None):  # e.g. permessage-deflate
+            return None
+        needed = ("transport", "writable", "close_sent", "handshake_complete")
+        if not all(hasattr(protocol, name) for name in needed):
+            return None
+        return cls(protocol)
+
+    def write(self, *parts: bytes) -> bool:
+        """False when the frame must take the regular path (flow control, closing)."""
+        p = self.protocol
+        if not p.handshake_complete or p.close_sent or not p.writable.is_set():
+            return False
+        transport = p.transport
+        if transport is None or transport.is_closing():
+            return False
+        length = sum(len(part) for part in parts)
+        transport.write(b"".join((_text_frame_header(length), *parts)))
+        return True
+
+
+@dataclass(frozen=True, slots=True)
+class _Plan:
+    field: str
+    after_variable: str | None  # the variable feeding afterSequence, kept out of the key
+
+
+@lru_cache(maxsize=1024)
+def plan(query: str, operation_name: str | None) -> _Plan | None:
+    """Whether (and how) a document is multiplexed; None runs it the stock way."""
+    try:
+        return _plan(query, operation_name)
+    except Exception:  # whatever it is, the stock path reports it properly
+        return None
+
+
+def _plan(query: str, operation_name: str | None) -> _Plan | None:
+    try:
+        document = parse(query)
+    except GraphQLError:
+        return None
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [o for o in operations if o.name and o.name.value == operation_name]
+    if len(operations) != 1:
+        return None
+    operation = operations[0]
+    if operation.operation != OperationType.SUBSCRIPTION or operation.directives:
+        return None
+    selections = operation.selection_set.selections
+    if len(selections) != 1 or not isinstance(selections[0], FieldNode):
+        return None
+    field = selections[0]
+    if field.name.value not in MULTIPLEXED_FIELDS or field.directives:
+        return None
+    after: str | None = None
+    for argument in field.arguments or ():
+        if argument.name.value == "afterSequence" and isinstance(argument.value, VariableNode):
+            after = argument.value.name.value
+    return _Plan(field.name.value, after)
+
+
+def _encode_payload(result: ExecutionResult) -> str:
+    payload: dict[str, Any] = {"data": result.data}
+    if result.errors:
+        payload["errors"] = [e.formatted for e in result.errors]
+    if result.extensions:
+        payload["extensions"] = result.extensions
+    return json.dumps(payload, separators=(",", ":"))
+
+
+class _Member:
+    """One subscriber (one operation of one connection) in a group."""
+
+    __slots__ = ("after", "buffer", "finished", "group", "handler", "operation", "prefix")
+
+    def __init__(self, handler: MultiplexingHandler, operation: Operation[Any, Any]) -> None:
+        self.handler = handler
+        self.operation = operation
+        self.prefix = ('{"id":' + json.dumps(operation.id) + ',"type":"next","payload":').encode()
+        self.buffer: list[tuple[int, bytes]] | None = []
+        self.after = 0  # frames up to this sequence were replayed (or not asked for)
+        self.group: _Group | None = None
+        self.finished = asyncio.Event()
+
+    def send(self, payload: bytes) -> None:
+        self.handler.push_parts(self.prefix, payload, b"}")
+
+    def complete(self) -> None:
+        operation = self.operation
+        if not operation.completed:
+            operation.completed = True
+            self.handler.operations.pop(operation.id, None)
+            self.handler.push_parts(
+                ('{"id":' + json.dumps(operation.id) + ',"type":"complete"}').encode()
+            )
+        self.finished.set()
+
+
+def _fan_out(members: set[_Member], sequence: int, tail: bytes) -> int:
+    """Send one encoded result to every live member; the hot loop of the multiplexer.
+
+    Members whose ids are equal (most clients use "1") get the very same frame bytes,
+    built once per event; each delivery is then one `transport.write`."""
+    frames: dict[bytes, bytes] = {}
+    delivered = 0
+    for member in list(members):
+        if sequence <= member.after:
+            continue
+        delivered += 1
+        handler = member.handler
+        direct = handler._direct
+        if (
+            direct is not None
+            and not handler._out
+            and not handler._sending
+            and not handler._closing
+        ):
+            proto = direct.protocol
+            transport = proto.transport
+            if (
+                proto.handshake_complete
+                and not proto.close_sent
+                and proto.writable.is_set()
+                and transport is not None
+                and not transport.is_closing()
+            ):
+                prefix = member.prefix
+                frame = frames.get(prefix)
+                if frame is None:
+                    body = prefix + tail
+                    frame = frames[prefix] = _text_frame_header(len(body)) + body
+                transport.write(frame)
+                continue
+        handler.push_parts(member.prefix, tail)
+    return delivered
+
+
+class _Group:
+    """One upstream tail run shared by every identical subscription."""
+
+    def __init__(
+        self,
+        mux: Multiplexer,
+        key: tuple[Any, ...],
+        operation: Operation[Any, Any],
+        context: Any,
+        root_value: Any,
+    ) -> None:
+        self.mux = mux
+        self.key = key
+        self.query = operation.query
+        self.variables = operation.variables
+        self.operation_name = operation.operation_name
+        self.context = context
+        self.root_value = root_value
+        self.members: set[_Member] = set()
+        self.pending: set[_Member] = set()
+        self.ready = asyncio.Event()
+        self.done = False
+        self.failed: str | None = None
+        self.task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self.task = asyncio.create_task(self._run(), name=f"mux:{self.key[0]}")
+
+    async def _on_ready(self, sequence: int) -> None:
+        self.ready.set()
+
+    async def _run(self) -> None:
+        tail = Tail(ready=self._on_ready)
+        MUX.set(tail)
+        try:
+            stream = await self.mux.schema.stream(
+                self.query,
+                variable_values=self.variables,
+                context_value=self.context,
+                root_value=self.root_value,
+                operation_name=self.operation_name,
+            )
+            async with aclosing(stream):
+                async for result in stream:
+                    if isinstance(result, PreExecutionError) or not isinstance(
+                        result, ExecutionResult
+                    ):
+                        self.failed = "the shared subscription could not start"
+                        break
+                    payload = _encode_payload(result).encode()
+                    self.mux.encoded += 1
+                    sequence = tail.sequences.popleft() if tail.sequences else 0
+                    for member in self.pending:
+                        if member.buffer is not None:
+                            member.buffer.append((sequence, payload))
+                    self.mux.delivered += _fan_out(self.members, sequence, payload + b"}")
+                    await asyncio.sleep(0)  # let the writers run between bursts
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            self.failed = f"the shared subscription failed: {type(exc).__name__}"
+            log.exception("multiplexed subscription failed")
+        finally:
+            self.done = True
+            self.ready.set()
+            if self.mux.groups.get(self.key) is self:
+                del self.mux.groups[self.key]
+            for member in list(self.members):
+                member.complete()
+            self.members.clear()
+
+    def go_live(self, member: _Member, after: int) -> None:
+        """Flush what the member buffered past its replay, then feed it directly."""
+        self.pending.discard(member)
+        member.after = after
+        buffered, member.buffer = member.buffer or [], None
+        for sequence, payload in buffered:
+            if sequence > after:
+                member.send(payload)
+        if self.done:
+            member.complete()
+        else:
+            self.members.add(member)
+
+    def leave(self, member: _Member) -> None:
+        self.pending.discard(member)
+        self.members.discard(member)
+        if not self.members and not self.pending and self.task is not None and not self.done:
+            self.task.cancel()
+            if self.mux.groups.get(self.key) is self:
+                del self.mux.groups[self.key]
+
+
+class Multiplexer:
+    """The groups of one process (one per GraphQL view)."""
+
+    def __init__(self, schema: Any, queue_size: int = 1000) -> None:
+        self.schema = schema
+        self.queue_size = queue_size
+        self.groups: dict[tuple[Any, ...], _Group] = {}
+        self.encoded = 0  # results encoded (once per group per event)
+        self.delivered = 0  # frames handed to connections
+
+    def key(
+        self, p: _Plan, operation: Operation[Any, Any], tenant_id: str, role: str
+    ) -> tuple[Any, ...]:
+        variables = dict(operation.variables or {})
+        if p.after_variable is not None:
+            variables.pop(p.after_variable, None)
+        canonical = json.dumps(variables, sort_keys=True, separators=(",", ":"), default=str)
+        return (p.field, operation.query, operation.operation_name, canonical, tenant_id, role)
+
+    async def join(
+        self,
+        key: tuple[Any, ...],
+        member: _Member,
+        operation: Operation[Any, Any],
+        context: Any,
+        root_value: Any,
+    ) -> None:
+        group = self.groups.get(key)
+        if group is None or group.done:
+            # The group's own context: same principal (tenant and role are in the key),
+            # fresh loaders, no reference to the first subscriber's socket.
+            group_context = dataclasses.replace(context, request=None, response=None, _loaders=None)
+            group = _Group(self, key, operation, group_context, root_value)
+            self.groups[key] = group
+            group.start()
+        member.group = group
+        group.pending.add(member)
+        try:
+            await asyncio.wait_for(group.ready.wait(), GROUP_READY_TIMEOUT)
+        except TimeoutError:
+            raise RuntimeError("the live event stream did not start in time") from None
+        if group.failed:
+            raise RuntimeError(group.failed)
+
+    def leave(self, member: _Member) -> None:
+        if member.group is not None:
+            member.group.leave(member)
+
+
+class MultiplexingHandler(BaseGraphQLTransportWSHandler[Any, Any]):
+    """graphql-transport-ws handler: one writer queue per connection, shared frames."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.mux: Multiplexer | None = getattr(self.view, "multiplexer", None)
+        self._max = self.mux.queue_size if self.mux is not None else 1000
+        self._out: deque[str] = deque()
+        self._wake = asyncio.Event()
+        self._room = asyncio.Event()
+        self._room.set()
+        self._idle = asyncio.Event()  # set while the queue is empty
+        self._idle.set()
+        self._writer: asyncio.Task[None] | None = None
+        self._closing = False
+        self._sending = False  # the writer task is between popping a frame and sending it
+        self._direct = _DirectWriter.of(self.websocket)
+
+    # ---- the writer
+
+    def _ensure_writer(self) -> None:
+        if self._writer is None:
+            self._writer = asyncio.create_task(self._write(), name="ws-writer")
+
+    async def _write(self) -> None:
+        send_text = self.websocket.ws.send_text  # type: ignore[attr-defined]
+        out = self._out
+        while True:
+            if not out:
+                self._idle.set()
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            frame = out.popleft()
+            if len(out) < self._max:
+                self._room.set()
+            self._sending = True
+            try:
+                await send_text(frame)
+                self._sending = False
+            except Exception:
+                self._closing = True
+                self._room.set()
+                out.clear()
+                self._idle.set()
+                return
+
+    def push_parts(self, *parts: bytes) -> None:
+        """Send a frame made of `parts` without waiting (group fan-out)."""
+        if self._closing:
+            return
+        direct = self._direct
+        if direct is not None and not self._out and not self._sending and direct.write(*parts):
+            return
+        self.push_frame(b"".join(parts).decode())
+
+    def push_frame(self, frame: str) -> None:
+        """Queue a frame without waiting (group fan-out); closes a connection that lags."""
+        if self._closing:
+            return
+        if len(self._out) >= self._max:
+            self._slow_consumer()
+            return
+        self._out.append(frame)
+        self._idle.clear()
+        self._wake.set()
+        self._ensure_writer()
+
+    async def send_message(self, message: Message) -> None:
+        """Stock messages go through the same queue (order), waiting for room."""
+        if self._closing:
+            return
+        while len(self._out) >= self._max and not self._closing:
+            self._room.clear()
+            await self._room.wait()
+        if self._closing:
+            return
+        encoded = self.view.encode_json(message)
+        self._out.append(encoded if isinstance(encoded, str) else encoded.decode())
+        self._idle.clear()
+        self._wake.set()
+        self._ensure_writer()
+
+    def _slow_consumer(self) -> None:
+        self._closing = True
+        self._out.clear()
+        self._room.set()
+        log.warning("closing a slow WebSocket consumer")
+        reason = f"slow consumer: more than {self._max} messages queued"
+        task = asyncio.create_task(self.websocket.close(code=SLOW_CONSUMER_CODE, reason=reason))
+        task.add_done_callback(_ignore_result)
+
+    async def shutdown(self) -> None:
+        await super().shutdown()
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            # Let queued frames (a final `complete`) go out before the task ends.
+            with contextlib.suppress(BaseException):
+                await asyncio.wait_for(self._drain(), 1.0)
+            writer.cancel()
+            with contextlib.suppress(BaseException):
+                await writer
+
+    async def _drain(self) -> None:
+        if self._out and not self._closing:
+            await self._idle.wait()
+
+    # ---- operations
+
+    async def run_operation(self, operation: Operation[Any, Any]) -> None:
+        mux = self.mux
+        shape = plan(operation.query, operation.operation_name) if mux is not None else None
+        if mux is None or shape is None:
+            await super().run_operation(operation)
+            return
+        try:
+            principal = await self.context.principal()
+        except Exception:
+            await super().run_operation(operation)  # the stock path reports the error
+            return
+        key = mux.key(shape, operation, principal.tenant_id, principal.role.value)
+        member = _Member(self, operation)
+
+        async def join() -> None:
+            await mux.join(key, member, operation, self.context, self.root_value)
+
+        replay = Replay(join=join)
+        MUX.set(replay)
+        try:
+            result_source = await self.schema.stream(
+                operation.query,
+                variable_values=operation.variables,
+                context_value=self.context,
+                root_value=self.root_value,
+                operation_name=operation.operation_name,
+            )
+            async with aclosing(result_source):
+                await self._send_result_stream(operation, result_source)
+            MUX.set(None)
+            if replay.live and member.group is not None and not operation.completed:
+                member.group.go_live(member, replay.sequence)
+                await member.finished.wait()
+            else:
+                await operation.send_operation_message(
+                    CompleteMessage(id=operation.id, type="complete")
+                )
+        except _OperationStreamClosed:
+            return
+        except Exception as error:
+            await self.handle_task_exception(error)
+            with contextlib.suppress(Exception):
+                await operation.send_operation_message({"id": operation.id, "type": "complete"})
+            self.operations.pop(operation.id, None)
+            raise
+        finally:
+            mux.leave(member)
+
+    def forget_id(self, id: str) -> None:
+        self.operations.pop(id, None)
+
+
+def _ignore_result(task: asyncio.Task[Any]) -> None:
+    if not task.cancelled():
+        task.exception()
