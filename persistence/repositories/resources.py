@@ -59,7 +59,7 @@ class _SqlResource(Generic[E]):
             return None
         stmt = self._base().where(self.table.c.id == ident)
         if for_update:
-            stmt = stmt.with_for_update()
+            stmt = stmt.with_for_update(of=self.table)
         row = (await self._conn.execute(stmt)).first()
         if row is None:
             return None
@@ -452,15 +452,6 @@ class SqlFlows(_SqlResource[Flow]):
             "created_at": e.created_at,
             "updated_at": e.updated_at,
         }
-
-    async def get(self, ident: str, *, for_update: bool = False) -> Flow | None:
-        if not is_uuid(ident):
-            return None
-        stmt = self._base().where(t.flows.c.id == ident)
-        if for_update:
-            stmt = stmt.with_for_update(of=t.flows)
-        row = (await self._conn.execute(stmt)).first()
-        return self._to_entity(row) if row else None
 
     async def name_taken(self, name: str, exclude: str | None = None) -> bool:
         stmt = sa.select(t.flows.c.id).where(t.flows.c.name == name, t.flows.c.deleted_at.is_(None))
