@@ -62,8 +62,12 @@ async def services() -> AsyncIterator[TestServices]:
 
 
 @contextlib.asynccontextmanager
-async def server(svc: TestServices, **env: str) -> AsyncIterator[Server]:
+async def server(svc: TestServices, *, worker: bool = False, **env: str) -> AsyncIterator[Server]:
+    """The API process; with `worker`, executions run in a separate `crewgraph worker`
+    (CREWGRAPH_WORKER_MODE=arq), so the API process only serves and fans out."""
     port = free_port()
+    if worker:
+        env = {**env, "CREWGRAPH_WORKER_MODE": "arq"}
     full_env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -90,10 +94,22 @@ async def server(svc: TestServices, **env: str) -> AsyncIterator[Server]:
     )
     url = f"http://127.0.0.1:{port}"
     srv = Server(proc, url)
+    workers: list[Server] = []
     try:
         await _ready(srv)
+        if worker:
+            worker_proc = subprocess.Popen(
+                [sys.executable, "-m", "server.cli", "worker"],
+                cwd=ROOT,
+                env=full_env,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )
+            workers.append(Server(worker_proc, ""))
         yield srv
     finally:
+        for w in workers:
+            w.stop()
         srv.stop()
 
 

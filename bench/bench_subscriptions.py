@@ -3,8 +3,8 @@
     .venv/bin/python bench/bench_subscriptions.py           # 1 / 100 / 1000 subscribers, 10 s
     .venv/bin/python bench/bench_subscriptions.py --short   # CI smoke: 1 / 50 subscribers, 2 s
 
-One execution emits LOG events at `--rate` per second (50) for `--seconds`; N WebSocket
-clients (one graphql-transport-ws connection each, spread over client processes) follow
+One execution (run by a `crewgraph worker` process, as deployed for many dashboards)
+emits LOG events at `--rate` per second (50) for `--seconds`; N WebSocket clients (one graphql-transport-ws connection each, spread over client processes) follow
 it with `executionEvents(afterSequence: 0)`. Each event carries the time it was emitted,
 before it is stored and published, so the latency is end to end: PostgreSQL insert, Redis
 publish, server fan-out, WebSocket, client parse. Measured side by side in the same run:
@@ -63,151 +63,224 @@ PER_PROCESS = 250
 # --------------------------------------------------------------------------- client side
 
 
-def _client_process(kind: str, url: str, token: str, target: str, count: int, conn: Any) -> None:
-    asyncio.run(_clients(kind, url, token, target, count, conn))
+def _client_process(
+    kind: str, url: str, token: str, target: str, count: int, conn: Any, every: int
+) -> None:
+    import uvloop
+
+    global MEASURED_EVERY
+    MEASURED_EVERY = every
+    uvloop.run(_clients(kind, url, token, target, count, conn))
 
 
 T_RE = re.compile(rb'"t":\s*([0-9.eE+-]+)')
+# Subscribers sampled for latency (every one is counted for "complete streams"). With
+# `--batch-reads`, the others read their socket every 250 ms in one batch instead of once
+# per message: less client CPU on a small machine, but fuller socket buffers on the
+# server side, so the server's CPU per delivery is measured with every client reading.
+MEASURED_EVERY = 1
+BATCH_READ = 0.25
+
+
+class _Stats:
+    def __init__(self, count: int) -> None:
+        self.latencies = array("d")
+        self.received: list[int] = []
+        self.last_at = 0.0
+        self.opened = 0
+        self.count = count
+        self.ready = asyncio.Event()
+        self.finished = asyncio.Event()
+
+    def open(self) -> None:
+        self.opened += 1
+        if self.opened == self.count:
+            self.ready.set()
+
+    def done(self, n: int) -> None:
+        self.received.append(n)
+        if len(self.received) == self.count:
+            self.finished.set()
+
+    def sample(self, payload: bytes, now: float) -> None:
+        match = T_RE.search(payload)
+        if match:
+            self.latencies.append(now - float(match.group(1)))
+            if now > self.last_at:
+                self.last_at = now
+
+
+class _WsClient(asyncio.Protocol):
+    """A graphql-transport-ws subscriber that parses as little as possible."""
+
+    def __init__(
+        self, stats: _Stats, host: str, port: int, path: str, frames: bytes, measure: bool
+    ) -> None:
+        self.stats = stats
+        self.measure = measure  # others read in batches (see _clients)
+        self.request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"
+            "\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
+        ).encode()
+        self.frames = frames
+        self.buf = b""
+        self.upgraded = False
+        self.n = 0
+        self.closed = False
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        transport.write(self.request)
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buf + data
+        if not self.upgraded:
+            end = buf.find(b"\r\n\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            assert b" 101 " in buf[: buf.find(b"\r\n")], buf[:200]
+            buf = buf[end + 4 :]
+            self.upgraded = True
+            self.transport.write(self.frames)
+            self.stats.open()
+            if not self.measure:
+                asyncio.get_running_loop().call_later(BATCH_READ, self._batch)
+        while len(buf) >= 2:
+            opcode = buf[0] & 0x0F
+            length = buf[1] & 0x7F
+            offset = 2
+            if length == 126:
+                if len(buf) < 4:
+                    break
+                length = (buf[2] << 8) | buf[3]
+                offset = 4
+            elif length == 127:
+                if len(buf) < 10:
+                    break
+                length = struct.unpack("!Q", buf[2:10])[0]
+                offset = 10
+            if len(buf) < offset + length:
+                break
+            payload = buf[offset : offset + length]
+            buf = buf[offset + length :]
+            if opcode == 0x9:
+                self.transport.write(_masked(payload, 0xA))
+            elif opcode == 0x8 or b'"type":"complete"' in payload:
+                self._finish()
+                return
+            elif b'"type":"next"' in payload:
+                self.n += 1
+                if self.measure and b'"LOG"' in payload:
+                    self.stats.sample(payload, now)
+        self.buf = buf
+        if not self.measure:
+            self.transport.pause_reading()
+
+    def _batch(self) -> None:
+        if not self.closed:
+            self.transport.resume_reading()
+            asyncio.get_running_loop().call_later(BATCH_READ, self._batch)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.stats.done(self.n)
+            self.transport.close()
+
+
+class _RedisClient(asyncio.Protocol):
+    """A RESP subscriber that parses as little as possible."""
+
+    def __init__(self, stats: _Stats, channel: str) -> None:
+        self.stats = stats
+        self.channel = channel
+        self.buf = b""
+        self.subscribed = False
+        self.n = 0
+        self.closed = False
+        self.transport: Any = None
+
+    def connection_made(self, transport: Any) -> None:
+        self.transport = transport
+        channel = self.channel
+        transport.write(f"*2\r\n$9\r\nSUBSCRIBE\r\n${len(channel)}\r\n{channel}\r\n".encode())
+
+    def data_received(self, data: bytes) -> None:
+        now = time.time()
+        buf = self.buf + data
+        if not self.subscribed:
+            end = buf.find(b":1\r\n")
+            if end < 0:
+                self.buf = buf
+                return
+            buf = buf[end + 4 :]
+            self.subscribed = True
+            self.stats.open()
+        while True:  # *3 $7 message $<n> channel $<n> payload
+            parts = buf.split(b"\r\n", 6)
+            if len(parts) < 7:
+                break
+            size = int(parts[5][1:])
+            header = sum(len(x) + 2 for x in parts[:6])
+            if len(buf) < header + size + 2:
+                break
+            payload = buf[header : header + size]
+            buf = buf[header + size + 2 :]
+            if b'"end"' in payload:
+                self._finish()
+                return
+            self.n += 1
+            self.stats.sample(payload, now)
+        self.buf = buf
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.stats.done(self.n)
+            self.transport.close()
 
 
 async def _clients(kind: str, url: str, token: str, target: str, count: int, conn: Any) -> None:
-    """`count` lean clients (hand-rolled WebSocket / RESP readers, so the client side spends
-    little CPU per message and the machine's cores go to the server under test)."""
-    latencies = array("d")
-    received: list[int] = []
-    last_at = 0.0
-    ready = asyncio.Event()
-    opened = 0
-
-    def mark_open() -> None:
-        nonlocal opened
-        opened += 1
-        if opened == count:
-            ready.set()
-
-    async def ws_client() -> None:
-        nonlocal last_at
-        host, port, path = _split(url)
-        reader, writer = await asyncio.open_connection(host, port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        writer.write(
-            (
-                f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-                f"Connection: Upgrade\r\nSec-WebSocket-Key: {key}\r\n"
-                "Sec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
-            ).encode()
-        )
-        head = await reader.readuntil(b"\r\n\r\n")
-        assert b" 101 " in head.split(b"\r\n", 1)[0], head
-        init = {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
-        writer.write(_masked(json.dumps(init).encode()))
-        sub = {
-            "id": "1",
-            "type": "subscribe",
-            "payload": {"query": SUBSCRIBE, "variables": {"id": target, "after": 0}},
-        }
-        writer.write(_masked(json.dumps(sub).encode()))
-        mark_open()
-        n = 0
-        buf = b""
-        while True:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            now = time.time()
-            buf += chunk
-            done = False
-            while len(buf) >= 2:
-                opcode = buf[0] & 0x0F
-                length = buf[1] & 0x7F
-                offset = 2
-                if length == 126:
-                    if len(buf) < 4:
-                        break
-                    length = struct.unpack("!H", buf[2:4])[0]
-                    offset = 4
-                elif length == 127:
-                    if len(buf) < 10:
-                        break
-                    length = struct.unpack("!Q", buf[2:10])[0]
-                    offset = 10
-                if len(buf) < offset + length:
-                    break
-                payload = buf[offset : offset + length]
-                buf = buf[offset + length :]
-                if opcode == 0x9:  # ping
-                    writer.write(_masked(payload, 0xA))
-                    continue
-                if opcode == 0x8:
-                    done = True
-                    break
-                if b'"type":"complete"' in payload:
-                    done = True
-                    break
-                if b'"type":"next"' in payload:
-                    n += 1
-                    if b'"LOG"' in payload:
-                        match = T_RE.search(payload)
-                        if match:
-                            latencies.append(now - float(match.group(1)))
-                            last_at = max(last_at, now)
-            if done:
-                break
-        received.append(n)
-        writer.close()
-
-    async def redis_client() -> None:
-        nonlocal last_at
-        host, port, _ = _split(url)
-        reader, writer = await asyncio.open_connection(host, port)
-        writer.write(f"*2\r\n$9\r\nSUBSCRIBE\r\n${len(target)}\r\n{target}\r\n".encode())
-        await reader.readuntil(b":1\r\n")  # the confirmation
-        mark_open()
-        n = 0
-        buf = b""
-        finished = False
-        while not finished:
-            chunk = await reader.read(65536)
-            if not chunk:
-                break
-            now = time.time()
-            buf += chunk
-            while True:  # *3 $7 message $<n> channel $<n> payload
-                parts = buf.split(b"\r\n", 6)
-                if len(parts) < 7:
-                    break
-                size = int(parts[5][1:])
-                header = sum(len(x) + 2 for x in parts[:6])
-                if len(buf) < header + size + 2:
-                    break
-                payload = buf[header : header + size]
-                buf = buf[header + size + 2 :]
-                if b'"end"' in payload:
-                    finished = True
-                    break
-                n += 1
-                match = T_RE.search(payload)
-                if match:
-                    latencies.append(now - float(match.group(1)))
-                    last_at = max(last_at, now)
-        received.append(n)
-        writer.close()
-
-    make = ws_client if kind == "ws" else redis_client
-    tasks = []
-    for i in range(count):
-        tasks.append(asyncio.create_task(make()))
-        if i % 25 == 24:
-            await asyncio.sleep(0.02)  # do not stampede the server's accept queue
-    waiter = asyncio.create_task(ready.wait())
-    await asyncio.wait([waiter, *tasks], return_when=asyncio.FIRST_COMPLETED)
-    failed = [t for t in tasks if t.done() and t.exception() is not None]
-    if failed:
-        conn.send(("error", repr(failed[0].exception())))
+    """`count` lean subscribers (asyncio protocols on uvloop, hand-rolled WebSocket / RESP
+    parsing), so the client side spends little CPU and the cores go to the server."""
+    loop = asyncio.get_running_loop()
+    stats = _Stats(count)
+    host, port, path = _split(url)
+    init = {"type": "connection_init", "payload": {"authorization": f"Bearer {token}"}}
+    sub = {
+        "id": "1",
+        "type": "subscribe",
+        "payload": {"query": SUBSCRIBE, "variables": {"id": target, "after": 0}},
+    }
+    frames = _masked(json.dumps(init).encode()) + _masked(json.dumps(sub).encode())
+    try:
+        for i in range(count):
+            if kind == "ws":
+                measure = i % MEASURED_EVERY == 0
+                await loop.create_connection(
+                    lambda m=measure: _WsClient(stats, host, port, path, frames, m), host, port
+                )
+            else:
+                await loop.create_connection(lambda: _RedisClient(stats, target), host, port)
+            if i % 25 == 24:
+                await asyncio.sleep(0.02)  # do not stampede the server's accept queue
+        await asyncio.wait_for(stats.ready.wait(), 300)
+    except Exception as exc:
+        conn.send(("error", repr(exc)))
         return
     conn.send(("ready", None))
-    await asyncio.gather(*tasks)
-    conn.send(("done", (latencies.tobytes(), received, last_at)))
+    await stats.finished.wait()
+    conn.send(("done", (stats.latencies.tobytes(), stats.received, stats.last_at)))
 
 
 def _split(url: str) -> tuple[str, int, str]:
@@ -239,7 +312,9 @@ class Clients:
             share = min(PER_PROCESS, remaining)
             parent, child = ctx.Pipe()
             proc = ctx.Process(
-                target=_client_process, args=(kind, url, token, target, share, child), daemon=True
+                target=_client_process,
+                args=(kind, url, token, target, share, child, MEASURED_EVERY),
+                daemon=True,
             )
             proc.start()
             self.procs.append(proc)
@@ -344,14 +419,16 @@ async def fan_out(srv: Any, n: int, rate: float, seconds: float) -> dict[str, An
             if os.environ.get("BENCH_SERVER_RUNNER"):
                 proc.send_signal(signal.SIGUSR1)  # a profiling wrapper: start measuring now
             c0 = sum(proc.cpu_times()[:2])
-            if os.environ.get("BENCH_DEBUG"):
-                print("cpu user/sys", proc.cpu_times()[:2], flush=True)
+            others = _others(clients)
+            o0 = {k: _cpu(v) or 0.0 for k, v in others.items()}
             t0 = time.time()
             gate.touch()
             results = await clients.wait("done", seconds * 20 + 300)
             cpu = sum(proc.cpu_times()[:2]) - c0
             if os.environ.get("BENCH_DEBUG"):
-                print("cpu user/sys", proc.cpu_times()[:2], flush=True)
+                wall = time.time() - t0
+                share = {k: round(((_cpu(v) or 0.0) - o0[k]) / wall, 2) for k, v in others.items()}
+                print(f"cores busy: api {cpu / wall:.2f} {share}", file=sys.stderr, flush=True)
             rss = proc.memory_info().rss
         finally:
             clients.close()
@@ -417,6 +494,39 @@ async def raw_redis(svc: Any, n: int, rate: float, seconds: float) -> dict[str, 
     if cpu is not None:  # the Redis server's CPU: the floor of one socket write per delivery
         out["cpu_per_delivery"] = cpu / max(1, events * n)
         out["cpu_per_event"] = cpu / max(1, events)
+    return out
+
+
+class _Group:
+    def __init__(self, procs: list[Any]) -> None:
+        self.procs = procs
+
+    def cpu_times(self) -> tuple[float, float]:
+        user = sys_ = 0.0
+        for p in self.procs:
+            try:
+                t = p.cpu_times()
+                user += t[0]
+                sys_ += t[1]
+            except psutil.Error:
+                pass
+        return user, sys_
+
+
+def _others(clients: Any) -> dict[str, Any]:
+    """CPU consumers besides the API process, for the debug breakdown."""
+    out: dict[str, Any] = {"clients": _Group([psutil.Process(p.pid) for p in clients.procs])}
+    postgres = [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "") == "postgres"]
+    out["postgres"] = _Group(postgres)
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "worker" in (p.info["cmdline"] or []) and "server.cli" in (p.info["cmdline"] or [])
+    ]
+    out["worker"] = _Group(workers)
+    redis = _redis_server()
+    if redis is not None:
+        out["redis"] = redis
     return out
 
 
@@ -508,7 +618,7 @@ async def run(args: argparse.Namespace) -> None:
     modes = (("multiplexed", "true"), ("stock Strawberry", "false"))
     async with services() as svc:
         for label, flag in modes:
-            async with server(svc, CREWGRAPH_SUBSCRIPTION_MULTIPLEX=flag) as srv:
+            async with server(svc, worker=True, CREWGRAPH_SUBSCRIPTION_MULTIPLEX=flag) as srv:
                 memory[(label, 1)], memory[(label, 50)] = await idle_rss(srv, args.idle)
                 for n in counts:
                     if flag == "false" and n > args.stock_max:
@@ -543,8 +653,9 @@ async def run(args: argparse.Namespace) -> None:
             [
                 f"One execution emitting {args.rate:g} LOG events/s for {args.seconds:g} s; "
                 f"N subscribers, one WebSocket each, lean clients in separate processes on "
-                f"the same machine ({machine()}). Latency: event emitted → received by the "
-                "client. CPU: server process (raw Redis: redis-server), user + system.",
+                f"the same machine ({machine()}); the execution runs in a `crewgraph worker`, "
+                "the API process serves the subscriptions. Latency: event emitted → received "
+                "by the client. CPU: the API process (raw Redis: redis-server), user + system.",
                 "",
                 "| subscribers | server | events/s achieved | p50 | p99 | behind | CPU / delivery (per event) | complete streams |",
                 "|---:|---|---:|---:|---:|---:|---:|---:|",
@@ -555,9 +666,41 @@ async def run(args: argparse.Namespace) -> None:
                 "| server | subscriptions | per connection | RSS / subscription |",
                 "|---|---:|---:|---:|",
                 *mem_rows,
+                "",
+                *_verdict(fan, memory, counts),
             ]
         )
     )
+
+
+def _verdict(
+    fan: dict[tuple[int, str], dict[str, Any]],
+    memory: dict[tuple[str, int], float],
+    counts: list[int],
+) -> list[str]:
+    """The issue's targets next to what this run measured (multiplexed server)."""
+    n = max(counts)
+    r = fan.get((n, "multiplexed"))
+    raw = fan.get((n, "raw Redis pub/sub"))
+    stock = fan.get((n, "stock Strawberry"))
+    if r is None:
+        return []
+    lines = [
+        f"Targets at {n} subscribers (this run): p99 < 100 ms → {r['p99'] * 1000:.0f} ms "
+        f"(raw Redis {raw['p99'] * 1000:.0f} ms)"
+        if raw
+        else "",
+        f"; CPU per delivery < 15 µs → {r['cpu_per_delivery'] * 1e6:.1f} µs"
+        + (f" (stock {stock['cpu_per_delivery'] * 1e6:.0f} µs" if stock else " (")
+        + (
+            f", redis-server {raw['cpu_per_delivery'] * 1e6:.1f} µs)"
+            if raw and "cpu_per_delivery" in raw
+            else ")"
+        ),
+        f"; RSS per idle subscription < 40 KB → {memory[('multiplexed', 1)] / 1024:.1f} KB "
+        f"(stock {memory[('stock Strawberry', 1)] / 1024:.1f} KB).",
+    ]
+    return ["".join(lines)]
 
 
 def main() -> None:
@@ -568,10 +711,16 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=None)
     parser.add_argument("--idle", type=int, default=None, help="idle subscriptions for RSS")
     parser.add_argument("--stock-max", type=int, default=1000, help="largest N for stock")
+    parser.add_argument(
+        "--batch-reads", action="store_true", help="only every 10th client reads per message"
+    )
     args = parser.parse_args()
     args.subscribers = args.subscribers or ("1,20" if args.short else "1,100,1000")
     args.seconds = args.seconds or (1.0 if args.short else 10.0)
     args.idle = args.idle or (50 if args.short else 1000)
+    if args.batch_reads:
+        global MEASURED_EVERY
+        MEASURED_EVERY = 10
     os.environ.setdefault("PYTHONHASHSEED", "0")
     asyncio.run(run(args))
 
