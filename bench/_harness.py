@@ -18,6 +18,7 @@ import secrets
 import signal
 import subprocess
 import sys
+import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
@@ -163,3 +164,21 @@ def flow_chain(tool_id: str, nodes: list[dict[str, Any]], name: str) -> dict[str
         "nodes": graph_nodes,
         "edges": [{"source": a, "target": b} for a, b in itertools.pairwise(chain)],
     }
+
+
+async def bench_tenant(gql: Any) -> tuple[str, str]:
+    """A fresh tenant with a trivial CUSTOM_PYTHON tool: (access token, tool id)."""
+    email = f"b{uuid.uuid4().hex[:6]}@example.com"
+    password = "correct horse battery"
+    reg = await gql.ok(
+        "Register", {"input": {"tenantName": "bench", "email": email, "password": password}}
+    )
+    token = reg["register"]["accessToken"]
+    tool_input = {
+        "name": "t",
+        "description": "d",
+        "kind": "CUSTOM_PYTHON",
+        "config": {"code": "def run(i):\n    return i\n"},
+    }
+    tool = (await gql.ok("CreateTool", {"input": tool_input}, token=token))["createTool"]
+    return token, tool["id"]

@@ -32,7 +32,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import machine, percentile, server, services
+from bench._harness import bench_tenant, machine, percentile, server, services
 from tests.support.client import GQL, op
 from tests.support.ws import init, subscribe
 
@@ -94,34 +94,10 @@ async def stored(gql: GQL, token: str, ident: str) -> list[int]:
 async def run(concurrency: int, rounds: int) -> int:
     async with services() as svc, server(svc) as srv:
         gql = GQL(srv.url)
-        reg = await gql.ok(
-            "Register",
-            {
-                "input": {
-                    "tenantName": "bench",
-                    "email": f"b{uuid.uuid4().hex[:6]}@example.com",
-                    "password": "correct horse battery",
-                }
-            },
-        )
-        token = reg["register"]["accessToken"]
-        tool = (
-            await gql.ok(
-                "CreateTool",
-                {
-                    "input": {
-                        "name": "t",
-                        "description": "d",
-                        "kind": "CUSTOM_PYTHON",
-                        "config": {"code": "def run(i):\n    return i\n"},
-                    }
-                },
-                token=token,
-            )
-        )["createTool"]
-        flow_id = (await gql.ok("CreateFlow", {"input": flow(tool["id"])}, token=token))[
-            "createFlow"
-        ]["id"]
+        token, tool_id = await bench_tenant(gql)
+        flow_id = (await gql.ok("CreateFlow", {"input": flow(tool_id)}, token=token))["createFlow"][
+            "id"
+        ]
         await one(gql, token, flow_id, 1)  # warm-up
 
         alone: list[float] = []

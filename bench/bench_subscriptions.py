@@ -51,7 +51,7 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import flow_chain, machine, percentile, server, services
+from bench._harness import bench_tenant, flow_chain, machine, percentile, server, services
 
 SUBSCRIBE = (
     "subscription E($id: ID!, $after: Int) { executionEvents(executionId: $id, "
@@ -358,41 +358,12 @@ def _merge(results: list[Any]) -> tuple[list[float], list[int], float]:
 # --------------------------------------------------------------------------- scenarios
 
 
-async def _tenant(gql: Any) -> tuple[str, str]:
-    reg = await gql.ok(
-        "Register",
-        {
-            "input": {
-                "tenantName": "bench",
-                "email": f"b{uuid.uuid4().hex[:6]}@example.com",
-                "password": "correct horse battery",
-            }
-        },
-    )
-    token = reg["register"]["accessToken"]
-    tool = (
-        await gql.ok(
-            "CreateTool",
-            {
-                "input": {
-                    "name": "t",
-                    "description": "d",
-                    "kind": "CUSTOM_PYTHON",
-                    "config": {"code": "def run(i):\n    return i\n"},
-                }
-            },
-            token=token,
-        )
-    )["createTool"]
-    return token, tool["id"]
-
-
 async def fan_out(srv: Any, n: int, rate: float, seconds: float) -> dict[str, Any]:
     from tests.support.client import GQL
 
     if True:
         gql = GQL(srv.url)
-        token, tool_id = await _tenant(gql)
+        token, tool_id = await bench_tenant(gql)
         gate = Path(tempfile.gettempdir()) / f"cgbench-gate-{secrets.token_hex(4)}"
         events = int(rate * seconds)
         flow = flow_chain(
@@ -552,7 +523,7 @@ async def idle_rss(srv: Any, m: int) -> tuple[float, float]:
     from tests.support.client import GQL
 
     gql = GQL(srv.url)
-    token, tool_id = await _tenant(gql)
+    token, tool_id = await bench_tenant(gql)
     gate = Path(tempfile.gettempdir()) / f"cgbench-never-{secrets.token_hex(4)}"
     flow = flow_chain(tool_id, [{"testSleepSeconds": 0, "testWaitForFile": str(gate)}], "idle")
     flow_id = (await gql.ok("CreateFlow", {"input": flow}, token=token))["createFlow"]["id"]
