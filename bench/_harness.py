@@ -1,10 +1,9 @@
 """Shared pieces of the service benchmarks: a throwaway database and a real server process.
 
-The server runs as `python -m server.cli serve` in its own process (so its CPU and memory
-can be measured apart from the clients), against the machine's PostgreSQL / Redis when
+The server runs as `python -m tests.support.cli serve` (`crewgraph serve` plus the test-only
+slow nodes) in its own process (so its CPU and memory can be measured apart from the clients), against the machine's PostgreSQL / Redis when
 they answer (else embedded ones), in a database created for the run and dropped after.
-Slow and paced nodes come from the test-only executor hook
-(CREWGRAPH_TEST_EXECUTORS=tests.support.slow_executors): TOOL nodes with
+Slow and paced nodes come from tests/support/slow_executors.py: TOOL nodes with
 `testSleepSeconds` / `testLogEvents` / `testLogIntervalSeconds`.
 """
 
@@ -26,6 +25,7 @@ from typing import Any
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
+ENTRY_POINT = "tests.support.cli"  # `crewgraph` with the test-only slow nodes
 sys.path.insert(0, str(ROOT))
 
 from tests.support.services import TestServices, free_port  # noqa: E402
@@ -77,7 +77,6 @@ async def server(svc: TestServices, *, worker: bool = False, **env: str) -> Asyn
         "CREWGRAPH_REDIS_PREFIX": f"cgbench{secrets.token_hex(4)}",
         "CREWGRAPH_JWT_SECRET": secrets.token_urlsafe(40),
         "CREWGRAPH_SECRET_KEY": _key(),
-        "CREWGRAPH_TEST_EXECUTORS": "tests.support.slow_executors",
         "CREWGRAPH_LOG_LEVEL": "ERROR",
         "CREWGRAPH_DATA_DIR": str(ROOT / ".crewgraph" / "bench"),
         "CREWGRAPH_MAX_CONCURRENT_EXECUTIONS": "500",
@@ -85,7 +84,7 @@ async def server(svc: TestServices, *, worker: bool = False, **env: str) -> Asyn
         **env,
     }
     runner = os.environ.get("BENCH_SERVER_RUNNER")  # e.g. a profiling wrapper script
-    command = [sys.executable, runner] if runner else [sys.executable, "-m", "server.cli"]
+    command = [sys.executable, runner] if runner else [sys.executable, "-m", ENTRY_POINT]
     proc = subprocess.Popen(
         [*command, "serve", "--port", str(port)],
         cwd=ROOT,
@@ -100,7 +99,7 @@ async def server(svc: TestServices, *, worker: bool = False, **env: str) -> Asyn
         await _ready(srv)
         if worker:
             worker_proc = subprocess.Popen(
-                [sys.executable, "-m", "server.cli", "worker"],
+                [sys.executable, "-m", ENTRY_POINT, "worker"],
                 cwd=ROOT,
                 env=full_env,
                 stdout=subprocess.DEVNULL,

@@ -51,7 +51,15 @@ import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from bench._harness import bench_tenant, flow_chain, machine, percentile, server, services
+from bench._harness import (
+    ENTRY_POINT,
+    bench_tenant,
+    flow_chain,
+    machine,
+    percentile,
+    server,
+    services,
+)
 
 SUBSCRIBE = (
     "subscription E($id: ID!, $after: Int) { executionEvents(executionId: $id, "
@@ -492,7 +500,7 @@ def _others(clients: Any) -> dict[str, Any]:
     workers = [
         p
         for p in psutil.process_iter(["cmdline"])
-        if "worker" in (p.info["cmdline"] or []) and "server.cli" in (p.info["cmdline"] or [])
+        if "worker" in (p.info["cmdline"] or []) and ENTRY_POINT in (p.info["cmdline"] or [])
     ]
     out["worker"] = _Group(workers)
     redis = _redis_server()

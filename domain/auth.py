@@ -6,7 +6,7 @@ import hashlib
 import re
 import secrets
 import uuid
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -19,6 +19,10 @@ from domain.validation import Checker
 _REFRESH_PREFIX = "cgr"
 _API_KEY_PREFIX = "cgk"
 _MAX_LOGIN_CANDIDATES = 5
+
+# Fills a new tenant's schema inside the registration transaction (e.g. the laptop
+# profile's `Local (scripted)` LLM provider); wired in server/bootstrap.py.
+TenantSeed = Callable[[UnitOfWork, Tenant], Awaitable[None]]
 
 
 def _now() -> datetime:
@@ -63,12 +67,14 @@ class IdentityService:
         tokens: AccessTokens,
         refresh_ttl: int,
         clock: Callable[[], datetime] = _now,
+        seed_tenant: TenantSeed | None = None,
     ) -> None:
         self._uow = uow
         self._hasher = hasher
         self._tokens = tokens
         self._refresh_ttl = refresh_ttl
         self._clock = clock
+        self._seed_tenant = seed_tenant
 
     # -- sessions -----------------------------------------------------------
 
@@ -88,6 +94,8 @@ class IdentityService:
             tenant = Tenant(tenant_id, name, slug, f"tenant_{tenant_id[:8]}{tenant_id[9:13]}", now)
             await uow.tenants.add(tenant)
             await uow.tenants.create_schema(tenant)
+            if self._seed_tenant is not None:
+                await self._seed_tenant(uow, tenant)
             user = User(str(uuid.uuid4()), tenant_id, email, password_hash, Role.ADMIN, True, now)
             await uow.users.add(user)
             await uow.audit.record(tenant_id, user.id, "tenant.register", tenant.slug)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from datetime import date
 from typing import Any, Literal, Protocol
 
 
@@ -67,6 +68,10 @@ class LlmRequest:
     tools: Sequence[Mapping[str, Any]] | None = None  # OpenAI function-tool schemas
     response_format: Literal["text", "json"] = "text"
     stop: Sequence[str] | None = None
+    # Correlation sent to the provider as headers (the scripted model's request log shows
+    # them): the execution and the node the call belongs to. `LlmService` fills them.
+    run_tag: str | None = None
+    node_tag: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,3 +128,26 @@ class UsageRecord:
 
 class UsageStore(Protocol):
     async def record(self, tenant_schema: str, record: UsageRecord) -> None: ...
+
+
+@dataclass(frozen=True, slots=True)
+class UsageDay:
+    """One UTC day of a tenant: executions created that day and the LLM usage."""
+
+    day: date
+    executions: int
+    usage: Usage
+
+
+class UsageReader(Protocol):
+    """Sums of recorded usage; keys without usage are absent from the results."""
+
+    async def by_nodes(
+        self, tenant_schema: str, keys: Sequence[tuple[str, str]]
+    ) -> dict[tuple[str, str], Usage]: ...
+
+    async def by_executions(self, tenant_schema: str, ids: Sequence[str]) -> dict[str, Usage]: ...
+
+    async def by_days(self, tenant_schema: str, since: date) -> list[UsageDay]:
+        """Days from `since` (UTC) that have usage or executions, any order."""
+        ...

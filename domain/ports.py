@@ -13,10 +13,10 @@ from domain.identity import ApiKey, RefreshToken, Tenant, User
 if TYPE_CHECKING:
     from domain.agents import Agent
     from domain.crews import Crew
+    from domain.executions.ports import ExecutionRepository
     from domain.flows.service import Flow
     from domain.providers import LlmProvider
     from domain.tools import Tool
-from domain.rbac import Role
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +56,7 @@ class TenantRepository(Protocol):
     async def get(self, tenant_id: str) -> Tenant | None: ...
     async def by_slug(self, slug: str) -> Tenant | None: ...
     async def slug_taken(self, slug: str) -> bool: ...
+    async def all(self) -> list[Tenant]: ...
     async def create_schema(self, tenant: Tenant) -> None: ...
 
 
@@ -90,30 +91,10 @@ class AuditLog(Protocol):
     ) -> None: ...
 
 
-class UnitOfWork(Protocol):
-    """One transaction. Public repositories always; tenant ones when opened for a tenant."""
-
-    tenants: TenantRepository
-    users: UserRepository
-    refresh_tokens: RefreshTokenRepository
-    api_keys: ApiKeyRepository
-    audit: AuditLog
-
-    async def __aenter__(self) -> Self: ...
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-    async def commit(self) -> None: ...
-
-
-class UnitOfWorkFactory(Protocol):
-    def __call__(self, tenant_schema: str | None = None) -> UnitOfWork: ...
-
-
-__all__ = ["Role"]
+class RateLimiter(Protocol):
+    async def hit(self, name: str, *identifiers: str) -> None:
+        """Count one `name` attempt by `identifiers`; raises `RateLimited` over the limit."""
+        ...
 
 
 class ResourceRepository(Protocol[E]):
@@ -137,14 +118,36 @@ class FlowRepository(ResourceRepository["Flow"], Protocol):
     async def set_refs(self, flow_id: str, refs: Any) -> None: ...
 
 
-class TenantUnitOfWork(Protocol):
-    """One transaction inside one tenant schema."""
+class UnitOfWork(Protocol):
+    """One transaction: the one unit-of-work port of every use case.
 
-    providers: ResourceRepository[LlmProvider]
-    tools: ResourceRepository[Tool]
-    agents: ResourceRepository[Agent]
-    crews: ResourceRepository[Crew]
-    flows: FlowRepository
+    The public repositories are always there; the tenant ones (providers ... executions)
+    only when the unit of work was opened for a tenant schema (`factory(schema)`).
+    Read-only properties, so adapters may expose their own repository classes.
+    """
+
+    @property
+    def tenants(self) -> TenantRepository: ...
+    @property
+    def users(self) -> UserRepository: ...
+    @property
+    def refresh_tokens(self) -> RefreshTokenRepository: ...
+    @property
+    def api_keys(self) -> ApiKeyRepository: ...
+    @property
+    def audit(self) -> AuditLog: ...
+    @property
+    def providers(self) -> ResourceRepository[LlmProvider]: ...
+    @property
+    def tools(self) -> ResourceRepository[Tool]: ...
+    @property
+    def agents(self) -> ResourceRepository[Agent]: ...
+    @property
+    def crews(self) -> ResourceRepository[Crew]: ...
+    @property
+    def flows(self) -> FlowRepository: ...
+    @property
+    def executions(self) -> ExecutionRepository: ...
 
     async def __aenter__(self) -> Self: ...
     async def __aexit__(
@@ -156,5 +159,12 @@ class TenantUnitOfWork(Protocol):
     async def commit(self) -> None: ...
 
 
-class TenantUnitOfWorkFactory(Protocol):
-    def __call__(self, tenant_schema: str) -> TenantUnitOfWork: ...
+class UnitOfWorkFactory(Protocol):
+    """Opens a unit of work: on the public schema, or (with a schema) for one tenant."""
+
+    def __call__(self, tenant_schema: str | None = None) -> UnitOfWork: ...
+
+
+# The names the tenant use cases import; the same port.
+TenantUnitOfWork = UnitOfWork
+TenantUnitOfWorkFactory = UnitOfWorkFactory

@@ -4,19 +4,36 @@ from __future__ import annotations
 
 import re
 import uuid
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.errors import NotFound
+from domain.errors import BadUserInput, NotFound
 from domain.identity import Principal
 from domain.ports import Page, TenantUnitOfWorkFactory
 from domain.rbac import Action
-from domain.resources import ResourceService, check_version, duplicate_name, require_id
+from domain.resources import (
+    ResourceService,
+    check_version,
+    duplicate_name,
+    missing_references,
+    not_found_refs,
+    require_id,
+)
 from domain.secrets import Sealed, SecretBox
 from domain.validation import Checker
 
 _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,49}$")
+# A base URL that means "this server's own scripted model", resolved at call time so a
+# restart on another host or port never breaks the provider.
+LOCAL_BASE_URL = "crewgraph:local"
+LOCAL_PROVIDER_NAME = "Local (scripted)"
+DEFAULT_TIMEOUT_SECONDS = 60.0
+MAX_TIMEOUT_SECONDS = 600.0
+DEFAULT_MAX_RETRIES = 1
+MAX_RETRIES = 10
+MAX_FALLBACKS = 5
 
 
 @dataclass(slots=True)
@@ -30,10 +47,18 @@ class LlmProvider:
     version: int
     created_at: datetime
     updated_at: datetime
+    # Tried in order when this provider times out, is rate-limited or fails (one level).
+    fallback_ids: list[str] = field(default_factory=list)
+    timeout_seconds: float = DEFAULT_TIMEOUT_SECONDS
+    max_retries: int = DEFAULT_MAX_RETRIES
 
     @property
     def has_api_key(self) -> bool:
         return self.api_key is not None
+
+    @property
+    def is_local(self) -> bool:
+        return self.base_url == LOCAL_BASE_URL
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,6 +68,10 @@ class ProviderInput:
     model: str
     base_url: str | None = None
     api_key: str | None = None
+    # None keeps the stored value on update (the defaults on create); [] clears the list.
+    fallback_provider_ids: Sequence[str] | None = None
+    timeout_seconds: float | None = None
+    max_retries: int | None = None
 
 
 def _validate(data: ProviderInput) -> ProviderInput:
@@ -53,12 +82,75 @@ def _validate(data: ProviderInput) -> ProviderInput:
         check.fail("provider", "must be a LiteLLM provider name like openai, anthropic, ollama")
     model = check.text("model", data.model, max_len=200) or ""
     base_url = check.text("baseUrl", data.base_url, required=False, max_len=2000) or None
-    if base_url and not re.match(r"^https?://[^\s/$.?#][^\s]*$", base_url):
-        check.fail("baseUrl", "must be an http(s) URL")
+    if (
+        base_url
+        and base_url != LOCAL_BASE_URL
+        and not re.match(r"^https?://[^\s/$.?#][^\s]*$", base_url)
+    ):
+        check.fail("baseUrl", f"must be an http(s) URL (or {LOCAL_BASE_URL!r})")
     if data.api_key is not None and len(data.api_key) > 4096:
         check.fail("apiKey", "must be at most 4096 characters")
+    timeout = data.timeout_seconds
+    if timeout is not None and not (0 < timeout <= MAX_TIMEOUT_SECONDS):
+        check.fail("timeoutSeconds", f"must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g}")
+    if data.max_retries is not None and not (0 <= data.max_retries <= MAX_RETRIES):
+        check.fail("maxRetries", f"must be between 0 and {MAX_RETRIES}")
+    fallbacks = data.fallback_provider_ids
+    if fallbacks is not None:
+        if len(fallbacks) > MAX_FALLBACKS:
+            check.fail("fallbackProviderIds", f"must list at most {MAX_FALLBACKS} providers")
+        if len(set(fallbacks)) != len(fallbacks):
+            check.fail("fallbackProviderIds", "must not list a provider twice")
     check.raise_if_any()
-    return ProviderInput(name, provider, model, base_url, data.api_key)
+    return ProviderInput(
+        name,
+        provider,
+        model,
+        base_url,
+        data.api_key,
+        list(fallbacks) if fallbacks is not None else None,
+        timeout,
+        data.max_retries,
+    )
+
+
+_FALLBACKS = "input.fallbackProviderIds"
+
+
+async def _check_fallbacks(repo: Any, ident: str, fallbacks: Sequence[str]) -> None:
+    """One level, no self-reference, no cycle; unknown (or foreign) ids are NOT_FOUND."""
+    if not fallbacks:
+        return
+    if ident in fallbacks:
+        raise BadUserInput(
+            "an LLM provider cannot be its own fallback",
+            {_FALLBACKS: "must not contain the provider itself"},
+        )
+    found: dict[str, LlmProvider] = await repo.get_many(list(fallbacks))
+    missing = missing_references("LLM provider", list(fallbacks), set(found))
+    if missing:
+        raise not_found_refs("LLM provider", _FALLBACKS, missing)
+    for fid in fallbacks:
+        fallback = found[fid]
+        if ident in fallback.fallback_ids:
+            raise BadUserInput(
+                f"fallback cycle: {ident} -> {fid} -> {ident}",
+                {_FALLBACKS: f"{fallback.name!r} already falls back to this provider"},
+            )
+        if fallback.fallback_ids:
+            raise BadUserInput(
+                f"LLM provider {fallback.name!r} has fallbacks of its own; fallbacks are "
+                "one level deep",
+                {_FALLBACKS: f"{fallback.name!r} has fallbacks of its own"},
+            )
+    users = await repo.fallback_users(ident)
+    if users:
+        raise BadUserInput(
+            "this LLM provider is a fallback of "
+            + ", ".join(repr(u) for u in users)
+            + "; a fallback cannot have fallbacks (one level)",
+            {_FALLBACKS: "a provider used as a fallback cannot have fallbacks"},
+        )
 
 
 def _context(provider_id: str, tenant_id: str) -> str:
@@ -89,11 +181,23 @@ class ProviderService(ResourceService[LlmProvider]):
             self._box.seal(data.api_key, _context(ident, p.tenant_id)) if data.api_key else None
         )
         provider = LlmProvider(
-            ident, data.name, data.provider, data.model, data.base_url, sealed, 1, now, now
+            ident,
+            data.name,
+            data.provider,
+            data.model,
+            data.base_url,
+            sealed,
+            1,
+            now,
+            now,
+            list(data.fallback_provider_ids or []),
+            data.timeout_seconds or DEFAULT_TIMEOUT_SECONDS,
+            DEFAULT_MAX_RETRIES if data.max_retries is None else data.max_retries,
         )
         async with self._uow(p.tenant_schema) as uow:
             if await uow.providers.name_taken(provider.name):
                 raise duplicate_name("LLM provider", provider.name)
+            await _check_fallbacks(uow.providers, ident, provider.fallback_ids)
             await uow.providers.add(provider)
             await uow.commit()
         return provider
@@ -101,7 +205,8 @@ class ProviderService(ResourceService[LlmProvider]):
     async def update(
         self, p: Principal, ident: str, data: ProviderInput, expected_version: int | None = None
     ) -> LlmProvider:
-        """`apiKey` null keeps the stored key; an empty string removes it."""
+        """`apiKey` null keeps the stored key; an empty string removes it. Null fallbacks,
+        timeout or retries keep the stored value; `[]` clears the fallbacks."""
         p.require(Action.MANAGE_PROVIDERS)
         data = _validate(data)
         async with self._uow(p.tenant_schema) as uow:
@@ -113,6 +218,13 @@ class ProviderService(ResourceService[LlmProvider]):
                 raise duplicate_name("LLM provider", data.name)
             current.name, current.provider, current.model = data.name, data.provider, data.model
             current.base_url = data.base_url
+            if data.fallback_provider_ids is not None:
+                await _check_fallbacks(uow.providers, ident, data.fallback_provider_ids)
+                current.fallback_ids = list(data.fallback_provider_ids)
+            if data.timeout_seconds is not None:
+                current.timeout_seconds = data.timeout_seconds
+            if data.max_retries is not None:
+                current.max_retries = data.max_retries
             if data.api_key is not None:
                 current.api_key = (
                     self._box.seal(data.api_key, _context(ident, p.tenant_id))
@@ -127,9 +239,32 @@ class ProviderService(ResourceService[LlmProvider]):
 
     def reveal_key(self, p: Principal, provider: LlmProvider) -> str | None:
         """For runtime adapters only; never reaches an API response or a log."""
-        if provider.api_key is None:
-            return None
-        return self._box.open(provider.api_key, _context(provider.id, p.tenant_id))
+        return reveal(self._box, p.tenant_id, provider)
+
+
+def local_provider(now: datetime) -> LlmProvider:
+    """This server's scripted model as a provider (base URL resolved at call time)."""
+    return LlmProvider(
+        str(uuid.uuid4()),
+        LOCAL_PROVIDER_NAME,
+        "openai",
+        "scripted",
+        LOCAL_BASE_URL,
+        None,
+        1,
+        now,
+        now,
+        [],
+        DEFAULT_TIMEOUT_SECONDS,
+        0,
+    )
+
+
+def reveal(box: SecretBox, tenant_id: str, provider: LlmProvider) -> str | None:
+    """The provider's key in clear, for the duration of one call; never logged."""
+    if provider.api_key is None:
+        return None
+    return box.open(provider.api_key, _context(provider.id, tenant_id))
 
 
 async def rotate_keys(

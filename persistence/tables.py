@@ -51,6 +51,7 @@ users = sa.Table(
     sa.Column("active", sa.Boolean, nullable=False, server_default=sa.true()),
     _ts("created_at"),
     sa.UniqueConstraint("tenant_id", "email", name="users_tenant_email_key"),
+    sa.Index("users_email_idx", "email"),
     schema="public",
 )
 
@@ -60,12 +61,14 @@ refresh_tokens = sa.Table(
     _id(),
     sa.Column("tenant_id", sa.Uuid(as_uuid=False), nullable=False),
     sa.Column("user_id", sa.Uuid(as_uuid=False), sa.ForeignKey("public.users.id"), nullable=False),
-    sa.Column("family_id", sa.Uuid(as_uuid=False), nullable=False, index=True),
+    sa.Column("family_id", sa.Uuid(as_uuid=False), nullable=False),
     sa.Column("token_hash", sa.Text, nullable=False, unique=True),
     sa.Column("expires_at", sa.DateTime(timezone=True), nullable=False),
     _ts("used_at", nullable=True),
     _ts("revoked_at", nullable=True),
     _ts("created_at"),
+    sa.Index("refresh_tokens_family_idx", "family_id"),
+    sa.Index("refresh_tokens_user_idx", "user_id"),
     schema="public",
 )
 
@@ -88,11 +91,12 @@ audit_entries = sa.Table(
     "audit_entries",
     metadata,
     sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    sa.Column("tenant_id", sa.Uuid(as_uuid=False), nullable=False, index=True),
+    sa.Column("tenant_id", sa.Uuid(as_uuid=False), nullable=False),
     sa.Column("actor", sa.Text),
     sa.Column("action", sa.Text, nullable=False),
     sa.Column("target", sa.Text),
     _ts("at"),
+    sa.Index("audit_entries_tenant_idx", "tenant_id", "at"),
     schema="public",
 )
 
@@ -114,6 +118,15 @@ def _versioned() -> list[sa.Column[object]]:
 
 UUID = sa.Uuid(as_uuid=False)
 
+# Key/value settings of the tenant (limits, network allowance for tools, ...).
+tenant_settings = sa.Table(
+    "settings",
+    metadata,
+    sa.Column("key", sa.Text, primary_key=True),
+    sa.Column("value", JSONB, nullable=False),
+    schema=TENANT,
+)
+
 llm_providers = sa.Table(
     "llm_providers",
     metadata,
@@ -125,6 +138,49 @@ llm_providers = sa.Table(
     sa.Column("api_key_ciphertext", sa.LargeBinary),
     sa.Column("api_key_key_id", sa.Text),
     *_versioned(),
+    sa.Column("timeout_seconds", sa.Float, nullable=False, server_default="60"),
+    sa.Column("max_retries", sa.Integer, nullable=False, server_default="1"),
+    schema=TENANT,
+)
+
+# Ordered fallbacks of a provider (one level); a provider used as one cannot be deleted.
+llm_provider_fallbacks = sa.Table(
+    "llm_provider_fallbacks",
+    metadata,
+    sa.Column(
+        "provider_id",
+        UUID,
+        _tenant_fk("llm_providers.id", ondelete="CASCADE"),
+        primary_key=True,
+    ),
+    sa.Column(
+        "fallback_id",
+        UUID,
+        _tenant_fk("llm_providers.id", ondelete="RESTRICT"),
+        primary_key=True,
+    ),
+    sa.Column("position", sa.Integer, nullable=False),
+    sa.Index("llm_provider_fallbacks_fallback_idx", "fallback_id"),
+    schema=TENANT,
+)
+
+# One row per request to an LLM provider. No foreign keys: usage outlives providers
+# and is written even while its execution is being cancelled.
+llm_usage = sa.Table(
+    "llm_usage",
+    metadata,
+    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+    sa.Column("provider_id", UUID, nullable=False),
+    sa.Column("model", sa.Text, nullable=False),
+    sa.Column("prompt_tokens", sa.Integer, nullable=False),
+    sa.Column("completion_tokens", sa.Integer, nullable=False),
+    sa.Column("cost_usd", sa.Float),
+    sa.Column("execution_id", UUID),
+    sa.Column("node_id", sa.Text),
+    sa.Column("chat_session_id", sa.Text),
+    _ts("created_at"),
+    sa.Index("llm_usage_execution_idx", "execution_id", "node_id"),
+    sa.Index("llm_usage_created_idx", "created_at"),
     schema=TENANT,
 )
 
@@ -152,6 +208,7 @@ agents = sa.Table(
     sa.Column("llm_provider_id", UUID, _tenant_fk("llm_providers.id", ondelete="RESTRICT")),
     sa.Column("options", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     *_versioned(),
+    sa.Index("agents_llm_provider_id_idx", "llm_provider_id"),
     schema=TENANT,
 )
 
@@ -161,6 +218,7 @@ agent_tools = sa.Table(
     sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("tool_id", UUID, _tenant_fk("tools.id", ondelete="RESTRICT"), primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),
+    sa.Index("agent_tools_tool_id_idx", "tool_id"),
     schema=TENANT,
 )
 
@@ -183,6 +241,7 @@ crew_agents = sa.Table(
     sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="CASCADE"), primary_key=True),
     sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT"), primary_key=True),
     sa.Column("position", sa.Integer, nullable=False),
+    sa.Index("crew_agents_agent_id_idx", "agent_id"),
     schema=TENANT,
 )
 
@@ -194,6 +253,7 @@ crew_tasks = sa.Table(
     sa.Column("description", sa.Text, nullable=False),
     sa.Column("expected_output", sa.Text, nullable=False),
     sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT"), nullable=False),
+    sa.Index("crew_tasks_agent_id_idx", "agent_id"),
     schema=TENANT,
 )
 
@@ -205,6 +265,13 @@ flows = sa.Table(
     sa.Column("description", sa.Text),
     sa.Column("deleted_at", sa.DateTime(timezone=True)),
     *_versioned(),
+    # Names are unique among live flows; a deleted flow frees its name.
+    sa.Index(
+        "flows_live_name_key",
+        "name",
+        unique=True,
+        postgresql_where=sa.text("deleted_at IS NULL"),
+    ),
     schema=TENANT,
 )
 
@@ -227,13 +294,16 @@ flow_versions = sa.Table(
 flow_refs = sa.Table(
     "flow_refs",
     metadata,
-    sa.Column(
-        "flow_id", UUID, _tenant_fk("flows.id", ondelete="CASCADE"), nullable=False, index=True
-    ),
+    sa.Column("flow_id", UUID, _tenant_fk("flows.id", ondelete="CASCADE"), nullable=False),
     sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT")),
     sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="RESTRICT")),
     sa.Column("tool_id", UUID, _tenant_fk("tools.id", ondelete="RESTRICT")),
     sa.Column("llm_provider_id", UUID, _tenant_fk("llm_providers.id", ondelete="RESTRICT")),
+    sa.Index("flow_refs_flow_idx", "flow_id"),
+    *(
+        sa.Index(f"flow_refs_{c}_idx", c)
+        for c in ("agent_id", "crew_id", "tool_id", "llm_provider_id")
+    ),
     schema=TENANT,
 )
 
@@ -271,8 +341,14 @@ executions = sa.Table(
         [f"{TENANT}.flow_versions.flow_id", f"{TENANT}.flow_versions.version"],
         ondelete="RESTRICT",
     ),
+    sa.Index("executions_crew_idx", "crew_id"),
     schema=TENANT,
 )
+# Newest first, overall and per flow / status (keyset pagination on created_at, id).
+_newest = (executions.c.created_at.desc(), executions.c.id.desc())
+sa.Index("executions_created_idx", *_newest)
+sa.Index("executions_flow_created_idx", executions.c.flow_id, *_newest)
+sa.Index("executions_status_created_idx", executions.c.status, *_newest)
 
 node_runs = sa.Table(
     "node_runs",
@@ -325,5 +401,7 @@ active_executions = sa.Table(
     sa.Column("lease_expires_at", sa.DateTime(timezone=True)),
     sa.Column("dispatched_at", sa.DateTime(timezone=True)),
     _ts("created_at"),
+    sa.Index("active_executions_lease_idx", "status", "lease_expires_at"),
+    sa.Index("active_executions_tenant_idx", "tenant_id", "status", "created_at"),
     schema="public",
 )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Self
 
@@ -26,12 +27,15 @@ from persistence.repositories.resources import (
 
 
 class SqlUnitOfWork:
-    """Rolls back unless `commit()` was called, so a failure never leaves a partial write."""
+    """`domain.ports.UnitOfWork` on one connection and transaction.
+
+    Rolls back unless `commit()` was called, so a failure never leaves a partial write.
+    """
 
     def __init__(self, db: Database, tenant_schema: str | None = None) -> None:
         self._db = db
         self._schema = tenant_schema
-        self._cm = None
+        self._cm: AbstractAsyncContextManager[AsyncConnection] | None = None
         self.conn: AsyncConnection
 
     async def __aenter__(self) -> Self:
@@ -49,13 +53,13 @@ class SqlUnitOfWork:
 
     def _attach_tenant_repositories(self, conn: AsyncConnection) -> None:
         if self._schema is None:
-            return
+            return  # a public unit of work has no tenant repositories
         self.providers = SqlProviders(conn)
         self.tools = SqlTools(conn)
         self.agents = SqlAgents(conn)
         self.crews = SqlCrews(conn)
         self.flows = SqlFlows(conn)
-        self.executions = SqlExecutions(conn)
+        self.executions = SqlExecutions(conn, self._schema)
 
     async def commit(self) -> None:
         await self.conn.commit()

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.types import Info
 
 from domain.validation import page_size
 from schema.agents import Agent, AgentInput
+from schema.context import Info
 from schema.relay import Connection, connection
 
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.types import Info
 
 from schema.auth import ApiKey, ApiKeyPayload, AuthPayload, LoginInput, RegisterInput
+from schema.context import Info
 from schema.users import Role
 
 

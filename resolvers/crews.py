@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.types import Info
 
 from domain.validation import page_size
+from schema.context import Info
 from schema.crews import Crew, CrewInput
 from schema.relay import Connection, connection
 

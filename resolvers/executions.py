@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.types import Info
 
+from domain.executions.events import ExecutionEvent as DomainEvent
+from domain.executions.records import Execution as DomainExecution
 from domain.executions.state import ExecutionStatus as DomainStatus
 from domain.validation import page_size
-from resolvers.multiplex import MUX, Replay, Tail
+from resolvers.multiplex import Follow, multiplexed
+from schema.context import Info
 from schema.executions import Execution, ExecutionEvent, ExecutionStatus
 from schema.relay import Connection, connection
 
@@ -31,15 +33,6 @@ async def executions(
         status=DomainStatus(status) if status is not None else None,
         flow_id=str(flow_id) if flow_id is not None else None,
     )
-    return connection(page, Execution.from_domain)
-
-
-async def flow_executions(
-    info: Info, flow_id: str, first: int | None = None, after: str | None = None
-) -> Connection[Execution]:
-    p = await info.context.principal()
-    size = page_size(first, info.context.settings.page_size_max)
-    page = await info.context.services.executions.list(p, size, after, flow_id=flow_id)
     return connection(page, Execution.from_domain)
 
 
@@ -67,58 +60,39 @@ async def execution_events(
     info: Info, execution_id: strawberry.ID, after_sequence: int | None = 0
 ) -> AsyncGenerator[ExecutionEvent, None]:
     """Stored events after `afterSequence`, then live ones; ends after the terminal one."""
-    after_sequence = after_sequence or 0  # an explicit null means "from the start" too
     p = await info.context.principal()
     service = info.context.services.executions
-    mode = MUX.get()
-    if isinstance(mode, Replay):
-        mode.sequence = after_sequence  # live frames continue after this (or the replay)
-        async for event in service.follow_events(
-            p, execution_id, after_sequence, live=False, before_replay=mode.join
-        ):
-            mode.sequence = event.sequence
-            yield ExecutionEvent.from_domain(event)
-            if event.is_terminal:
-                return
-        mode.live = True
-        return
-    if isinstance(mode, Tail):
-        async for event in service.follow_events(p, execution_id, None, on_subscribed=mode.ready):
-            mode.sequences.append(event.sequence)
-            yield ExecutionEvent.from_domain(event)
-        return
-    async for event in service.follow_events(p, execution_id, after_sequence):
+
+    def follow(f: Follow) -> AsyncIterator[DomainEvent]:
+        return service.follow_events(
+            p,
+            execution_id,
+            f.after,
+            live=f.live,
+            on_subscribed=f.on_subscribed,
+            before_replay=f.before_replay,
+        )
+
+    async for event in multiplexed(
+        follow,
+        after=after_sequence or 0,  # an explicit null means "from the start" too
+        sequence=lambda e: e.sequence,
+        is_terminal=lambda e: e.is_terminal,
+    ):
         yield ExecutionEvent.from_domain(event)
-
-
-def _fresh(info: Info) -> None:
-    reset = getattr(info.context, "reset_loaders", None)
-    if reset is not None:
-        reset()
 
 
 async def execution_updates(info: Info) -> AsyncGenerator[Execution, None]:
     """Every status change of the caller's tenant, from now on."""
     p = await info.context.principal()
     service = info.context.services.executions
-    mode = MUX.get()
-    if isinstance(mode, Replay):
-        async for _ in service.updates(p, before_subscribe=mode.join, live=False):
-            pass  # nothing to replay: status changes are not stored as a log
-        mode.live = True
-        return
-    if isinstance(mode, Tail):
-        count = 0
 
-        async def ready() -> None:
-            await mode.ready(0)
+    def follow(f: Follow) -> AsyncIterator[DomainExecution]:
+        # Nothing to replay: status changes are not stored as a log.
+        return service.updates(
+            p, live=f.live, before_subscribe=f.before_replay, on_subscribed=f.when_subscribed()
+        )
 
-        async for update in service.updates(p, on_subscribed=ready):
-            count += 1
-            mode.sequences.append(count)
-            _fresh(info)
-            yield Execution.from_domain(update)
-        return
-    async for update in service.updates(p):
-        _fresh(info)
+    async for update in multiplexed(follow):
+        info.context.reset_loaders()  # nested fields are read fresh for every change
         yield Execution.from_domain(update)

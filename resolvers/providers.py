@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.types import Info
+from strawberry.scalars import JSON
 
 from domain.validation import page_size
+from schema.context import Info
 from schema.providers import LlmProvider, LlmProviderInput
 from schema.relay import Connection, connection
 
@@ -45,3 +46,9 @@ async def update_llm_provider(
 async def delete_llm_provider(info: Info, id: strawberry.ID) -> bool:
     p = await info.context.principal()
     return await info.context.services.providers.delete(p, id)
+
+
+async def test_llm_provider(info: Info, id: strawberry.ID) -> JSON:
+    """A real one-token call: `{ok, latencyMs, model, error}`; failures are data, not errors."""
+    p = await info.context.principal()
+    return JSON(await info.context.services.llm.test_provider(p, id))

@@ -6,9 +6,8 @@ import asyncio
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
 
-from strawberry.types import Info
-
 from domain.errors import BadUserInput
+from schema.context import Info
 
 
 async def heartbeat(info: Info, interval_seconds: float = 10.0) -> AsyncGenerator[datetime, None]:

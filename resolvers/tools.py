@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.types import Info
 
 from domain.validation import page_size
+from schema.context import Info
 from schema.relay import Connection, connection
 from schema.tools import Tool, ToolInput, ToolKind, ToolValidation
 

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import strawberry
-from strawberry.types import Info
 
 from domain.validation import page_size
+from schema.context import Info
 from schema.relay import Connection, connection
 from schema.users import CreateUserInput, Role, Tenant, User
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 from datetime import datetime
 
 import strawberry
-from strawberry.types import Info
 
 from domain import agents as d
+from schema.context import Info
 from schema.providers import LlmProvider
 from schema.tools import Tool
 

@@ -5,10 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 
 import strawberry
-from strawberry.types import Info
 
 from domain import crews as d
+from domain.errors import NotFound
 from schema.agents import Agent
+from schema.context import Info
 from schema.providers import LlmProvider
 
 
@@ -21,6 +22,8 @@ class CrewTask:
     @strawberry.field
     async def agent(self, info: Info) -> Agent:
         found = await info.context.loaders.agent.load(self.agent_id)
+        if found is None:  # cannot happen while the foreign key holds
+            raise NotFound("agent", self.agent_id)
         return Agent.from_domain(found)
 
 

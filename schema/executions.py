@@ -6,14 +6,16 @@ from datetime import datetime
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.types import Info
 
 from domain.executions import events as ev
 from domain.executions import records as rec
 from domain.executions import state as st
 from domain.executions.ports import NodeResult
+from schema.context import Info
 from schema.crews import Crew
+from schema.fields import described
 from schema.flows import Flow
+from schema.usage import Usage
 
 ExecutionStatus = strawberry.enum(st.ExecutionStatus, name="ExecutionStatus")
 NodeStatus = strawberry.enum(st.NodeStatus, name="NodeStatus")
@@ -29,10 +31,19 @@ class NodeRun:
     attempts: int
     started_at: datetime | None
     finished_at: datetime | None
+    execution_id: strawberry.Private[str | None] = None
+
+    @described("Tokens and cost of this node run's LLM calls; null when it called no model.")
+    async def usage(self, info: Info) -> Usage | None:
+        if self.execution_id is None:
+            return None
+        found = await info.context.loaders.node_usage.load((self.execution_id, self.node_id))
+        return Usage.from_domain(found) if found is not None else None
 
     @classmethod
-    def from_domain(cls, r: NodeResult) -> NodeRun:
+    def from_domain(cls, r: NodeResult, execution_id: str | None = None) -> NodeRun:
         return cls(
+            execution_id=execution_id,
             node_id=r.node_id,
             status=st.NodeStatus(r.status),
             output=r.output,
@@ -60,7 +71,7 @@ class ExecutionEvent:
             type=e.type,
             node_id=e.node_id,
             at=e.at,
-            data=e.data,
+            data=JSON(e.data),
         )
 
 
@@ -80,12 +91,13 @@ class Execution:
 
     @strawberry.field
     async def inputs(self, info: Info) -> JSON:
-        if self.domain.inputs is not None:
-            return self.domain.inputs
-        found = await info.context.loaders.execution.load(self.domain.id)
-        return found.inputs if found is not None else {}
+        inputs = self.domain.inputs
+        if inputs is None:  # status updates come without inputs
+            found = await info.context.loaders.execution.load(self.domain.id)
+            inputs = found.inputs if found is not None else None
+        return JSON(inputs if inputs is not None else {})
 
-    @strawberry.field(description="The flow at the version this execution ran.")
+    @described("The flow at the version this execution ran.")
     async def flow(self, info: Info) -> Flow | None:
         d = self.domain
         if d.flow_id is None or d.flow_version is None:
@@ -93,7 +105,7 @@ class Execution:
         found = await info.context.loaders.flow_version.load((d.flow_id, d.flow_version))
         return Flow.from_domain(found) if found is not None else None
 
-    @strawberry.field(description="The crew of a `testCrew` run.")
+    @described("The crew of a `testCrew` run.")
     async def crew(self, info: Info) -> Crew | None:
         if self.domain.crew_id is None:
             return None
@@ -103,10 +115,14 @@ class Execution:
     @strawberry.field
     async def node_runs(self, info: Info) -> list[NodeRun]:
         runs = await info.context.loaders.node_runs.load(self.domain.id)
-        return [NodeRun.from_domain(r) for r in runs]
+        return [NodeRun.from_domain(r, self.domain.id) for r in runs]
 
-    @strawberry.field(
-        description="Stored events after afterSequence in order (at most `first`, up to 1000); "
+    @described("Tokens and cost of every LLM call of this execution (zeros when none).")
+    async def usage(self, info: Info) -> Usage:
+        return Usage.from_domain(await info.context.loaders.execution_usage.load(self.domain.id))
+
+    @described(
+        "Stored events after afterSequence in order (at most `first`, up to 1000); "
         "subscribe to executionEvents to follow them live."
     )
     async def events(
@@ -124,7 +140,7 @@ class Execution:
             id=strawberry.ID(e.id),
             flow_version=e.flow_version,
             status=e.status,
-            outputs=e.outputs,
+            outputs=JSON(e.outputs),
             error=e.error,
             cancel_requested=e.cancel_requested,
             attempts=e.attempts,

@@ -7,7 +7,6 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import strawberry
 from strawberry.scalars import JSON
-from strawberry.types import Info
 
 from domain.errors import BadUserInput
 from domain.flows import graph as g
@@ -15,10 +14,13 @@ from domain.flows import service as d
 from domain.flows.model import FlowEdge as DomainEdge
 from domain.flows.model import FlowNode as DomainNode
 from domain.flows.model import NodeKind as DomainNodeKind
+from domain.validation import page_size
 from schema.agents import Agent
+from schema.context import Info
 from schema.crews import Crew
+from schema.fields import described
 from schema.providers import LlmProvider
-from schema.relay import Connection
+from schema.relay import Connection, connection
 from schema.tools import Tool
 
 if TYPE_CHECKING:
@@ -55,7 +57,7 @@ class FlowValidation:
             valid=v.valid,
             errors=list(v.errors),
             execution_order=list(v.execution_order),
-            field_errors=dict(v.field_errors),
+            field_errors=JSON(dict(v.field_errors)),
         )
 
 
@@ -80,25 +82,26 @@ class Flow:
 
     @strawberry.field
     async def validation(self, info: Info) -> FlowValidation:
-        refs = await references(info, self.domain.nodes)
-        return FlowValidation.from_domain(g.validate_flow(self.domain.graph, refs))
+        return FlowValidation.from_domain(
+            await info.context.loaders.flow_validation.load(self.domain)
+        )
 
-    @strawberry.field(description="Agents referenced by AGENT nodes.")
+    @described("Agents referenced by AGENT nodes.")
     async def agents(self, info: Info) -> list[Agent]:
         ids = sorted(d.refs_of(self.domain.nodes).agent_ids)
         return [Agent.from_domain(a) for a in await info.context.loaders.agent.load_many(ids) if a]
 
-    @strawberry.field(description="Crews referenced by CREW nodes.")
+    @described("Crews referenced by CREW nodes.")
     async def crews(self, info: Info) -> list[Crew]:
         ids = sorted(d.refs_of(self.domain.nodes).crew_ids)
         return [Crew.from_domain(c) for c in await info.context.loaders.crew.load_many(ids) if c]
 
-    @strawberry.field(description="Tools referenced by TOOL nodes.")
+    @described("Tools referenced by TOOL nodes.")
     async def tools(self, info: Info) -> list[Tool]:
         ids = sorted(d.refs_of(self.domain.nodes).tool_ids)
         return [Tool.from_domain(t) for t in await info.context.loaders.tool.load_many(ids) if t]
 
-    @strawberry.field(description="LLM providers referenced by LLM nodes.")
+    @described("LLM providers referenced by LLM nodes.")
     async def llm_providers(self, info: Info) -> list[LlmProvider]:
         ids = sorted(d.refs_of(self.domain.nodes).provider_ids)
         return [
@@ -107,15 +110,18 @@ class Flow:
             if p
         ]
 
-    @strawberry.field(description="Runs of this flow (any version), newest first.")
+    @described("Runs of this flow (any version), newest first.")
     async def executions(
         self, info: Info, first: int | None = None, after: str | None = None
     ) -> Connection[Annotated[Execution, strawberry.lazy("schema.executions")]]:
-        from resolvers.executions import flow_executions
+        from schema.executions import Execution
 
-        return await flow_executions(info, self.domain.id, first, after)
+        p = await info.context.principal()
+        size = page_size(first, info.context.settings.page_size_max)
+        page = await info.context.services.executions.list(p, size, after, flow_id=self.domain.id)
+        return connection(page, Execution.from_domain)
 
-    @strawberry.field(description="Every version of this flow, newest first.")
+    @described("Every version of this flow, newest first.")
     async def versions(self, info: Info) -> list[Flow]:
         principal = await info.context.principal()
         history = await info.context.services.flows.versions(principal, self.domain.id)
@@ -129,7 +135,8 @@ class Flow:
             description=f.description,
             version=f.version,
             nodes=[
-                FlowNode(id=n.id, kind=_kind(n.kind), name=n.name, config=n.config) for n in f.nodes
+                FlowNode(id=n.id, kind=_kind(n.kind), name=n.name, config=JSON(n.config))
+                for n in f.nodes
             ],
             edges=[
                 FlowGraphEdge(source=e.source, target=e.target, branch=e.branch) for e in f.edges
@@ -138,25 +145,6 @@ class Flow:
             updated_at=f.updated_at,
             domain=f,
         )
-
-
-async def references(
-    info: Info, nodes: tuple[DomainNode, ...] | list[DomainNode]
-) -> g.ReferenceIndex:
-    """Which referenced ids exist in the caller's tenant, through the batched loaders."""
-    refs = d.refs_of(nodes)
-    loaders = info.context.loaders
-
-    async def existing(loader: Any, ids: frozenset[str]) -> frozenset[str]:
-        found = await loader.load_many(sorted(ids)) if ids else []
-        return frozenset(x.id for x in found if x is not None)
-
-    return g.ReferenceIndex(
-        agent_ids=await existing(loaders.agent, refs.agent_ids),
-        crew_ids=await existing(loaders.crew, refs.crew_ids),
-        tool_ids=await existing(loaders.tool, refs.tool_ids),
-        llm_provider_ids=await existing(loaders.provider, refs.provider_ids),
-    )
 
 
 @strawberry.input
@@ -188,21 +176,15 @@ class FlowInput:
 
 
 def graph_nodes(nodes: list[FlowNodeInput], prefix: str = "input.") -> list[DomainNode]:
-    out = []
+    out: list[DomainNode] = []
     bad: dict[str, str] = {}
     for i, n in enumerate(nodes):
-        config = n.config if n.config is not None else {}
+        config: object = n.config if n.config is not None else {}
         if not isinstance(config, dict):
             bad[f"{prefix}nodes[{i}].config"] = "must be a JSON object"
             config = {}
-        out.append(
-            DomainNode(
-                id=n.id,
-                kind=str(n.kind.value if hasattr(n.kind, "value") else n.kind),
-                name=n.name,
-                config=config,
-            )
-        )
+        # Strawberry hands the domain's NodeKind (a StrEnum): str() is its value.
+        out.append(DomainNode(id=n.id, kind=str(n.kind), name=n.name, config=config))
     if bad:
         raise BadUserInput(f"invalid flow: {next(iter(bad))} must be a JSON object", bad)
     return out

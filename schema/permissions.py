@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Any
 
 from strawberry.permission import BasePermission
-from strawberry.types import Info
 
 from domain.rbac import Action
+from schema.context import Info
 
 
 class _Requires(BasePermission):

@@ -3,16 +3,12 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import TYPE_CHECKING
 
 import strawberry
-from strawberry.types import Info
 
 from domain import identity
 from domain.rbac import Role as DomainRole
-
-if TYPE_CHECKING:
-    pass
+from schema.context import Info
 
 Role = strawberry.enum(DomainRole, name="Role")
 

@@ -13,7 +13,7 @@ from cross_web import HTTPException
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
-from starlette.routing import Route, WebSocketRoute
+from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
@@ -23,9 +23,9 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 
 from domain.errors import DomainError
-from schema import build_schema
 from server.bootstrap import Container
 from server.context import Context, Credentials, authenticate
+from server.graphql_schema import build_schema
 from server.ws import Multiplexer, MultiplexingHandler
 
 log = structlog.get_logger("crewgraph.http")
@@ -37,7 +37,9 @@ def _error_body(message: str, code: str) -> dict[str, Any]:
 
 class CrewgraphGraphQL(GraphQL[Context, None]):
     # Execution subscriptions are multiplexed: one upstream per identical subscription.
-    graphql_transport_ws_handler_class = MultiplexingHandler
+    graphql_transport_ws_handler_class: type[BaseGraphQLTransportWSHandler[Context, None]] = (
+        MultiplexingHandler
+    )
 
     def __init__(self, container: Container, **kwargs: Any) -> None:
         s = container.settings
@@ -48,6 +50,7 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             **kwargs,
         )
         self.container = container
+        self.services = container.services()
         self.multiplexer = Multiplexer(self.schema, queue_size=s.subscription_queue_size)
         container.extras["multiplexer"] = self.multiplexer  # counters for tests and benches
         if not s.subscription_multiplex:
@@ -76,7 +79,7 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             else Credentials.from_headers(request.headers)
         )
         return Context(
-            services=self.container,
+            services=self.services,
             request=request,
             response=response,
             credentials=creds,
@@ -88,7 +91,7 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
         context.credentials = Credentials.from_params(params)
         try:
-            context._principal = await authenticate(self.container, context.credentials)
+            context._principal = await authenticate(self.services, context.credentials)
         except DomainError as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code})
         return None
@@ -189,12 +192,18 @@ def create_app(
                 await on_shutdown()
             await container.aclose()
 
+    extra_routes: list[Mount] = []
+    if container.settings.local_llm_enabled:  # the scripted local model (runtime/scripted.py)
+        from runtime.scripted import scripted_app
+
+        extra_routes.append(Mount("/local-llm/v1", app=scripted_app()))
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            *extra_routes,
         ],
         lifespan=lifespan,
     )

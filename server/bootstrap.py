@@ -2,37 +2,47 @@
 
 from __future__ import annotations
 
-import asyncio
-import importlib
-import logging
 import os
+from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
-from limits import RateLimitItem, parse
-from limits.aio.storage import RedisStorage
-from limits.aio.strategies import MovingWindowRateLimiter
 
 from domain.agents import AgentService
 from domain.auth import IdentityService
+from domain.crew_runs import crew_executors
 from domain.crews import CrewService
-from domain.errors import RateLimited
-from domain.executions.ports import NodeExecutor
+from domain.executions.ports import Dispatcher, NodeExecutor
 from domain.executions.records import ExecutionRef
 from domain.executions.service import ExecutionLimits, ExecutionService
-from domain.executions.worker import Dispatcher, ExecutionRunner, Sweeper
+from domain.executions.worker import ExecutionRunner, Sweeper
 from domain.flows.service import FlowService
+from domain.llm_calls import LlmService
+from domain.llm_node import LlmNodeExecutor
+from domain.ports import RateLimiter
 from domain.providers import ProviderService
-from domain.sandbox import Sandbox, SandboxRequest, SandboxResult
+from domain.sandbox import Sandbox
 from domain.tool_runs import ToolNodeExecutor, ToolRunner, ToolRunService
 from domain.tools import ToolService
+from domain.usage import UsageService
 from persistence.bus import RedisBus
 from persistence.db import Database
-from persistence.repositories.executions import SqlExecutionStore, SqlLeases
+from persistence.rate_limits import RedisRateLimiter
+from persistence.repositories.execution_leases import SqlLeases
+from persistence.repositories.execution_runs import SqlRunStore
+from persistence.repositories.usage import SqlUsageStore
+from persistence.seed import seed_local_provider
 from persistence.uow import SqlUnitOfWorkFactory
+from runtime.crew_runtime import CrewAiRuntime
+from runtime.litellm_client import LiteLlmClient
+from sandbox import create_sandbox
+from sandbox.builtins import HostBuiltins
+from sandbox.lazy import LazySandbox
+from schema.context import Services
 from server.crypto import box_from_settings
 from server.security import Argon2Hasher, JwtCodec
-from server.settings import Settings
+from server.settings import DEFAULT_RATE_LIMITS, Settings
 from server.workers import (
     ArqDispatcher,
     ExecutionRuntime,
@@ -41,60 +51,33 @@ from server.workers import (
     queue_name,
 )
 
-log = logging.getLogger("crewgraph.bootstrap")
-
-DEFAULT_RATE_LIMITS = {
-    "login": "20/minute",
-    "register": "30/hour",
-    "refresh": "120/minute",
-}
+WrapExecutors = Callable[[Mapping[str, NodeExecutor]], Mapping[str, NodeExecutor]]
+"""Replaces or wraps node executors by kind (tests: deliberately slow nodes)."""
 
 
-class RateLimiter:
-    def __init__(self, redis_url: str, prefix: str, rules: dict[str, str]) -> None:
-        uri = "async+" + redis_url.replace("unix://", "redis+unix://", 1)
-        self._storage = RedisStorage(uri, implementation="redispy", key_prefix=f"{prefix}:rl")
-        self._limiter = MovingWindowRateLimiter(self._storage)
-        self._rules: dict[str, RateLimitItem] = {k: parse(v) for k, v in rules.items()}
+@dataclass
+class Persistence:
+    """PostgreSQL access for commands that need no services (migrate, rotate-key)."""
 
-    async def hit(self, name: str, *identifiers: str) -> None:
-        rule = self._rules.get(name)
-        if rule is not None and not await self._limiter.hit(rule, name, *identifiers):
-            raise RateLimited(f"too many {name} attempts; limit is {rule}; try again later")
+    db: Database
+    uow: SqlUnitOfWorkFactory
 
 
-class LazySandbox:
-    """Picks the sandbox backend on first use, so start-up never waits on Docker."""
+def build_persistence(settings: Settings) -> Persistence:
+    if not settings.database_url:
+        raise RuntimeError("DATABASE_URL must be resolved before wiring")
+    db = Database(settings.database_url, pool_size=settings.db_pool_size)
+    return Persistence(db, SqlUnitOfWorkFactory(db))
 
-    name = "lazy"
 
-    def __init__(self, settings: Settings) -> None:
-        self._settings = settings
-        self._inner: Sandbox | None = None
-        self._lock = asyncio.Lock()
-
-    async def get(self) -> Sandbox:
-        async with self._lock:
-            if self._inner is None:
-                from sandbox import create_sandbox
-
-                s = self._settings
-                self._inner = await create_sandbox(
-                    backend=s.sandbox_backend,
-                    docker_host=os.environ.get("DOCKER_HOST") or None,
-                    image=s.sandbox_image,
-                    warm_pool=s.sandbox_warm_pool,
-                    python=s.sandbox_python,
-                )
-            return self._inner
-
-    async def run(self, request: SandboxRequest) -> SandboxResult:
-        return await (await self.get()).run(request)
-
-    async def close(self) -> None:
-        if self._inner is not None:
-            await self._inner.close()
-            self._inner = None
+@asynccontextmanager
+async def open_persistence(settings: Settings) -> AsyncIterator[Persistence]:
+    """`build_persistence`, disposed of on exit."""
+    persistence = build_persistence(settings)
+    try:
+        yield persistence
+    finally:
+        await persistence.db.dispose()
 
 
 @dataclass
@@ -110,20 +93,32 @@ class Container:
     agents: AgentService
     crews: CrewService
     flows: FlowService
-    sandbox: LazySandbox
+    sandbox: Sandbox
     tool_runs: ToolRunService
     bus: RedisBus
     executions: ExecutionService
     runtime: ExecutionRuntime
+    llm: LlmService
+    usage: UsageService
     executors: dict[str, NodeExecutor] = field(default_factory=dict)  # what the runner uses
     extras: dict[str, object] = field(default_factory=dict)
 
-    async def tenant_schema(self, tenant_id: str) -> str:
-        return (await self.identity.tenant(tenant_id)).schema_name
+    def services(self) -> Services:
+        """What a request may call: the use cases, never the adapters."""
+        return Services.pick(self)
 
-    def node_executors(self) -> dict[str, object]:
-        """Executors for the node kinds that need runtimes (the engine runs the rest)."""
-        return {"TOOL": ToolNodeExecutor(self.tool_runs, self.tenant_schema)}
+    def node_executors(self) -> dict[str, NodeExecutor]:
+        """Executors of the node kinds the engine does not run itself (by NodeKind value).
+
+        A kind without an executor fails its nodes with NOT_CONFIGURED ("... which is not
+        configured"), never a fake success."""
+        data_dir = self.settings.data_dir.resolve()
+        crews = CrewAiRuntime(storage_dir=data_dir / "crewai", workspace_root=data_dir / "scratch")
+        return {
+            "TOOL": ToolNodeExecutor(self.tool_runs),
+            "LLM": LlmNodeExecutor(self.llm),
+            **crew_executors(self.uow, crews, self.llm, self.tool_runs.runner),
+        }
 
     async def start(self) -> None:
         """Start this process's background work (sweeper; the runner when in-process)."""
@@ -136,21 +131,17 @@ class Container:
         await self.db.dispose()
 
 
-def node_executors(settings: Settings, runtimes: dict[str, object]) -> dict[str, NodeExecutor]:
-    """The executors of the node kinds the engine does not run itself (by NodeKind value).
+def _sandbox(settings: Settings) -> LazySandbox:
+    async def open_sandbox() -> Sandbox:
+        return await create_sandbox(
+            backend=settings.sandbox_backend,
+            docker_host=os.environ.get("DOCKER_HOST") or None,
+            image=settings.sandbox_image,
+            warm_pool=settings.sandbox_warm_pool,
+            python=settings.sandbox_python,
+        )
 
-    `runtimes` comes from `Container.node_executors()`: "TOOL" (the sandbox) today; the
-    LLM issue adds "LLM", "AGENT" and "CREW" there. A kind without an executor fails its
-    nodes with NOT_CONFIGURED ("... which is not configured"), never a fake success.
-    """
-    executors: dict[str, NodeExecutor] = dict(runtimes)  # type: ignore[arg-type]
-    if settings.test_executors:
-        # Test-only hook (CREWGRAPH_TEST_EXECUTORS): a module whose wrap(executors)
-        # returns the executors to use, e.g. tests.support.slow_executors.
-        module = importlib.import_module(settings.test_executors)
-        executors = dict(module.wrap(executors))
-        log.warning("test executors from %s are active", settings.test_executors)
-    return executors
+    return LazySandbox(open_sandbox)
 
 
 def _execution_runtime(
@@ -161,7 +152,7 @@ def _execution_runtime(
     *,
     with_runner: bool,
 ) -> tuple[Dispatcher, ExecutionRuntime]:
-    leases = SqlLeases(db, bus)
+    leases = SqlLeases(db)
     dispatcher: Dispatcher
     if settings.worker_mode == "arq":
         assert settings.redis_url
@@ -174,13 +165,14 @@ def _execution_runtime(
     runner: ExecutionRunner | None = None
     if with_runner:
 
-        def store(ref: ExecutionRef, owner: str) -> SqlExecutionStore:
-            return SqlExecutionStore(db, bus, ref, owner)
+        def store(ref: ExecutionRef, owner: str) -> SqlRunStore:
+            return SqlRunStore(db, ref, owner)
 
         runner = ExecutionRunner(
             leases,
             store,
             executors,
+            bus=bus,
             owner=process_owner(),
             dispatcher=dispatcher,
             lease_seconds=settings.execution_lease_seconds,
@@ -194,6 +186,7 @@ def _execution_runtime(
     sweeper = Sweeper(
         leases,
         dispatcher,
+        bus=bus,
         interval=settings.sweep_interval_seconds,
         redispatch_after=settings.redispatch_after_seconds,
     )
@@ -203,39 +196,42 @@ def _execution_runtime(
 def build_container(
     settings: Settings,
     *,
-    rate_limits: dict[str, str] | None = None,
+    rate_limits: Mapping[str, str] | None = None,
     with_runner: bool = False,
+    wrap_executors: WrapExecutors | None = None,
 ) -> Container:
     """Everything wired. Executions run in this process when `settings.worker_mode` is
-    "inprocess" (or `with_runner`, as `crewgraph worker` does)."""
+    "inprocess" (or `with_runner`, as `crewgraph worker` does). `rate_limits` replaces
+    the default rules ({} turns limiting off); `wrap_executors` adjusts the node executors
+    (tests only)."""
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before wiring")
-    db = Database(settings.database_url, pool_size=settings.db_pool_size)
-    redis = aioredis.from_url(settings.redis_url, decode_responses=False)
-    uow = SqlUnitOfWorkFactory(db)
+    persistence = build_persistence(settings)
+    db, uow = persistence.db, persistence.uow
+    redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
     identity = IdentityService(
         uow,
         Argon2Hasher(),
         JwtCodec(settings.signing_secret, settings.access_token_ttl),
         settings.refresh_token_ttl,
+        seed_tenant=seed_local_provider if settings.local_llm_enabled else None,
     )
-    limiter = RateLimiter(
+    limiter = RedisRateLimiter(
         settings.redis_url,
         settings.redis_prefix,
         DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits,
     )
-    from sandbox.builtins import HostBuiltins
-
-    sandbox = LazySandbox(settings)
+    sandbox = _sandbox(settings)
     runner = ToolRunner(sandbox, HostBuiltins(settings.data_dir.resolve() / "scratch"))
     box = box_from_settings(
         settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
     )
     bus = RedisBus(redis, settings.redis_prefix)
+    usage_store = SqlUsageStore(db)
     executors: dict[str, NodeExecutor] = {}  # filled below, once the runtimes exist
     dispatcher, runtime = _execution_runtime(settings, db, bus, executors, with_runner=with_runner)
     executions = ExecutionService(
-        uow,  # type: ignore[arg-type]
+        uow,
         bus,
         dispatcher,
         ExecutionLimits(
@@ -252,17 +248,21 @@ def build_container(
         identity=identity,
         limiter=limiter,
         uow=uow,
-        providers=ProviderService(uow, box),  # type: ignore[arg-type]
-        tools=ToolService(uow),  # type: ignore[arg-type]
-        agents=AgentService(uow),  # type: ignore[arg-type]
-        crews=CrewService(uow),  # type: ignore[arg-type]
-        flows=FlowService(uow, settings.max_nodes_per_flow),  # type: ignore[arg-type]
+        providers=ProviderService(uow, box),
+        tools=ToolService(uow),
+        agents=AgentService(uow),
+        crews=CrewService(uow),
+        flows=FlowService(uow, settings.max_nodes_per_flow),
         sandbox=sandbox,
-        tool_runs=ToolRunService(uow, runner),  # type: ignore[arg-type]
+        tool_runs=ToolRunService(uow, runner),
         bus=bus,
         executions=executions,
         runtime=runtime,
+        # Reads settings.local_llm_url per call: tests and `serve` may set self_url late.
+        llm=LlmService(uow, box, LiteLlmClient(), usage_store, lambda: settings.local_llm_url),
+        usage=UsageService(usage_store),
         executors=executors,
     )
-    executors.update(node_executors(settings, container.node_executors()))
+    own = container.node_executors()
+    executors.update(wrap_executors(own) if wrap_executors else own)
     return container

@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import atexit
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import typer
 from rich.console import Console
 
+from server.local_model_cli import commands as local_model_commands
 from server.settings import Settings
 
-app = typer.Typer(
-    no_args_is_help=True, help="Crewgraph: agents, crews, tools and flows over GraphQL."
-)
+if TYPE_CHECKING:
+    from server.bootstrap import WrapExecutors
+
 console = Console(stderr=True)
 
 
@@ -53,116 +55,124 @@ def _local_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=updates)
 
 
-@app.command()
-def serve(
-    host: str | None = typer.Option(None, help="defaults to CREWGRAPH_HOST"),
-    port: int | None = typer.Option(None, help="defaults to CREWGRAPH_PORT"),
-) -> None:
-    """Migrate, then serve the API (GraphiQL at /graphql)."""
-    import uvicorn
-
-    from persistence.migrate import upgrade_all
-    from server.app import create_app
-    from server.bootstrap import build_container
-    from server.logging import configure_logging
-
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
-    settings = resolve_services(_local_settings(settings))
-    container = build_container(settings)
-
-    async def startup() -> None:
-        async with container.db.engine.begin() as conn:
-            await upgrade_all(conn)
-
-    application = create_app(container, on_startup=startup)
-    h, p = host or settings.host, port or settings.port
-    console.print(f"[bold green]Crewgraph[/bold green] GraphiQL at http://{h}:{p}/graphql")
-    uvicorn.run(application, host=h, port=p, log_level="warning", ws_per_message_deflate=False)
+def _ready_settings() -> Settings:
+    """Settings from the environment, with embedded services and local secrets filled in."""
+    return resolve_services(_local_settings(Settings()))
 
 
-@app.command()
-def migrate() -> None:
-    """Upgrade the public schema and every tenant schema to the newest revision."""
-    from persistence.db import Database
-    from persistence.migrate import upgrade_all
-
-    settings = resolve_services(_local_settings(Settings()))
-
-    async def run() -> list[str]:
-        db = Database(settings.database_url or "")
-        try:
-            async with db.engine.begin() as conn:
-                return await upgrade_all(conn)
-        finally:
-            await db.dispose()
-
-    schemas = asyncio.run(run())
-    console.print(f"migrated public and {len(schemas)} tenant schema(s)")
-
-
-@app.command("rotate-key")
-def rotate_key() -> None:
-    """Re-encrypt every tenant's stored secrets with CREWGRAPH_SECRET_KEY.
-
-    Put the old key(s) in CREWGRAPH_PREVIOUS_SECRET_KEYS while this runs."""
-    import sqlalchemy as sa
-
-    from domain.providers import rotate_keys
-    from persistence.db import Database
-    from persistence.uow import SqlUnitOfWorkFactory
-    from server.crypto import AesGcmBox, box_from_settings
-
-    settings = resolve_services(_local_settings(Settings()))
-    box = box_from_settings(
-        settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
+def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
+    """The command line. `wrap_executors` reaches `build_container` in `serve` and
+    `worker`; only the test entry point (tests/support/cli.py) passes one."""
+    cli = typer.Typer(
+        no_args_is_help=True, help="Crewgraph: agents, crews, tools and flows over GraphQL."
     )
-    if not isinstance(box, AesGcmBox):
-        raise typer.BadParameter("CREWGRAPH_SECRET_KEY (or CREWGRAPH_SECRET_KEY_FILE) is not set")
 
-    async def run() -> int:
-        db = Database(settings.database_url or "")
-        try:
-            async with db.connect() as conn:
-                rows = await conn.execute(sa.text("SELECT id, schema_name FROM public.tenants"))
-                tenants = [(str(r[0]), r[1]) for r in rows]
-            return await rotate_keys(SqlUnitOfWorkFactory(db), box, tenants)  # type: ignore[arg-type]
-        finally:
-            await db.dispose()
+    @cli.command()
+    def serve(
+        host: str | None = typer.Option(None, help="defaults to CREWGRAPH_HOST"),
+        port: int | None = typer.Option(None, help="defaults to CREWGRAPH_PORT"),
+    ) -> None:
+        """Migrate, then serve the API (GraphiQL at /graphql)."""
+        import uvicorn
 
-    count = asyncio.run(run())
-    console.print(f"re-encrypted {count} secret(s) under key {box.current_key_id}")
+        from persistence.migrate import upgrade_all
+        from server.app import create_app
+        from server.bootstrap import build_container
+        from server.local_model_cli import start_for_serve
+        from server.logging import configure_logging
+
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_json)
+        settings = resolve_services(_local_settings(settings))
+        # The real tiny model, when `make local-model` installed it (laptop profile).
+        local_model = start_for_serve(settings)
+        if local_model is not None:
+            settings = settings.model_copy(update={"local_model_url": local_model.base_url})
+        container = build_container(settings, wrap_executors=wrap_executors)
+
+        async def startup() -> None:
+            async with container.db.engine.begin() as conn:
+                await upgrade_all(conn)
+
+        application = create_app(container, on_startup=startup)
+        h, p = host or settings.host, port or settings.port
+        console.print(f"[bold green]Crewgraph[/bold green] GraphiQL at http://{h}:{p}/graphql")
+        uvicorn.run(application, host=h, port=p, log_level="warning", ws_per_message_deflate=False)
+
+    @cli.command()
+    def migrate() -> None:
+        """Upgrade the public schema and every tenant schema to the newest revision."""
+        from persistence.migrate import upgrade_all
+        from server.bootstrap import open_persistence
+
+        async def run() -> list[str]:
+            async with open_persistence(_ready_settings()) as persistence:
+                async with persistence.db.engine.begin() as conn:
+                    return await upgrade_all(conn)
+
+        schemas = asyncio.run(run())
+        console.print(f"migrated public and {len(schemas)} tenant schema(s)")
+
+    @cli.command("rotate-key")
+    def rotate_key() -> None:
+        """Re-encrypt every tenant's stored secrets with CREWGRAPH_SECRET_KEY.
+
+        Put the old key(s) in CREWGRAPH_PREVIOUS_SECRET_KEYS while this runs."""
+        from domain.providers import rotate_keys
+        from server.bootstrap import open_persistence
+        from server.crypto import AesGcmBox, box_from_settings
+
+        settings = _ready_settings()
+        box = box_from_settings(
+            settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
+        )
+        if not isinstance(box, AesGcmBox):
+            raise typer.BadParameter(
+                "CREWGRAPH_SECRET_KEY (or CREWGRAPH_SECRET_KEY_FILE) is not set"
+            )
+
+        async def run() -> int:
+            async with open_persistence(settings) as persistence:
+                async with persistence.uow() as uow:
+                    tenants = [(t.id, t.schema_name) for t in await uow.tenants.all()]
+                return await rotate_keys(persistence.uow, box, tenants)
+
+        count = asyncio.run(run())
+        console.print(f"re-encrypted {count} secret(s) under key {box.current_key_id}")
+
+    @cli.command()
+    def worker(
+        burst: bool = typer.Option(False, help="exit once the queue is empty"),
+    ) -> None:
+        """Run executions from the queue (for API processes with CREWGRAPH_WORKER_MODE=arq).
+
+        Needs the API's DATABASE_URL, REDIS_URL, CREWGRAPH_REDIS_PREFIX and secrets; run as
+        many as you like. PostgreSQL leases make each execution run on one worker at a time,
+        and a killed worker's executions resume elsewhere once their lease expires."""
+        from server.logging import configure_logging
+        from server.workers import run_worker
+
+        settings = Settings()
+        configure_logging(settings.log_level, settings.log_json)
+        if not settings.database_url or not settings.redis_url:
+            raise typer.BadParameter("a worker needs DATABASE_URL and REDIS_URL")
+        run_worker(settings, burst=burst, wrap_executors=wrap_executors)
+
+    @cli.command("export-schema")
+    def export_schema(
+        out: Path = typer.Option(Path("graphql/schema.graphql"), help="where to write the SDL"),
+    ) -> None:
+        """Write the GraphQL SDL (checked for drift in tests)."""
+        from server.graphql_schema import schema
+
+        out.write_text(schema.as_str() + "\n")
+        console.print(f"wrote {out}")
+
+    cli.add_typer(local_model_commands, name="local-model")
+    return cli
 
 
-@app.command()
-def worker(
-    burst: bool = typer.Option(False, help="exit once the queue is empty"),
-) -> None:
-    """Run executions from the queue (for API processes with CREWGRAPH_WORKER_MODE=arq).
-
-    Needs the API's DATABASE_URL, REDIS_URL, CREWGRAPH_REDIS_PREFIX and secrets; run as
-    many as you like. PostgreSQL leases make each execution run on one worker at a time,
-    and a killed worker's executions resume elsewhere once their lease expires."""
-    from server.logging import configure_logging
-    from server.workers import run_worker
-
-    settings = Settings()
-    configure_logging(settings.log_level, settings.log_json)
-    if not settings.database_url or not settings.redis_url:
-        raise typer.BadParameter("a worker needs DATABASE_URL and REDIS_URL")
-    run_worker(settings, burst=burst)
-
-
-@app.command("export-schema")
-def export_schema(
-    out: Path = typer.Option(Path("graphql/schema.graphql"), help="where to write the SDL"),
-) -> None:
-    """Write the GraphQL SDL (checked for drift in tests)."""
-    from schema import schema
-
-    out.write_text(schema.as_str() + "\n")
-    console.print(f"wrote {out}")
-
+app = build_cli()
 
 if __name__ == "__main__":
     app()

@@ -1,16 +1,16 @@
-"""Per-request context: credentials, the lazily authenticated principal, loaders."""
+"""Per-request context: credentials, the lazily authenticated principal, the use cases
+(`Services`, never the wiring container) and loaders; see schema.context.RequestContext."""
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from domain.errors import Unauthenticated
 from domain.identity import Principal
-from resolvers.loaders import Loaders
-from server.bootstrap import Container
-from server.settings import Settings
+from schema.context import ApiSettings, RequestContext, Services
+from schema.loaders import Loaders
 
 
 @dataclass
@@ -43,7 +43,7 @@ def _bearer(value: str) -> str | None:
 
 @dataclass
 class Context:
-    services: Container
+    services: Services
     request: Any
     response: Any
     credentials: Credentials
@@ -54,7 +54,7 @@ class Context:
     _loaders: Loaders | None = None
 
     @property
-    def settings(self) -> Settings:
+    def settings(self) -> ApiSettings:
         return self.services.settings
 
     @property
@@ -77,7 +77,11 @@ class Context:
         await self.services.limiter.hit(name, self.client_ip, *identifiers)
 
 
-async def authenticate(services: Container, creds: Credentials) -> Principal:
+if TYPE_CHECKING:  # mypy: Context offers what types and resolvers rely on
+    _offers: type[RequestContext] = Context
+
+
+async def authenticate(services: Services, creds: Credentials) -> Principal:
     if creds.api_key:
         return await services.identity.authenticate_api_key(creds.api_key)
     if creds.bearer:

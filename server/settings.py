@@ -3,13 +3,19 @@
 from __future__ import annotations
 
 import secrets
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import cached_property
 from pathlib import Path
+from types import MappingProxyType
 from typing import Literal
 
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Attempts per client address (and account) in a moving window, counted in Redis.
+DEFAULT_RATE_LIMITS: Mapping[str, str] = MappingProxyType(
+    {"login": "20/minute", "register": "30/hour", "refresh": "120/minute"}
+)
 
 
 class Settings(BaseSettings):
@@ -78,13 +84,32 @@ class Settings(BaseSettings):
     # Share one upstream per identical execution subscription (server/ws.py); off = stock
     # Strawberry (each subscriber resolves and serialises every event; for benchmarks).
     subscription_multiplex: bool = True
-    # Test-only: "module.path" whose `wrap(executors) -> executors` adjusts the node
-    # executors of this process (tests use it for deliberately slow nodes). Never set it
-    # in production.
-    test_executors: str | None = None
+
+    # Profile: "laptop" (make run, tests: the local scripted model on) or "production".
+    env: Literal["laptop", "production"] = "laptop"
+    # The scripted OpenAI-compatible model at /local-llm/v1; None = on in laptop only.
+    local_llm: bool | None = None
+    # How this server reaches itself (the local model's provider resolves to it at call
+    # time); None = http://<host>:<port> (a wildcard host means loopback).
+    self_url: str | None = None
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @property
+    def local_llm_enabled(self) -> bool:
+        return self.local_llm if self.local_llm is not None else self.env == "laptop"
+
+    @property
+    def local_llm_url(self) -> str | None:
+        """Base URL of the local scripted model as this process reaches it, or None."""
+        if not self.local_llm_enabled:
+            return None
+        base = self.self_url
+        if not base:
+            host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
+            base = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+        return base.rstrip("/") + "/local-llm/v1"
 
     @field_validator("database_url")
     @classmethod

@@ -17,11 +17,15 @@ import logging
 import os
 import socket
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from domain.executions.ports import Dispatcher
 from domain.executions.records import ExecutionRef
-from domain.executions.worker import Dispatcher, ExecutionRunner, Sweeper, listen_for_cancels
+from domain.executions.worker import ExecutionRunner, Sweeper, listen_for_cancels
 from persistence.bus import RedisBus
+
+if TYPE_CHECKING:
+    from server.bootstrap import WrapExecutors
 
 log = logging.getLogger("crewgraph.workers")
 
@@ -138,8 +142,11 @@ class ExecutionRuntime:
 # --------------------------------------------------------------------------- crewgraph worker
 
 
-def run_worker(settings: Any, *, burst: bool = False) -> None:
-    """The `crewgraph worker` process: arq consumes the queue, the runner runs executions."""
+def run_worker(
+    settings: Any, *, burst: bool = False, wrap_executors: WrapExecutors | None = None
+) -> None:
+    """The `crewgraph worker` process: arq consumes the queue, the runner runs executions.
+    `wrap_executors` is for tests (see `build_container`)."""
     from arq import Worker
     from arq.connections import RedisSettings
     from arq.worker import func
@@ -147,7 +154,7 @@ def run_worker(settings: Any, *, burst: bool = False) -> None:
     from server.bootstrap import build_container
 
     settings = settings.model_copy(update={"worker_mode": "arq"})
-    container = build_container(settings, with_runner=True)
+    container = build_container(settings, with_runner=True, wrap_executors=wrap_executors)
     runtime = container.runtime
     assert runtime.runner is not None
     runner = runtime.runner

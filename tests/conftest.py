@@ -18,6 +18,9 @@ from tests.support.services import TestServices, free_port, wait_for_port
 
 PASSWORD = "correct horse battery"
 
+# `sandbox`, `any_sandbox` and `sandbox_registry` for every test directory.
+pytest_plugins = ["tests.sandbox.fixtures"]
+
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """`slow` tests (long variants) run under `make test-long` or an explicit `-m`."""
@@ -64,9 +67,7 @@ def settings(services: TestServices, database: str) -> Any:
         redis_prefix=f"cgtest{secrets.token_hex(4)}",
         log_json=True,
         log_level="WARNING",
-        # Executions: test-only slow TOOL nodes (tests/support/slow_executors.py), and
-        # short leases / sweeps / polls so recovery paths run in seconds.
-        test_executors="tests.support.slow_executors",
+        # Executions: short leases / sweeps / polls so recovery paths run in seconds.
         execution_lease_seconds=3.0,
         sweep_interval_seconds=0.5,
         redispatch_after_seconds=5.0,
@@ -77,8 +78,10 @@ def settings(services: TestServices, database: str) -> Any:
 @pytest.fixture(scope="session")
 async def container(settings: Any) -> AsyncIterator[Any]:
     from server.bootstrap import build_container
+    from tests.support.slow_executors import wrap
 
-    c = build_container(settings, rate_limits={})
+    # Test-only slow TOOL nodes (tests/support/slow_executors.py) beside the real ones.
+    c = build_container(settings, rate_limits={}, wrap_executors=wrap)
     yield c
     await c.aclose()
 
@@ -105,6 +108,7 @@ async def server_url(container: Any) -> AsyncIterator[str]:
 
     app = create_app(container)
     server, task, url = await _serve(app)
+    container.settings.self_url = url  # the `Local (scripted)` provider resolves to it
     yield url
     server.should_exit = True
     await task

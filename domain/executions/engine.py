@@ -91,6 +91,7 @@ from domain.executions.builtins import (
 )
 from domain.executions.events import EventType
 from domain.executions.ports import (
+    Cancellation,
     CancelSignal,
     CancelToken,
     Clock,
@@ -175,14 +176,17 @@ class FlowEngine:
         cancel: CancelToken | None = None,
         *,
         budget: float | None = None,
+        tenant_schema: str = "",
     ) -> RunOutcome:
         """Run (or resume) one execution to a terminal status; see the module docstring.
 
         `budget` (seconds) overrides `flow_timeout` for this run, e.g. the time left of
-        the flow timeout when resuming; 0 or less times out at once.
+        the flow timeout when resuming; 0 or less times out at once. `tenant_schema` is
+        passed on to executors (`NodeContext.tenant_schema`).
         """
         limit = self.flow_timeout if budget is None else budget
         run = _Run(self, execution_id, tenant_id, graph, inputs, cancel or CancelSignal(), limit)
+        run.tenant_schema = tenant_schema
         return await run.execute()
 
     def _abandon(self, task: asyncio.Task[Any]) -> None:
@@ -322,6 +326,7 @@ class _Run:
         self.clock = engine.clock
         self.execution_id = execution_id
         self.tenant_id = tenant_id
+        self.tenant_schema = ""
         self.graph = graph
         self.inputs = inputs
         self.cancel = cancel
@@ -578,6 +583,7 @@ class _Run:
                 )
             else:
                 sinks = _Attempt(self, node.id, attempt)
+                cancelled = Cancellation()
                 ctx = NodeContext(
                     execution_id=self.execution_id,
                     tenant_id=self.tenant_id,
@@ -586,6 +592,8 @@ class _Run:
                     node_id=node.id,
                     predecessors=tuple(p for p in self.plan.preds[node.id] if p in self.results),
                     attempt=attempt,
+                    tenant_schema=self.tenant_schema,
+                    cancelled=cancelled,
                     token_sink=sinks.token,
                     log_sink=sinks.log,
                 )
@@ -616,6 +624,7 @@ class _Run:
                     error = exc
                 finally:
                     sinks.open = False
+                    cancelled.set()
             message = error_message(error)
             retrying = attempt < total and not isinstance(error, _NOT_RETRIED)
             delay = min(backoff * 2 ** (attempt - 1), MAX_BACKOFF_SECONDS) if retrying else 0.0

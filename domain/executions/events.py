@@ -62,3 +62,13 @@ class ExecutionEvent:
     @property
     def is_terminal(self) -> bool:
         return self.type in TERMINAL_EVENTS
+
+
+@dataclass(frozen=True, slots=True)
+class NewEvent:
+    """An event to append: the store gives it the next sequence of its execution."""
+
+    type: EventType
+    node_id: str | None
+    at: datetime
+    data: dict[str, Any] | None = None

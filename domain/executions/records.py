@@ -6,6 +6,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
+from domain.executions.events import ExecutionEvent
 from domain.executions.state import ExecutionStatus
 from domain.flows.model import FlowGraph
 
@@ -61,3 +62,16 @@ class LeaseState:
     """The answer to a lease renewal the worker still holds."""
 
     cancel_requested: bool
+
+
+@dataclass(frozen=True, slots=True)
+class ClaimOutcome:
+    """What a claim did: the run to start (if any), and what to announce once committed.
+
+    `changed` is the execution's new record when its status changed (RUNNING, back to
+    PENDING, or ended); `event` the terminal event appended when the claim ended it.
+    """
+
+    claim: Claim | None = None
+    changed: Execution | None = None
+    event: ExecutionEvent | None = None

@@ -27,13 +27,12 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping, Sequenc
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import TracebackType
-from typing import Any, Protocol, Self
+from typing import Any
 
 from domain.errors import BadUserInput, LimitExceeded, NotFound
 from domain.executions.builtins import validate_inputs
 from domain.executions.events import EventType, ExecutionEvent
-from domain.executions.ports import NodeResult
+from domain.executions.ports import Dispatcher, ExecutionBus, NodeResult
 from domain.executions.records import Execution, ExecutionRef
 from domain.executions.state import ExecutionStatus, transition
 from domain.executions.streams import (
@@ -42,12 +41,11 @@ from domain.executions.streams import (
     Subscription,
     follow,
 )
-from domain.executions.worker import Dispatcher
 from domain.flows.graph import ReferenceIndex, validate_flow
 from domain.flows.model import FlowEdge, FlowGraph, FlowNode, NodeKind
 from domain.flows.service import reference_index
 from domain.identity import Principal
-from domain.ports import Page, ResourceRepository
+from domain.ports import Page, UnitOfWork, UnitOfWorkFactory
 from domain.rbac import Action
 from domain.resources import require_id
 
@@ -56,96 +54,6 @@ log = logging.getLogger("crewgraph.executions")
 DEFAULT_MAX_INPUT_BYTES = 256_000
 DEFAULT_MAX_ACTIVE = 1000
 MAX_EVENTS_PAGE = 1000
-
-
-# --------------------------------------------------------------------------- ports
-
-
-class ExecutionRepository(Protocol):
-    """Executions of one tenant, inside the unit of work's transaction."""
-
-    async def add(self, execution: Execution, ref: ExecutionRef, graph: FlowGraph | None) -> None:
-        """Insert a PENDING execution (and its entry among the active executions)."""
-        ...
-
-    async def get(self, ident: str, *, for_update: bool = False) -> Execution | None: ...
-
-    async def page(
-        self,
-        first: int,
-        after: str | None,
-        *,
-        status: ExecutionStatus | None = None,
-        flow_id: str | None = None,
-    ) -> Page[Execution]:
-        """Newest first."""
-        ...
-
-    async def node_runs(self, ids: Sequence[str]) -> dict[str, list[NodeResult]]: ...
-
-    async def events_after(
-        self, execution_id: str, after: int, limit: int, before: int | None = None
-    ) -> list[ExecutionEvent]: ...
-
-    async def head(self, execution_id: str) -> tuple[int, bool]: ...
-
-    async def request_cancel(self, ident: str) -> None: ...
-
-    async def end_pending(
-        self, ident: str, status: ExecutionStatus, error: str | None
-    ) -> Execution:
-        """A PENDING execution ends without running (its node runs become CANCELLED)."""
-        ...
-
-    async def append_event(
-        self, ident: str, type: EventType, node_id: str | None, data: dict[str, Any] | None
-    ) -> ExecutionEvent:
-        """Next sequence under the execution's row lock (the caller holds it)."""
-        ...
-
-    async def count_active(self, tenant_id: str) -> int: ...
-
-
-class ExecutionUnitOfWork(Protocol):
-    flows: Any
-    crews: ResourceRepository[Any]
-    agents: ResourceRepository[Any]
-    tools: ResourceRepository[Any]
-    providers: ResourceRepository[Any]
-    executions: ExecutionRepository
-
-    async def __aenter__(self) -> Self: ...
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None: ...
-
-    async def commit(self) -> None: ...
-
-
-class ExecutionUnitOfWorkFactory(Protocol):
-    def __call__(self, tenant_schema: str) -> ExecutionUnitOfWork: ...
-
-
-class ExecutionBus(Protocol):
-    """Redis pub/sub, namespaced per tenant (see persistence.bus)."""
-
-    async def publish_event(self, tenant_id: str, event: ExecutionEvent) -> None: ...
-
-    async def publish_status(self, tenant_id: str, execution: Execution) -> None: ...
-
-    async def publish_cancel(self, ref: ExecutionRef) -> None: ...
-
-    def events(
-        self, tenant_id: str, execution_id: str
-    ) -> AbstractAsyncContextManager[Subscription[ExecutionEvent]]: ...
-
-    def statuses(self, tenant_id: str) -> AbstractAsyncContextManager[Subscription[Execution]]: ...
-
-    def cancels(self) -> AbstractAsyncContextManager[Subscription[ExecutionRef]]: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -161,7 +69,7 @@ class ExecutionLimits:
 class ExecutionService:
     def __init__(
         self,
-        uow: ExecutionUnitOfWorkFactory,
+        uow: UnitOfWorkFactory,
         bus: ExecutionBus,
         dispatcher: Dispatcher | None,
         limits: ExecutionLimits | None = None,
@@ -243,7 +151,7 @@ class ExecutionService:
             )
         return {str(k): v for k, v in inputs.items()}
 
-    async def _check_active(self, uow: ExecutionUnitOfWork, p: Principal) -> None:
+    async def _check_active(self, uow: UnitOfWork, p: Principal) -> None:
         active = await uow.executions.count_active(p.tenant_id)
         if active >= self.limits.max_active:
             raise LimitExceeded(
@@ -433,7 +341,7 @@ class ExecutionService:
 class _TenantLog:
     """The event log of one tenant, one short transaction per read."""
 
-    def __init__(self, uow: ExecutionUnitOfWorkFactory, schema: str) -> None:
+    def __init__(self, uow: UnitOfWorkFactory, schema: str) -> None:
         self._uow = uow
         self._schema = schema
 

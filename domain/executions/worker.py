@@ -17,9 +17,10 @@ PostgreSQL is the source of truth; the task queue only says "look at execution X
   expired back to PENDING and re-dispatches them, and re-dispatches PENDING executions
   whose dispatch is older than `redispatch_after` (a lost queue message, or a slot that
   freed up under the concurrency limit). The engine resumes from the checkpoints.
-- A claim refuses to start an execution for the `max_attempts + 1`-th time: it is FAILED
-  ("gave up after N attempts"), so a run that kills its worker every time does not loop
-  forever, and nothing stays RUNNING forever.
+- What a claim does (start, wait, requeue, end as CANCELLED or "gave up") is decided by
+  `claims.ClaimPolicy` from the stored state; the lease store only applies it.
+- Nothing here writes and publishes in one step: the stores commit, then the runner, the
+  sweeper and `RunJournal` publish what changed through the `ExecutionBus`.
 - When a run ends, the runner dispatches the tenant's oldest PENDING executions, which
   may have been waiting for the slot.
 """
@@ -31,61 +32,32 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping
-from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from typing import Protocol
 
+from domain.executions.claims import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RUNNING, ClaimPolicy
 from domain.executions.engine import DEFAULT_FLOW_TIMEOUT, FlowEngine, RunOutcome
-from domain.executions.ports import CancelSignal, ExecutionStore, NodeExecutor
-from domain.executions.records import Claim, ExecutionRef, LeaseState
-from domain.executions.streams import FeedInterrupted, Subscription
+from domain.executions.journal import (
+    DEFAULT_TOKEN_BATCH,
+    DEFAULT_TOKEN_DELAY,
+    RunJournal,
+    publish_event,
+    publish_status,
+)
+from domain.executions.ports import (
+    CancelFeed,
+    CancelSignal,
+    Dispatcher,
+    ExecutionBus,
+    LeaseStore,
+    NodeExecutor,
+    RunStoreFactory,
+)
+from domain.executions.records import Claim, ClaimOutcome, ExecutionRef
+from domain.executions.streams import FeedInterrupted
 
 log = logging.getLogger("crewgraph.executions")
 
 DEFAULT_LEASE_SECONDS = 30.0
-DEFAULT_MAX_ATTEMPTS = 5
-
-
-class LeaseLost(Exception):
-    """A fenced write found that this worker no longer holds the execution's lease."""
-
-
-class LeaseStore(Protocol):
-    async def claim(
-        self,
-        ref: ExecutionRef,
-        owner: str,
-        lease_seconds: float,
-        *,
-        max_running: int,
-        max_attempts: int,
-    ) -> Claim | None: ...
-
-    async def renew(self, ref: ExecutionRef, owner: str, lease_seconds: float) -> LeaseState | None:
-        """None when the lease is no longer `owner`'s."""
-        ...
-
-    async def release(self, ref: ExecutionRef, owner: str) -> bool:
-        """Give the execution back (RUNNING -> PENDING) at shutdown; True if it was ours."""
-        ...
-
-    async def sweep(self, redispatch_after: float, limit: int) -> list[ExecutionRef]:
-        """Requeue expired leases; return those and stale PENDING executions to dispatch."""
-        ...
-
-    async def next_pending(self, tenant_id: str, limit: int) -> list[ExecutionRef]: ...
-
-
-class Dispatcher(Protocol):
-    async def dispatch(self, ref: ExecutionRef) -> None: ...
-
-
-class StoreFactory(Protocol):
-    def __call__(self, ref: ExecutionRef, owner: str) -> ExecutionStore: ...
-
-
-class CancelFeed(Protocol):
-    def __call__(self) -> AbstractAsyncContextManager[Subscription[ExecutionRef]]: ...
 
 
 @dataclass(slots=True)
@@ -103,28 +75,33 @@ class ExecutionRunner:
     def __init__(
         self,
         leases: LeaseStore,
-        stores: StoreFactory,
+        stores: RunStoreFactory,
         executors: Mapping[str, NodeExecutor],
         *,
+        bus: ExecutionBus,
         owner: str,
         dispatcher: Dispatcher | None = None,
         lease_seconds: float = DEFAULT_LEASE_SECONDS,
         flow_timeout: float | None = DEFAULT_FLOW_TIMEOUT,
         default_node_timeout: float | None = None,
-        max_running_per_tenant: int = 20,
+        max_running_per_tenant: int = DEFAULT_MAX_RUNNING,
         max_attempts: int = DEFAULT_MAX_ATTEMPTS,
         max_parallel: int = 50,
+        token_batch: int = DEFAULT_TOKEN_BATCH,
+        token_delay: float = DEFAULT_TOKEN_DELAY,
     ) -> None:
         self.leases = leases
         self.stores = stores
         self.executors = executors  # read at every run (the wiring may fill it later)
+        self.bus = bus
         self.owner = owner
         self.dispatcher = dispatcher
         self.lease_seconds = lease_seconds
         self.flow_timeout = flow_timeout
         self.default_node_timeout = default_node_timeout
-        self.max_running_per_tenant = max_running_per_tenant
-        self.max_attempts = max_attempts
+        self.policy = ClaimPolicy(max_running=max_running_per_tenant, max_attempts=max_attempts)
+        self.token_batch = token_batch
+        self.token_delay = token_delay
         self._slots = asyncio.Semaphore(max_parallel)
         self._active: dict[str, _ActiveRun] = {}
         self._submitted: set[asyncio.Task[RunOutcome | None]] = set()
@@ -159,18 +136,19 @@ class ExecutionRunner:
         async with self._slots:
             if ref.execution_id in self._active or self._closing:
                 return None
-            claim = await self.leases.claim(
-                ref,
-                self.owner,
-                self.lease_seconds,
-                max_running=self.max_running_per_tenant,
-                max_attempts=self.max_attempts,
-            )
-            if claim is None:
+            claimed = await self.leases.claim(ref, self.owner, self.lease_seconds, self.policy)
+            await self._announce(ref.tenant_id, claimed)
+            if claimed.claim is None:
                 return None
-            outcome = await self._run_claimed(claim)
+            outcome = await self._run_claimed(claimed.claim)
         await self._dispatch_waiting(ref.tenant_id)
         return outcome
+
+    async def _announce(self, tenant_id: str, claimed: ClaimOutcome) -> None:
+        if claimed.changed is not None:
+            await publish_status(self.bus, tenant_id, claimed.changed)
+        if claimed.event is not None:
+            await publish_event(self.bus, tenant_id, claimed.event)
 
     async def _run_claimed(self, claim: Claim) -> RunOutcome | None:
         ref = claim.ref
@@ -178,8 +156,15 @@ class ExecutionRunner:
         if claim.cancel_requested:
             active.signal.set()
         self._active[ref.execution_id] = active
-        engine = FlowEngine(
+        journal = RunJournal(
             self.stores(ref, self.owner),
+            self.bus,
+            ref.tenant_id,
+            token_batch=self.token_batch,
+            token_delay=self.token_delay,
+        )
+        engine = FlowEngine(
+            journal,
             self.executors,
             default_node_timeout=self.default_node_timeout,
             flow_timeout=self.flow_timeout,
@@ -193,6 +178,7 @@ class ExecutionRunner:
                 claim.inputs,
                 active.signal,
                 budget=budget,
+                tenant_schema=ref.tenant_schema,
             )
         )
         active.heartbeat = asyncio.create_task(self._heartbeat(active))
@@ -216,6 +202,7 @@ class ExecutionRunner:
             active.heartbeat.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await active.heartbeat
+            await journal.close()
             self._active.pop(ref.execution_id, None)
 
     async def _heartbeat(self, active: _ActiveRun) -> None:
@@ -269,7 +256,11 @@ class ExecutionRunner:
 
     async def _release(self, ref: ExecutionRef) -> None:
         try:
-            if await self.leases.release(ref, self.owner) and self.dispatcher is not None:
+            released = await self.leases.release(ref, self.owner)
+            if released is None:
+                return
+            await publish_status(self.bus, ref.tenant_id, released)
+            if self.dispatcher is not None:
                 await self.dispatcher.dispatch(ref)
         except Exception:
             log.exception("releasing a lease failed", extra={"execution_id": ref.execution_id})
@@ -301,19 +292,38 @@ class Sweeper:
         leases: LeaseStore,
         dispatcher: Dispatcher,
         *,
+        bus: ExecutionBus,
         interval: float = 5.0,
         redispatch_after: float = 30.0,
         batch: int = 100,
     ) -> None:
         self.leases = leases
         self.dispatcher = dispatcher
+        self.bus = bus
         self.interval = interval
         self.redispatch_after = redispatch_after
         self.batch = batch
         self.paused = False  # maintenance (and tests): skip sweeps while set
 
     async def sweep_once(self) -> list[ExecutionRef]:
-        refs = await self.leases.sweep(self.redispatch_after, self.batch)
+        """Requeue expired leases, then dispatch those and the stale PENDING executions."""
+        refs: list[ExecutionRef] = []
+        for ref in await self.leases.expired(self.batch):
+            try:
+                requeued = await self.leases.requeue_expired(ref)
+            except Exception:
+                log.exception("requeueing an expired execution failed")
+                continue
+            if requeued is not None:  # else renewed meanwhile, or gone
+                log.warning(
+                    "lease expired; execution requeued", extra={"execution_id": ref.execution_id}
+                )
+                await publish_status(self.bus, ref.tenant_id, requeued)
+                refs.append(ref)
+        known = {ref.execution_id for ref in refs}
+        for ref in await self.leases.stale_pending(self.redispatch_after, self.batch):
+            if ref.execution_id not in known:
+                refs.append(ref)
         for ref in refs:
             await self.dispatcher.dispatch(ref)
         return refs

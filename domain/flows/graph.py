@@ -158,6 +158,7 @@ class _Field:
     exclusive_minimum: bool = False
     maximum: float | None = None
     ref: _RefKind | None = None
+    choices: tuple[str, ...] | None = None  # allowed values of a "string" field
 
 
 _ENGINE_OPTIONS = (
@@ -178,6 +179,7 @@ _CONFIG_FIELDS: dict[NodeKind, tuple[_Field, ...]] = {
         _Field("system", "string"),
         _Field("temperature", "number", minimum=0, maximum=2),
         _Field("maxTokens", "int", minimum=1),
+        _Field("responseFormat", "string", choices=("text", "json")),
     ),
     NodeKind.AGENT: (
         _Field("agentId", "ref", required=True, ref="agent"),
@@ -467,6 +469,10 @@ class _Validator:
                 self.report.add(
                     field_path,
                     f"{label} must be a string of at most {MAX_TEMPLATE_LENGTH} characters",
+                )
+            elif spec.choices is not None and value not in spec.choices:
+                self.report.add(
+                    field_path, f"{label} must be one of {', '.join(map(repr, spec.choices))}"
                 )
         elif spec.type == "ref":
             self.check_reference(field_path, label, value, spec)

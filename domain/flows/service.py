@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import builtins
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
 
 from domain.errors import BadUserInput, LimitExceeded, NotFound
 from domain.flows.graph import FlowValidation, ReferenceIndex, validate_flow
@@ -173,10 +173,15 @@ class FlowService(ResourceService[Flow]):
             refs = await reference_index(uow, nodes)
         return validate_flow(FlowGraph(tuple(nodes), tuple(edges)), refs)
 
-    async def validation_of(self, p: Principal, flow: Flow) -> FlowValidation:
+    async def validations_of(
+        self, p: Principal, flows: Sequence[Flow]
+    ) -> builtins.list[FlowValidation]:
+        """Stored flows checked as `validate` checks drafts, with one reference lookup for
+        all of them (the `Flow.validation` DataLoader)."""
+        p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
-            refs = await reference_index(uow, flow.nodes)
-        return validate_flow(flow.graph, refs)
+            refs = await reference_index(uow, [n for f in flows for n in f.nodes])
+        return [validate_flow(f.graph, refs) for f in flows]
 
     async def _check_graph(self, uow: TenantUnitOfWork, data: FlowInput) -> None:
         """References to missing (or other tenants') resources are NOT_FOUND; any other
@@ -210,6 +215,15 @@ class FlowService(ResourceService[Flow]):
         p.require(Action.READ)
         async with self._uow(p.tenant_schema) as uow:
             return await uow.flows.versions(require_id("flow", ident))
+
+    async def pinned_versions(
+        self, p: Principal, keys: Sequence[tuple[str, int]]
+    ) -> builtins.list[Flow | None]:
+        """(flow id, version) pairs pinned by executions, in order; also versions of
+        deleted flows, whose runs stay readable (the `Execution.flow` DataLoader)."""
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            return [await uow.flows.get_version(flow_id, version) for flow_id, version in keys]
 
     async def create(self, p: Principal, data: FlowInput) -> Flow:
         p.require(Action.WRITE)
@@ -257,18 +271,3 @@ class FlowService(ResourceService[Flow]):
             await uow.flows.set_refs(flow.id, refs_of(flow.nodes))
             await uow.commit()
         return flow
-
-
-def node_from_json(data: dict[str, Any]) -> FlowNode:
-    return FlowNode(
-        id=str(data["id"]),
-        kind=str(data["kind"]),
-        name=data.get("name"),
-        config=dict(data.get("config") or {}),
-    )
-
-
-def edge_from_json(data: dict[str, Any]) -> FlowEdge:
-    return FlowEdge(
-        source=str(data["source"]), target=str(data["target"]), branch=data.get("branch")
-    )

@@ -73,6 +73,10 @@ class SqlTenants:
     async def slug_taken(self, slug: str) -> bool:
         return await self.by_slug(slug) is not None
 
+    async def all(self) -> list[Tenant]:
+        rows = await self._conn.execute(t.tenants.select().order_by(t.tenants.c.created_at))
+        return [_tenant(r) for r in rows]
+
     async def create_schema(self, tenant: Tenant) -> None:
         await upgrade_tenant(self._conn, tenant.schema_name)
 

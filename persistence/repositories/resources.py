@@ -14,13 +14,13 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from domain.agents import Agent, AgentOptions
 from domain.auth import is_uuid
 from domain.crews import Crew, CrewTask
-from domain.flows.model import FlowEdge, FlowNode
 from domain.flows.service import Flow, FlowRefs
 from domain.ports import Page
 from domain.providers import LlmProvider
 from domain.secrets import Sealed
 from domain.tools import Tool, ToolKind
 from persistence import tables as t
+from persistence.graphs import edges_from, edges_json, nodes_from, nodes_json
 from persistence.pagination import paginate
 
 E = TypeVar("E")
@@ -160,6 +160,9 @@ class SqlProviders(_SqlResource[LlmProvider]):
             r.version,
             r.created_at,
             r.updated_at,
+            [],
+            r.timeout_seconds,
+            r.max_retries,
         )
 
     def _values(self, e: LlmProvider) -> dict[str, Any]:
@@ -174,9 +177,48 @@ class SqlProviders(_SqlResource[LlmProvider]):
             "version": e.version,
             "created_at": e.created_at,
             "updated_at": e.updated_at,
+            "timeout_seconds": e.timeout_seconds,
+            "max_retries": e.max_retries,
         }
 
+    async def _load_children(self, entities: list[LlmProvider]) -> None:
+        if not entities:
+            return
+        fb = t.llm_provider_fallbacks
+        by_id = {e.id: e for e in entities}
+        rows = await self._conn.execute(
+            sa.select(fb.c.provider_id, fb.c.fallback_id)
+            .where(fb.c.provider_id.in_(list(by_id)))
+            .order_by(fb.c.provider_id, fb.c.position)
+        )
+        for provider_id, fallback_id in rows:
+            by_id[str(provider_id)].fallback_ids.append(str(fallback_id))
+
+    async def _save_children(self, entity: LlmProvider) -> None:
+        fb = t.llm_provider_fallbacks
+        await self._conn.execute(fb.delete().where(fb.c.provider_id == entity.id))
+        if entity.fallback_ids:
+            await self._conn.execute(
+                fb.insert(),
+                [
+                    {"provider_id": entity.id, "fallback_id": f, "position": i}
+                    for i, f in enumerate(entity.fallback_ids)
+                ],
+            )
+
+    async def fallback_users(self, ident: str) -> list[str]:
+        """Names of the providers that fall back to this one."""
+        fb = t.llm_provider_fallbacks
+        rows = await self._conn.execute(
+            sa.select(t.llm_providers.c.name)
+            .join(fb, fb.c.provider_id == t.llm_providers.c.id)
+            .where(fb.c.fallback_id == ident)
+            .order_by(t.llm_providers.c.name)
+        )
+        return list(rows.scalars())
+
     async def referrers(self, ident: str) -> list[str]:
+        fallbacks = [f"LLM provider {n!r} (fallback)" for n in await self.fallback_users(ident)]
         agents = await self._names(
             t.agents, sa.select(t.agents.c.id).where(t.agents.c.llm_provider_id == ident), "agent"
         )
@@ -185,7 +227,8 @@ class SqlProviders(_SqlResource[LlmProvider]):
             sa.select(t.crews.c.id).where(t.crews.c.manager_llm_provider_id == ident),
             "crew",
         )
-        return agents + crews + await self._flow_referrers("llm_provider_id", ident)
+        flows = await self._flow_referrers("llm_provider_id", ident)
+        return agents + crews + fallbacks + flows
 
     async def sealed_keys(self) -> list[tuple[str, Sealed]]:
         rows = await self._conn.execute(
@@ -401,22 +444,6 @@ class SqlCrews(_SqlResource[Crew]):
         return await self._flow_referrers("crew_id", ident)
 
 
-def _nodes(data: list[dict[str, Any]]) -> tuple[FlowNode, ...]:
-    return tuple(FlowNode(n["id"], n["kind"], n.get("name"), n.get("config") or {}) for n in data)
-
-
-def _edges(data: list[dict[str, Any]]) -> tuple[FlowEdge, ...]:
-    return tuple(FlowEdge(e["source"], e["target"], e.get("branch")) for e in data)
-
-
-def _nodes_json(nodes: tuple[FlowNode, ...]) -> list[dict[str, Any]]:
-    return [{"id": n.id, "kind": n.kind, "name": n.name, "config": n.config} for n in nodes]
-
-
-def _edges_json(edges: tuple[FlowEdge, ...]) -> list[dict[str, Any]]:
-    return [{"source": e.source, "target": e.target, "branch": e.branch} for e in edges]
-
-
 class SqlFlows(_SqlResource[Flow]):
     """`flows` holds the head (name, version); the graph of every version lives in
     `flow_versions`, so reading a flow joins its head version."""
@@ -437,8 +464,8 @@ class SqlFlows(_SqlResource[Flow]):
             r.name,
             r.description,
             r.version,
-            _nodes(r.nodes),
-            _edges(r.edges),
+            nodes_from(r.nodes),
+            edges_from(r.edges),
             r.created_at,
             r.updated_at,
         )
@@ -472,8 +499,8 @@ class SqlFlows(_SqlResource[Flow]):
                 version=flow.version,
                 name=flow.name,
                 description=flow.description,
-                nodes=_nodes_json(flow.nodes),
-                edges=_edges_json(flow.edges),
+                nodes=nodes_json(flow.nodes),
+                edges=edges_json(flow.edges),
                 created_by=created_by,
                 created_at=flow.updated_at,
             )
@@ -485,8 +512,8 @@ class SqlFlows(_SqlResource[Flow]):
             r.name,
             r.description,
             r.version,
-            _nodes(r.nodes),
-            _edges(r.edges),
+            nodes_from(r.nodes),
+            edges_from(r.edges),
             head.created_at,
             r.created_at,
         )
@@ -508,8 +535,8 @@ class SqlFlows(_SqlResource[Flow]):
             row.name,
             row.description,
             row.version,
-            _nodes(row.nodes),
-            _edges(row.edges),
+            nodes_from(row.nodes),
+            edges_from(row.edges),
             row.flow_created_at,
             row.created_at,
         )
@@ -527,8 +554,8 @@ class SqlFlows(_SqlResource[Flow]):
                 r.name,
                 r.description,
                 r.version,
-                _nodes(r.nodes),
-                _edges(r.edges),
+                nodes_from(r.nodes),
+                edges_from(r.edges),
                 r.flow_created_at,
                 r.created_at,
             )
@@ -565,6 +592,6 @@ class SqlFlows(_SqlResource[Flow]):
                 if r._mapping[col] is not None:
                     acc[str(r.flow_id)][key].add(str(r._mapping[col]))
         return {
-            fid: FlowRefs(**{k: frozenset(v) for k, v in d.items()})  # type: ignore[arg-type]
+            fid: FlowRefs(**{k: frozenset(v) for k, v in d.items()})
             for fid, d in acc.items()
         }

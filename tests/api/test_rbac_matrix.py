@@ -65,6 +65,8 @@ CASES: list[Case] = [
         },
     ),
     Case("DeleteLlmProvider", Action.MANAGE_PROVIDERS, lambda _: {"id": MISSING}),
+    Case("TestLlmProvider", Action.MANAGE_PROVIDERS, lambda _: {"id": MISSING}),
+    Case("Usage", Action.READ, lambda _: {"days": 7}),
     Case("Tools", Action.READ),
     Case("Tool", Action.READ, lambda f: {"id": f["w"]["tool"]}),
     Case(
@@ -215,7 +217,7 @@ def test_policy_covers_every_action() -> None:
 
 
 def test_matrix_covers_every_root_field() -> None:
-    from schema import schema
+    from server.graphql_schema import schema
 
     fields = {
         f.python_name

@@ -11,17 +11,21 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from domain.executions.events import EventType
+from domain.executions.claims import ClaimPolicy
+from domain.executions.events import EventType, NewEvent
+from domain.executions.ports import LeaseLost
 from domain.executions.records import ExecutionRef
 from domain.executions.service import ExecutionService
 from domain.executions.state import ExecutionStatus
-from domain.executions.worker import ExecutionRunner, LeaseLost, Sweeper
-from persistence.repositories.executions import SqlExecutionStore, SqlLeases
+from domain.executions.worker import ExecutionRunner, Sweeper
+from persistence.repositories.execution_leases import SqlLeases
+from persistence.repositories.execution_runs import SqlRunStore
 from server.workers import InProcessDispatcher
 from tests.conftest import Team
 from tests.support import builders as b
@@ -66,16 +70,17 @@ def runs_of(log: Path, execution_id: str) -> list[str]:
 def runner(container: Any, dispatcher: Any = None, **kw: Any) -> ExecutionRunner:
     db, bus = container.db, container.bus
 
-    def store(ref: ExecutionRef, owner: str) -> SqlExecutionStore:
-        return SqlExecutionStore(db, bus, ref, owner)
+    def store(ref: ExecutionRef, owner: str) -> SqlRunStore:
+        return SqlRunStore(db, ref, owner)
 
     options: dict[str, Any] = {
+        "bus": bus,
         "owner": f"test-{uuid.uuid4().hex[:6]}",
         "lease_seconds": 1.0,
         "dispatcher": dispatcher,
     }
     options.update(kw)
-    return ExecutionRunner(SqlLeases(db, bus), store, container.executors, **options)
+    return ExecutionRunner(SqlLeases(db), store, container.executors, **options)
 
 
 async def pending_run(
@@ -130,7 +135,9 @@ async def test_crashed_runner_resumes_elsewhere_without_rerunning_completed_node
     assert (await record(container, ref)).status == ExecutionStatus.RUNNING
 
     second_dispatch = Recorder()
-    sweeper = Sweeper(SqlLeases(container.db, container.bus), second_dispatch, redispatch_after=60)
+    sweeper = Sweeper(
+        SqlLeases(container.db), second_dispatch, bus=container.bus, redispatch_after=60
+    )
 
     async def swept() -> bool:
         return ref in await sweeper.sweep_once()
@@ -196,16 +203,17 @@ async def test_a_runner_that_lost_its_lease_cannot_write(
 ) -> None:
     flow = await f.create_flow(gql, team.token, f.branching())
     ref = await pending_run(gql, container, team, flow, {"score": 1})
-    leases = SqlLeases(container.db, container.bus)
-    limits = {"max_running": 10, "max_attempts": 5}
-    assert await leases.claim(ref, "A", 0.05, **limits) is not None
-    assert await leases.claim(ref, "B", 30, **limits) is None  # A still holds it
+    leases = SqlLeases(container.db)
+    policy = ClaimPolicy(max_running=10, max_attempts=5)
+    assert (await leases.claim(ref, "A", 0.05, policy)).claim is not None
+    assert (await leases.claim(ref, "B", 30, policy)).claim is None  # A still holds it
     await asyncio.sleep(0.1)
-    claim = await leases.claim(ref, "B", 30, **limits)  # expired: B takes over
+    claim = (await leases.claim(ref, "B", 30, policy)).claim  # expired: B takes over
     assert claim is not None and claim.attempt == 2
-    stale = SqlExecutionStore(container.db, container.bus, ref, "A")
+    stale = SqlRunStore(container.db, ref, "A")
+    zombie = NewEvent(EventType.LOG, None, datetime.now(UTC), {"message": "zombie"})
     with pytest.raises(LeaseLost):
-        await stale.append_event(ref.execution_id, EventType.LOG, None, {"message": "zombie"})
+        await stale.append_events(ref.execution_id, [zombie])
     from domain.executions.ports import NodeResult
     from domain.executions.state import NodeStatus
 
@@ -216,8 +224,9 @@ async def test_a_runner_that_lost_its_lease_cannot_write(
     assert await leases.renew(ref, "A", 30) is None
     assert await leases.renew(ref, "B", 30) is not None
     assert await events_of(container, ref) == []
-    owner = SqlExecutionStore(container.db, container.bus, ref, "B")
-    event = await owner.append_event(ref.execution_id, EventType.LOG, None, {"message": "ok"})
+    owner = SqlRunStore(container.db, ref, "B")
+    ok = NewEvent(EventType.LOG, None, datetime.now(UTC), {"message": "ok"})
+    [event] = await owner.append_events(ref.execution_id, [ok])
     assert event.sequence == 1
     await owner.finish(ref.execution_id, ExecutionStatus.FAILED, {}, "test over")
 
@@ -227,11 +236,15 @@ async def test_gives_up_after_max_attempts(
 ) -> None:
     flow = await f.create_flow(gql, team.token, f.branching())
     ref = await pending_run(gql, container, team, flow, {"score": 1})
-    leases = SqlLeases(container.db, container.bus)
+    leases = SqlLeases(container.db)
+    policy = ClaimPolicy(max_running=10, max_attempts=2)
     for owner in ("A", "B"):
-        assert await leases.claim(ref, owner, 0.01, max_running=10, max_attempts=2)
+        assert (await leases.claim(ref, owner, 0.01, policy)).claim
         await asyncio.sleep(0.05)
-    assert await leases.claim(ref, "C", 30, max_running=10, max_attempts=2) is None
+    gave_up = await leases.claim(ref, "C", 30, policy)
+    assert gave_up.claim is None
+    assert gave_up.changed is not None and gave_up.changed.status == ExecutionStatus.FAILED
+    assert gave_up.event is not None and gave_up.event.type == EventType.EXECUTION_FAILED
     ended = await record(container, ref)
     assert ended.status == ExecutionStatus.FAILED
     assert ended.error and "gave up after 2 attempts" in ended.error
@@ -305,7 +318,7 @@ async def test_sweeper_redispatches_stale_pending_executions(
     flow = await f.create_flow(gql, team.token, f.branching())
     ref = await pending_run(gql, container, team, flow, {"score": 1})
     recorder = Recorder()
-    sweeper = Sweeper(SqlLeases(container.db, container.bus), recorder, redispatch_after=0.2)
+    sweeper = Sweeper(SqlLeases(container.db), recorder, bus=container.bus, redispatch_after=0.2)
     assert ref not in await sweeper.sweep_once()  # dispatched just now
     await asyncio.sleep(0.3)
     assert ref in await sweeper.sweep_once()  # the dispatch message may have been lost

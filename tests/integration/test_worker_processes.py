@@ -1,8 +1,8 @@
 """`crewgraph worker` processes over arq: a SIGKILLed worker's execution finishes on another.
 
 The API here runs with CREWGRAPH_WORKER_MODE=arq (it only dispatches; its sweeper
-re-dispatches), and the workers are real subprocesses (`python -m server.cli worker`) with
-the test-only slow TOOL nodes (CREWGRAPH_TEST_EXECUTORS) and a 2 s lease. The session
+re-dispatches), and the workers are real subprocesses (`python -m tests.support.cli worker`:
+`crewgraph worker` with the test-only slow TOOL nodes) and a 2 s lease. The session
 server's own sweeper is paused, so only the workers can pick executions up.
 """
 
@@ -45,8 +45,9 @@ def arq_settings(settings: Any) -> Any:
 async def arq_api(arq_settings: Any) -> AsyncIterator[str]:
     from server.app import create_app
     from server.bootstrap import build_container
+    from tests.support.slow_executors import wrap
 
-    app = create_app(build_container(arq_settings, rate_limits={}))
+    app = create_app(build_container(arq_settings, rate_limits={}, wrap_executors=wrap))
     server, task, url = await _serve(app)
     yield url
     server.should_exit = True
@@ -79,7 +80,6 @@ class Workers:
             "CREWGRAPH_JWT_SECRET": settings.jwt_secret,
             "CREWGRAPH_EXECUTION_LEASE_SECONDS": str(LEASE),
             "CREWGRAPH_SWEEP_INTERVAL_SECONDS": "0.5",
-            "CREWGRAPH_TEST_EXECUTORS": "tests.support.slow_executors",
             "CREWGRAPH_TEST_EXECUTOR_LOG": str(log),
             "CREWGRAPH_LOG_LEVEL": "WARNING",
             "CREWGRAPH_DATA_DIR": str(log.parent / "data"),
@@ -88,7 +88,7 @@ class Workers:
 
     def start(self) -> subprocess.Popen[bytes]:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "server.cli", "worker"],
+            [sys.executable, "-m", "tests.support.cli", "worker"],
             cwd=ROOT,
             env=self.env,
             stdout=subprocess.DEVNULL,

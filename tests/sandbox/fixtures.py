@@ -1,9 +1,7 @@
 """Sandbox backends for tests, opened once per session and shared.
 
-Import the fixtures into a test module (``from tests.sandbox.fixtures import
-sandbox_fixture, sandbox_registry_fixture``; they register as ``sandbox``,
-``any_sandbox`` and ``sandbox_registry``)
-or rely on ``tests/sandbox/conftest.py``. A backend that cannot run on this machine is
+tests/conftest.py registers them for every test as ``sandbox``, ``any_sandbox`` and
+``sandbox_registry``. A backend that cannot run on this machine is
 skipped with the reason; set ``CREWGRAPH_REQUIRE_SANDBOX=docker,bubblewrap`` (CI) to
 make that a failure instead. Start the engine and build the image with
 ``scripts/docker-up.sh`` and ``scripts/build-sandbox-image.sh``.

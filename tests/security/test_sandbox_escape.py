@@ -17,11 +17,7 @@ from pathlib import Path
 import pytest
 
 from domain.sandbox import Sandbox
-from tests.sandbox.fixtures import (  # noqa: F401 - fixtures used by name
-    any_sandbox_fixture,
-    run_code,
-    sandbox_registry_fixture,
-)
+from tests.sandbox.fixtures import run_code
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 

@@ -1,4 +1,5 @@
-"""Test-only node executors, enabled with CREWGRAPH_TEST_EXECUTORS=tests.support.slow_executors.
+"""Test-only node executors: `build_container(..., wrap_executors=wrap)` in tests, and
+`python -m tests.support.cli serve|worker` for subprocesses.
 
 Until the LLM issue brings the scripted-slow model, INPUT / CONDITION / OUTPUT are the
 only real node kinds and they finish in microseconds. To watch a run mid-flight (cancel

@@ -16,7 +16,9 @@ from domain.flows.expressions import (
     build_scope,
     evaluate,
     referenced_names,
+    references,
     render,
+    templates,
 )
 
 SCOPE = build_scope(
@@ -70,7 +72,7 @@ def test_render_caches_compiled_templates() -> None:
     expressions.clear_caches()
     render("{{ inputs.name }} cached", SCOPE)
     render("{{ inputs.name }} cached", {"inputs": {"name": "eve"}})
-    info = expressions._compile_template.cache_info()
+    info = templates.compile_template.cache_info()
     assert info.hits == 1
     assert info.misses == 1
 
@@ -197,7 +199,7 @@ def test_render_timeout() -> None:
 
 
 def test_render_output_limit(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(expressions, "MAX_OUTPUT_LENGTH", 1000)
+    monkeypatch.setattr(templates, "MAX_OUTPUT_LENGTH", 1000)
     with pytest.raises(TemplateError, match="rendered text exceeds"):
         render("{% for i in range(1000) %}xx{% endfor %}", SCOPE)
 
@@ -421,9 +423,9 @@ def test_template_fast_path_matches_full_parse() -> None:
     accepted = 0
     for _ in range(3000):
         source = "".join(rng.choice(pieces) for _ in range(rng.randint(1, 6)))
-        fast = expressions._simple_template_refs(source)
+        fast = references.simple_template_refs(source)
         if fast is None:
             continue
         accepted += 1
-        assert fast == expressions._parsed_template_refs(source), source
+        assert fast == references.parsed_template_refs(source), source
     assert accepted > 100

@@ -21,7 +21,7 @@ def _fk(target: str, ondelete: str = "RESTRICT") -> sa.ForeignKey:
     return sa.ForeignKey(f"{S}.{target}", ondelete=ondelete)
 
 
-def _versioned() -> list[sa.Column]:
+def _versioned() -> list[sa.Column[object]]:
     return [
         sa.Column("version", sa.Integer, nullable=False, server_default="1"),
         sa.Column("created_at", TS, nullable=False, server_default=sa.func.now()),

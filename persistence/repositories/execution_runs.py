@@ -1,0 +1,118 @@
+"""The writes of one run (`domain.executions.ports.RunStore`), fenced by the lease owner.
+
+Each call is one autocommit statement on the raw pool (`PoolStatements`): the per-event
+hot path. A statement matches nothing once the worker lost its lease (another worker took
+over), which is reported as `LeaseLost`. Nothing is published here: the domain's
+`RunJournal` publishes what was stored.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from domain.executions.events import ExecutionEvent, NewEvent
+from domain.executions.ports import LeaseLost, NodeResult
+from domain.executions.records import Execution, ExecutionRef
+from domain.executions.state import ExecutionStatus, NodeStatus
+from persistence.db import Database
+from persistence.repositories import execution_events
+from persistence.repositories.execution_rows import (
+    clean_text,
+    json_param,
+    to_execution,
+    to_node_result,
+)
+from persistence.repositories.sql import PoolStatements, in_schema
+
+_LOAD_NODES = """
+SELECT node_id, status, output, error, attempts, started_at, finished_at
+FROM {s}.node_runs
+WHERE execution_id = $1::uuid AND status IN ('COMPLETED', 'SKIPPED')
+"""
+
+_SAVE_NODE = """
+INSERT INTO {s}.node_runs
+    (execution_id, node_id, status, output, error, attempts, started_at, finished_at)
+SELECT x.id, $3, $4, $5::jsonb, $6, $7, $8, $9
+FROM {s}.executions x WHERE x.id = $1::uuid AND x.lease_owner = $2
+ON CONFLICT (execution_id, node_id) DO UPDATE SET
+    status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
+    attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at,
+    finished_at = EXCLUDED.finished_at
+RETURNING 1
+"""
+
+_FINISH = """
+WITH x AS (
+    UPDATE {s}.executions
+    SET status = $3, outputs = $4::jsonb, error = $5, finished_at = now(),
+        lease_expires_at = NULL
+    WHERE id = $1::uuid AND lease_owner = $2 AND status = 'RUNNING'
+    RETURNING *
+), a AS (
+    DELETE FROM public.active_executions WHERE execution_id IN (SELECT id FROM x)
+)
+SELECT * FROM x
+"""
+
+
+class SqlRunStore:
+    """One run of one tenant, written as `owner` (the worker holding the lease)."""
+
+    def __init__(self, db: Database, ref: ExecutionRef, owner: str) -> None:
+        self._sql = PoolStatements(db)
+        self.ref = ref
+        self.owner = owner
+
+    def _q(self, template: str) -> str:
+        return in_schema(template, self.ref.tenant_schema)
+
+    async def load_node_results(self, execution_id: str) -> dict[str, NodeResult]:
+        rows = await self._sql.fetch(self._q(_LOAD_NODES), execution_id)
+        return {r["node_id"]: to_node_result(r) for r in rows}
+
+    async def save_node_result(self, execution_id: str, result: NodeResult) -> None:
+        saved = await self._sql.fetchval(
+            self._q(_SAVE_NODE),
+            execution_id,
+            self.owner,
+            result.node_id,
+            NodeStatus(result.status).value,
+            json_param(result.output),
+            clean_text(result.error),
+            result.attempts,
+            result.started_at,
+            result.finished_at,
+        )
+        if saved is None:
+            raise LeaseLost(f"execution {execution_id}: lease lost")
+
+    async def append_events(
+        self, execution_id: str, events: Sequence[NewEvent]
+    ) -> list[ExecutionEvent]:
+        stored = await execution_events.append(
+            self._sql, self.ref.tenant_schema, execution_id, events, self.owner
+        )
+        if stored is None:
+            raise LeaseLost(f"execution {execution_id}: lease lost")
+        return stored
+
+    async def finish(
+        self,
+        execution_id: str,
+        status: ExecutionStatus,
+        outputs: dict[str, Any] | None,
+        error: str | None,
+    ) -> Execution:
+        row = await self._sql.fetchrow(
+            self._q(_FINISH),
+            execution_id,
+            self.owner,
+            status.value,
+            json_param(outputs),
+            clean_text(error),
+        )
+        if row is None:
+            raise LeaseLost(f"execution {execution_id}: lease lost")
+        return to_execution(row)

@@ -1,0 +1,228 @@
+"""The GraphQL schema: the root Query, Mutation and Subscription assembled from the
+resolvers, guarded by permissions. It lives in `server/` because it is the one place that
+sees both resolvers and types (`schema/` holds the types and never imports resolvers)."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator
+from datetime import datetime
+
+import strawberry
+from graphql.error import GraphQLError
+from strawberry.scalars import JSON
+from strawberry.types import ExecutionContext
+
+from resolvers import agents as agents_r
+from resolvers import auth as auth_r
+from resolvers import crews as crews_r
+from resolvers import executions as executions_r
+from resolvers import flows as flows_r
+from resolvers import providers as providers_r
+from resolvers import subscriptions as sub_r
+from resolvers import tools as tools_r
+from resolvers import usage as usage_r
+from resolvers import users as users_r
+from schema.agents import Agent
+from schema.auth import ApiKey, ApiKeyPayload, AuthPayload
+from schema.crews import Crew
+from schema.executions import Execution, ExecutionEvent
+from schema.extensions import default_extensions
+from schema.flows import Flow, FlowValidation
+from schema.permissions import (
+    CanManageApiKeys,
+    CanManageProviders,
+    CanManageUsers,
+    CanRead,
+    CanRun,
+    CanWrite,
+    IsAuthenticated,
+)
+from schema.providers import LlmProvider
+from schema.relay import Connection
+from schema.tools import Tool, ToolValidation
+from schema.usage import UsageDay
+from schema.users import Tenant, User
+
+
+@strawberry.type
+class Query:
+    me: User = strawberry.field(resolver=users_r.me, permission_classes=[IsAuthenticated])
+    tenant: Tenant = strawberry.field(resolver=users_r.tenant, permission_classes=[IsAuthenticated])
+    users: Connection[User] = strawberry.field(resolver=users_r.users, permission_classes=[CanRead])
+    api_keys: list[ApiKey] = strawberry.field(
+        resolver=auth_r.api_keys, permission_classes=[CanManageApiKeys]
+    )
+    llm_providers: Connection[LlmProvider] = strawberry.field(
+        resolver=providers_r.llm_providers, permission_classes=[CanRead]
+    )
+    llm_provider: LlmProvider | None = strawberry.field(
+        resolver=providers_r.llm_provider, permission_classes=[CanRead]
+    )
+    agents: Connection[Agent] = strawberry.field(
+        resolver=agents_r.agents, permission_classes=[CanRead]
+    )
+    agent: Agent | None = strawberry.field(resolver=agents_r.agent, permission_classes=[CanRead])
+    crews: Connection[Crew] = strawberry.field(resolver=crews_r.crews, permission_classes=[CanRead])
+    crew: Crew | None = strawberry.field(resolver=crews_r.crew, permission_classes=[CanRead])
+    tools: Connection[Tool] = strawberry.field(resolver=tools_r.tools, permission_classes=[CanRead])
+    tool: Tool | None = strawberry.field(resolver=tools_r.tool, permission_classes=[CanRead])
+    flows: Connection[Flow] = strawberry.field(resolver=flows_r.flows, permission_classes=[CanRead])
+    flow: Flow | None = strawberry.field(resolver=flows_r.flow, permission_classes=[CanRead])
+    flow_version: Flow | None = strawberry.field(
+        resolver=flows_r.flow_version,
+        permission_classes=[CanRead],
+        description="One immutable earlier (or the current) version of a flow.",
+    )
+    validate_flow: FlowValidation = strawberry.field(
+        resolver=flows_r.validate_flow, permission_classes=[CanRead]
+    )
+    executions: Connection[Execution] = strawberry.field(
+        resolver=executions_r.executions,
+        permission_classes=[CanRead],
+        description="Executions of the team, newest first.",
+    )
+    execution: Execution | None = strawberry.field(
+        resolver=executions_r.execution, permission_classes=[CanRead]
+    )
+    usage: list[UsageDay] = strawberry.field(
+        resolver=usage_r.usage,
+        permission_classes=[CanRead],
+        description="LLM usage of the team per UTC day, newest first, for the last `days` "
+        "days (1 to 366).",
+    )
+
+
+@strawberry.type
+class Mutation:
+    register: AuthPayload = strawberry.mutation(resolver=auth_r.register)
+    login: AuthPayload = strawberry.mutation(resolver=auth_r.login)
+    refresh_token: AuthPayload = strawberry.mutation(resolver=auth_r.refresh_token)
+    logout: bool = strawberry.mutation(resolver=auth_r.logout)
+
+    create_user: User = strawberry.mutation(
+        resolver=users_r.create_user, permission_classes=[CanManageUsers]
+    )
+    update_user_role: User = strawberry.mutation(
+        resolver=users_r.update_user_role, permission_classes=[CanManageUsers]
+    )
+    deactivate_user: User = strawberry.mutation(
+        resolver=users_r.deactivate_user, permission_classes=[CanManageUsers]
+    )
+    create_api_key: ApiKeyPayload = strawberry.mutation(
+        resolver=auth_r.create_api_key, permission_classes=[CanManageApiKeys]
+    )
+    revoke_api_key: bool = strawberry.mutation(
+        resolver=auth_r.revoke_api_key, permission_classes=[CanManageApiKeys]
+    )
+
+    create_llm_provider: LlmProvider = strawberry.mutation(
+        resolver=providers_r.create_llm_provider, permission_classes=[CanManageProviders]
+    )
+    update_llm_provider: LlmProvider = strawberry.mutation(
+        resolver=providers_r.update_llm_provider, permission_classes=[CanManageProviders]
+    )
+    delete_llm_provider: bool = strawberry.mutation(
+        resolver=providers_r.delete_llm_provider, permission_classes=[CanManageProviders]
+    )
+    test_llm_provider: JSON = strawberry.mutation(
+        resolver=providers_r.test_llm_provider,
+        permission_classes=[CanManageProviders],
+        description="A real one-token call to the provider: {ok, latencyMs, model, error}.",
+    )
+
+    create_agent: Agent = strawberry.mutation(
+        resolver=agents_r.create_agent, permission_classes=[CanWrite]
+    )
+    update_agent: Agent = strawberry.mutation(
+        resolver=agents_r.update_agent, permission_classes=[CanWrite]
+    )
+    delete_agent: bool = strawberry.mutation(
+        resolver=agents_r.delete_agent, permission_classes=[CanWrite]
+    )
+
+    create_crew: Crew = strawberry.mutation(
+        resolver=crews_r.create_crew, permission_classes=[CanWrite]
+    )
+    update_crew: Crew = strawberry.mutation(
+        resolver=crews_r.update_crew, permission_classes=[CanWrite]
+    )
+    delete_crew: bool = strawberry.mutation(
+        resolver=crews_r.delete_crew, permission_classes=[CanWrite]
+    )
+
+    create_tool: Tool = strawberry.mutation(
+        resolver=tools_r.create_tool, permission_classes=[CanWrite]
+    )
+    update_tool: Tool = strawberry.mutation(
+        resolver=tools_r.update_tool, permission_classes=[CanWrite]
+    )
+    delete_tool: bool = strawberry.mutation(
+        resolver=tools_r.delete_tool, permission_classes=[CanWrite]
+    )
+    validate_tool: ToolValidation = strawberry.mutation(
+        resolver=tools_r.validate_tool, permission_classes=[CanRun]
+    )
+
+    create_flow: Flow = strawberry.mutation(
+        resolver=flows_r.create_flow, permission_classes=[CanWrite]
+    )
+    update_flow: Flow = strawberry.mutation(
+        resolver=flows_r.update_flow, permission_classes=[CanWrite]
+    )
+    delete_flow: bool = strawberry.mutation(
+        resolver=flows_r.delete_flow, permission_classes=[CanWrite]
+    )
+    execute_flow: Execution = strawberry.mutation(
+        resolver=executions_r.execute_flow,
+        permission_classes=[CanRun],
+        description="Run the flow's current version; returns the PENDING execution at once.",
+    )
+    test_crew: Execution = strawberry.mutation(
+        resolver=executions_r.test_crew,
+        permission_classes=[CanRun],
+        description="Run a crew as a one-node flow (input → crew → output).",
+    )
+    cancel_execution: Execution = strawberry.mutation(
+        resolver=executions_r.cancel_execution, permission_classes=[CanRun]
+    )
+
+
+@strawberry.type
+class Subscription:
+    heartbeat: AsyncGenerator[datetime, None] = strawberry.subscription(
+        resolver=sub_r.heartbeat, permission_classes=[IsAuthenticated]
+    )
+    execution_events: AsyncGenerator[ExecutionEvent, None] = strawberry.subscription(
+        resolver=executions_r.execution_events,
+        permission_classes=[CanRead],
+        description="Stored events after afterSequence, then live ones, each exactly once "
+        "and in order; completes after the terminal event.",
+    )
+    execution_updates: AsyncGenerator[Execution, None] = strawberry.subscription(
+        resolver=executions_r.execution_updates,
+        permission_classes=[CanRead],
+        description="Every status change of the team's executions, from now on.",
+    )
+
+
+class CrewgraphSchema(strawberry.Schema):
+    def process_errors(
+        self, errors: list[GraphQLError], execution_context: ExecutionContext | None = None
+    ) -> None:
+        """Unexpected errors are logged where they are classified (schema.errors)."""
+
+
+def build_schema(
+    *, max_depth: int = 12, max_aliases: int = 30, max_tokens: int = 5000
+) -> strawberry.Schema:
+    return CrewgraphSchema(
+        query=Query,
+        mutation=Mutation,
+        subscription=Subscription,
+        extensions=default_extensions(
+            max_depth=max_depth, max_aliases=max_aliases, max_tokens=max_tokens
+        ),
+    )
+
+
+schema = build_schema()
