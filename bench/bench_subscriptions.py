@@ -118,29 +118,46 @@ class _Stats:
                 self.last_at = now
 
 
-class _WsClient(asyncio.Protocol):
-    """A graphql-transport-ws subscriber that parses as little as possible."""
+class _Subscriber(asyncio.Protocol):
+    """Counts what one subscriber receives; says `greeting` once connected."""
 
-    def __init__(
-        self, stats: _Stats, host: str, port: int, path: str, frames: bytes, measure: bool
-    ) -> None:
+    def __init__(self, stats: _Stats, greeting: bytes) -> None:
         self.stats = stats
-        self.measure = measure  # others read in batches (see _clients)
-        self.request = (
-            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
-            f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"
-            "\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
-        ).encode()
-        self.frames = frames
+        self.greeting = greeting
         self.buf = b""
-        self.upgraded = False
         self.n = 0
         self.closed = False
         self.transport: Any = None
 
     def connection_made(self, transport: Any) -> None:
         self.transport = transport
-        transport.write(self.request)
+        transport.write(self.greeting)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._finish()
+
+    def _finish(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.stats.done(self.n)
+            self.transport.close()
+
+
+class _WsClient(_Subscriber):
+    """A graphql-transport-ws subscriber that parses as little as possible."""
+
+    def __init__(
+        self, stats: _Stats, host: str, port: int, path: str, frames: bytes, measure: bool
+    ) -> None:
+        request = (
+            f"GET {path} HTTP/1.1\r\nHost: {host}:{port}\r\nUpgrade: websocket\r\n"
+            f"Connection: Upgrade\r\nSec-WebSocket-Key: {base64.b64encode(os.urandom(16)).decode()}"
+            "\r\nSec-WebSocket-Version: 13\r\nSec-WebSocket-Protocol: graphql-transport-ws\r\n\r\n"
+        ).encode()
+        super().__init__(stats, request)
+        self.measure = measure  # others read in batches (see _clients)
+        self.frames = frames
+        self.upgraded = False
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -193,32 +210,15 @@ class _WsClient(asyncio.Protocol):
             self.transport.resume_reading()
             asyncio.get_running_loop().call_later(BATCH_READ, self._batch)
 
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish()
 
-    def _finish(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.stats.done(self.n)
-            self.transport.close()
-
-
-class _RedisClient(asyncio.Protocol):
+class _RedisClient(_Subscriber):
     """A RESP subscriber that parses as little as possible."""
 
     def __init__(self, stats: _Stats, channel: str) -> None:
-        self.stats = stats
-        self.channel = channel
-        self.buf = b""
+        super().__init__(
+            stats, f"*2\r\n$9\r\nSUBSCRIBE\r\n${len(channel)}\r\n{channel}\r\n".encode()
+        )
         self.subscribed = False
-        self.n = 0
-        self.closed = False
-        self.transport: Any = None
-
-    def connection_made(self, transport: Any) -> None:
-        self.transport = transport
-        channel = self.channel
-        transport.write(f"*2\r\n$9\r\nSUBSCRIBE\r\n${len(channel)}\r\n{channel}\r\n".encode())
 
     def data_received(self, data: bytes) -> None:
         now = time.time()
@@ -247,15 +247,6 @@ class _RedisClient(asyncio.Protocol):
             self.n += 1
             self.stats.sample(payload, now)
         self.buf = buf
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._finish()
-
-    def _finish(self) -> None:
-        if not self.closed:
-            self.closed = True
-            self.stats.done(self.n)
-            self.transport.close()
 
 
 async def _clients(kind: str, url: str, token: str, target: str, count: int, conn: Any) -> None:

@@ -7,18 +7,10 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-from domain.errors import NotFound
 from domain.identity import Principal
 from domain.ports import Page, TenantUnitOfWork
 from domain.rbac import Action
-from domain.resources import (
-    ResourceService,
-    check_version,
-    duplicate_name,
-    missing_references,
-    not_found_refs,
-    require_id,
-)
+from domain.resources import ResourceService, missing_references, not_found_refs
 from domain.validation import MAX_TEXT, Checker
 
 MAX_TOOLS = 50
@@ -127,9 +119,7 @@ class AgentService(ResourceService[Agent]):
     async def list(
         self, p: Principal, first: int, after: str | None, search: str | None = None
     ) -> Page[Agent]:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            return await uow.agents.page(first, after, search=search)
+        return await self._list(p, first, after, search=search)
 
     async def create(self, p: Principal, data: AgentInput) -> Agent:
         p.require(Action.WRITE)
@@ -148,38 +138,24 @@ class AgentService(ResourceService[Agent]):
             now,
             now,
         )
-        async with self._uow(p.tenant_schema) as uow:
-            await check_agent_refs(uow, data)
-            if await uow.agents.name_taken(agent.name):
-                raise duplicate_name("agent", agent.name)
-            await uow.agents.add(agent)
-            await uow.commit()
-        return agent
+        return await self._insert(p, agent, lambda uow: check_agent_refs(uow, data))
 
     async def update(
         self, p: Principal, ident: str, data: AgentInput, expected_version: int | None = None
     ) -> Agent:
         p.require(Action.WRITE)
-        async with self._uow(p.tenant_schema) as uow:
-            agent = await uow.agents.get(require_id("agent", ident), for_update=True)
-            if agent is None:
-                raise NotFound("agent", ident)
-            check_version("agent", agent.version, expected_version)
-            data, options = _validate(data, agent.options)
-            await check_agent_refs(uow, data)
-            if await uow.agents.name_taken(data.name, exclude=ident):
-                raise duplicate_name("agent", data.name)
+
+        async def change(uow: TenantUnitOfWork, agent: Agent) -> None:
+            cleaned, options = _validate(data, agent.options)
+            await check_agent_refs(uow, cleaned)
             agent.name, agent.role, agent.goal, agent.backstory = (
-                data.name,
-                data.role,
-                data.goal,
-                data.backstory,
+                cleaned.name,
+                cleaned.role,
+                cleaned.goal,
+                cleaned.backstory,
             )
-            agent.llm_provider_id = data.llm_provider_id
-            agent.tool_ids = list(data.tool_ids or [])
+            agent.llm_provider_id = cleaned.llm_provider_id
+            agent.tool_ids = list(cleaned.tool_ids or [])
             agent.options = options
-            agent.version += 1
-            agent.updated_at = datetime.now(UTC)
-            await uow.agents.update(agent)
-            await uow.commit()
-        return agent
+
+        return await self._modify(p, ident, expected_version, change)

@@ -10,7 +10,7 @@ and each tool call through `ToolRunner` (the sandbox).
 from __future__ import annotations
 
 import json
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Coroutine, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -111,8 +111,8 @@ class CrewRun:
     tenant_schema: str
     execution_id: str
     node_id: str
-    complete: Callable[[str, LlmRequest, TokenCallback | None], Awaitable[LlmReply]]
-    run_tool: Callable[[AgentTool, Any], Awaitable[str]]
+    complete: Callable[[str, LlmRequest, TokenCallback | None], Coroutine[Any, Any, LlmReply]]
+    run_tool: Callable[[AgentTool, Any], Coroutine[Any, Any, str]]
     emit_token: Callable[[str], Awaitable[None]]
     log: Callable[[str, str, dict[str, Any]], Awaitable[None]]
 

@@ -6,18 +6,10 @@ import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from domain.errors import NotFound
 from domain.identity import Principal
 from domain.ports import Page, TenantUnitOfWork
 from domain.rbac import Action
-from domain.resources import (
-    ResourceService,
-    check_version,
-    duplicate_name,
-    missing_references,
-    not_found_refs,
-    require_id,
-)
+from domain.resources import ResourceService, missing_references, not_found_refs
 from domain.validation import MAX_TEXT, Checker
 
 PROCESSES = ("sequential", "hierarchical")
@@ -109,9 +101,7 @@ class CrewService(ResourceService[Crew]):
     repo_attr = "crews"
 
     async def list(self, p: Principal, first: int, after: str | None) -> Page[Crew]:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            return await uow.crews.page(first, after)
+        return await self._list(p, first, after)
 
     async def create(self, p: Principal, data: CrewInput) -> Crew:
         p.require(Action.WRITE)
@@ -129,33 +119,19 @@ class CrewService(ResourceService[Crew]):
             now,
             now,
         )
-        async with self._uow(p.tenant_schema) as uow:
-            await _check_refs(uow, data)
-            if await uow.crews.name_taken(crew.name):
-                raise duplicate_name("crew", crew.name)
-            await uow.crews.add(crew)
-            await uow.commit()
-        return crew
+        return await self._insert(p, crew, lambda uow: _check_refs(uow, data))
 
     async def update(
         self, p: Principal, ident: str, data: CrewInput, expected_version: int | None = None
     ) -> Crew:
         p.require(Action.WRITE)
         data = _validate(data)
-        async with self._uow(p.tenant_schema) as uow:
-            crew = await uow.crews.get(require_id("crew", ident), for_update=True)
-            if crew is None:
-                raise NotFound("crew", ident)
-            check_version("crew", crew.version, expected_version)
+
+        async def change(uow: TenantUnitOfWork, crew: Crew) -> None:
             await _check_refs(uow, data)
-            if await uow.crews.name_taken(data.name, exclude=ident):
-                raise duplicate_name("crew", data.name)
             crew.name, crew.process = data.name, data.process or "sequential"
             crew.agent_ids, crew.tasks = data.agent_ids, data.tasks
             crew.manager_agent_id = data.manager_agent_id
             crew.manager_llm_provider_id = data.manager_llm_provider_id
-            crew.version += 1
-            crew.updated_at = datetime.now(UTC)
-            await uow.crews.update(crew)
-            await uow.commit()
-        return crew
+
+        return await self._modify(p, ident, expected_version, change)

@@ -2,16 +2,29 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar, Generic, TypeVar
+from collections.abc import Awaitable, Callable, Sequence
+from datetime import UTC, datetime
+from typing import ClassVar, Generic, Protocol, TypeVar
 
 from domain.auth import is_uuid
 from domain.errors import Conflict, NotFound
 from domain.identity import Principal
-from domain.ports import ResourceRepository, TenantUnitOfWork, TenantUnitOfWorkFactory
+from domain.ports import Page, ResourceRepository, TenantUnitOfWork, TenantUnitOfWorkFactory
 from domain.rbac import Action
 
-E = TypeVar("E")
+
+class Resource(Protocol):
+    """What the shared writes read and stamp on every tenant resource."""
+
+    id: str
+    name: str
+    version: int
+    updated_at: datetime
+
+
+E = TypeVar("E", bound=Resource)
+# Checks references (and applies an update) inside the write's transaction.
+RefCheck = Callable[[TenantUnitOfWork], Awaitable[None]]
 
 
 def require_id(kind: str, ident: str) -> str:
@@ -54,7 +67,8 @@ def not_found_refs(kind: str, field: str, missing: Sequence[str]) -> NotFound:
 
 
 class ResourceService(Generic[E]):
-    """Reads and deletes shared by every tenant resource; writes stay per resource."""
+    """Reads, deletes and the steps of a write shared by every tenant resource;
+    validation and what a write changes stay per resource."""
 
     kind: ClassVar[str]  # for messages: "agent"
     repo_attr: ClassVar[str]  # unit-of-work attribute: "agents"
@@ -81,6 +95,55 @@ class ResourceService(Generic[E]):
         async with self._uow(p.tenant_schema) as uow:
             return await self._repo(uow).get_many(ids)
 
+    async def _list(
+        self, p: Principal, first: int, after: str | None, **filters: object
+    ) -> Page[E]:
+        p.require(Action.READ)
+        async with self._uow(p.tenant_schema) as uow:
+            return await self._repo(uow).page(first, after, **filters)
+
+    async def _stored(self, uow: TenantUnitOfWork, p: Principal, entity: E) -> None:
+        """Runs after every add and update, in the same transaction."""
+
+    async def _insert(self, p: Principal, entity: E, check_refs: RefCheck | None = None) -> E:
+        """Store a new, validated `entity` whose name must be free. The caller checked
+        the permission before validating, so a reader is FORBIDDEN whatever it sends."""
+        async with self._uow(p.tenant_schema) as uow:
+            if check_refs is not None:
+                await check_refs(uow)
+            repo = self._repo(uow)
+            if await repo.name_taken(entity.name):
+                raise duplicate_name(self.kind, entity.name)
+            await repo.add(entity)
+            await self._stored(uow, p, entity)
+            await uow.commit()
+        return entity
+
+    async def _modify(
+        self,
+        p: Principal,
+        ident: str,
+        expected_version: int | None,
+        change: Callable[[TenantUnitOfWork, E], Awaitable[None]],
+    ) -> E:
+        """Lock the current version, let `change` check references and apply the
+        update, then store it as the next version (permission checked by the caller)."""
+        async with self._uow(p.tenant_schema) as uow:
+            repo = self._repo(uow)
+            current = await repo.get(require_id(self.kind, ident), for_update=True)
+            if current is None:
+                raise NotFound(self.kind, ident)
+            check_version(self.kind, current.version, expected_version)
+            await change(uow, current)
+            if await repo.name_taken(current.name, exclude=ident):
+                raise duplicate_name(self.kind, current.name)
+            current.version += 1
+            current.updated_at = datetime.now(UTC)
+            await repo.update(current)
+            await self._stored(uow, p, current)
+            await uow.commit()
+        return current
+
     async def delete(self, p: Principal, ident: str) -> bool:
         p.require(self.write_action)
         async with self._uow(p.tenant_schema) as uow:
@@ -90,7 +153,7 @@ class ResourceService(Generic[E]):
                 raise NotFound(self.kind, ident)
             referrers = await repo.referrers(ident)
             if referrers:
-                raise still_referenced(self.kind, getattr(current, "name", ident), referrers)
+                raise still_referenced(self.kind, current.name, referrers)
             await repo.delete(ident)
             await uow.commit()
         return True

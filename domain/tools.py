@@ -13,11 +13,10 @@ from typing import Any
 from jsonschema import SchemaError  # type: ignore[import-untyped]
 from jsonschema.validators import validator_for  # type: ignore[import-untyped]
 
-from domain.errors import NotFound
 from domain.identity import Principal
-from domain.ports import Page
+from domain.ports import Page, TenantUnitOfWork
 from domain.rbac import Action
-from domain.resources import ResourceService, check_version, duplicate_name, require_id
+from domain.resources import ResourceService
 from domain.validation import MAX_TEXT, Checker
 
 
@@ -33,6 +32,18 @@ BUILTINS: dict[str, str] = {
     "file_read": "Read a file from the execution's scratch directory.",
     "file_write": "Write a file into the execution's scratch directory.",
     "http_request": "HTTP request; refused unless the tenant allows network access.",
+    "directory_read": "List the files of the execution's scratch directory (agents).",
+}
+
+# Tools agents commonly ask for that need an outside service and its key; none is
+# configured for tenants, so they are refused when written, saying what they would need.
+NEEDS_SERVICE: dict[str, str] = {
+    "web_search": "a web search API key (e.g. SERPER_API_KEY or BRAVE_API_KEY)",
+    "serper_search": "a Serper API key (SERPER_API_KEY)",
+    "website_search": "a web search API key and an embeddings provider",
+    "scrape_website": "network access for the tenant's tools",
+    "youtube_search": "a YouTube Data API key",
+    "github_search": "a GitHub token (GITHUB_TOKEN)",
 }
 
 MAX_CODE = 100_000
@@ -112,7 +123,13 @@ def check_config(check: Checker, kind: ToolKind, config: Any) -> None:
         return
     if kind is ToolKind.BUILTIN:
         name = config.get("builtin")
-        if name not in BUILTINS:
+        if isinstance(name, str) and name in NEEDS_SERVICE:
+            check.fail(
+                "config.builtin",
+                f"the {name} tool needs {NEEDS_SERVICE[name]}, which is not configured "
+                "for this tenant",
+            )
+        elif name not in BUILTINS:
             check.fail("config.builtin", f"must be one of {', '.join(sorted(BUILTINS))}")
     elif kind is ToolKind.CUSTOM_PYTHON:
         code = config.get("code")
@@ -166,9 +183,7 @@ class ToolService(ResourceService[Tool]):
     async def list(
         self, p: Principal, first: int, after: str | None, kind: ToolKind | None = None
     ) -> Page[Tool]:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            return await uow.tools.page(first, after, kind=kind)
+        return await self._list(p, first, after, kind=kind)
 
     async def create(self, p: Principal, data: ToolInput) -> Tool:
         p.require(Action.WRITE)
@@ -185,29 +200,16 @@ class ToolService(ResourceService[Tool]):
             now,
             now,
         )
-        async with self._uow(p.tenant_schema) as uow:
-            if await uow.tools.name_taken(tool.name):
-                raise duplicate_name("tool", tool.name)
-            await uow.tools.add(tool)
-            await uow.commit()
-        return tool
+        return await self._insert(p, tool)
 
     async def update(
         self, p: Principal, ident: str, data: ToolInput, expected_version: int | None = None
     ) -> Tool:
         p.require(Action.WRITE)
         data = _validate(data)
-        async with self._uow(p.tenant_schema) as uow:
-            tool = await uow.tools.get(require_id("tool", ident), for_update=True)
-            if tool is None:
-                raise NotFound("tool", ident)
-            check_version("tool", tool.version, expected_version)
-            if await uow.tools.name_taken(data.name, exclude=ident):
-                raise duplicate_name("tool", data.name)
+
+        async def change(_: TenantUnitOfWork, tool: Tool) -> None:
             tool.name, tool.description, tool.kind = data.name, data.description, data.kind
             tool.config, tool.input_schema = data.config, data.input_schema
-            tool.version += 1
-            tool.updated_at = datetime.now(UTC)
-            await uow.tools.update(tool)
-            await uow.commit()
-        return tool
+
+        return await self._modify(p, ident, expected_version, change)

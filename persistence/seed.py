@@ -2,19 +2,33 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.auth import TenantSeed
 from domain.identity import Tenant
-from domain.providers import local_provider
+from domain.providers import LlmProvider
 from persistence.repositories.resources import SqlProviders
 from persistence.tables import TENANT
 
+ProviderFactory = Callable[[datetime], LlmProvider]
 
-async def seed_local_provider(uow: Any, tenant: Tenant) -> None:
-    """The `Local (scripted)` LLM provider (laptop profile), so a newcomer can run an AI
-    flow right after `register`. `uow` is the registration's (public) unit of work: its
-    connection is pointed at the new schema for tenant tables; public ones name theirs."""
-    conn = uow.conn
-    await conn.execution_options(schema_translate_map={TENANT: tenant.schema_name})
-    await SqlProviders(conn).add(local_provider(datetime.now(UTC)))
+
+def provider_seed(factories: Sequence[ProviderFactory]) -> TenantSeed | None:
+    """A seed adding one LLM provider per factory (the local models of the laptop profile),
+    so a newcomer can run an AI flow right after `register`; None when there are none."""
+    if not factories:
+        return None
+
+    async def seed(uow: Any, tenant: Tenant) -> None:
+        # The registration's unit of work is on the public schema: point its connection at
+        # the new schema for tenant tables (public ones name their schema).
+        conn = uow.conn
+        await conn.execution_options(schema_translate_map={TENANT: tenant.schema_name})
+        providers = SqlProviders(conn)
+        now = datetime.now(UTC)
+        for make in factories:
+            await providers.add(make(now))
+
+    return seed

@@ -15,6 +15,7 @@ import asyncio
 import contextvars
 import logging
 import re
+import shutil
 import threading
 from pathlib import Path
 
@@ -44,6 +45,11 @@ class CrewAiRuntime:
             if not _SAFE_SEGMENT.match(part):
                 raise ValueError("invalid workspace id")
         return self._workspace_root.resolve() / tenant_id / execution_id
+
+    async def remove_workspace(self, tenant_id: str, execution_id: str) -> None:
+        """Delete an execution's workspace (call when the execution reaches its end)."""
+        path = self.workspace(tenant_id, execution_id)
+        await asyncio.to_thread(shutil.rmtree, path, ignore_errors=True)
 
     async def run(self, spec: CrewSpec, run: CrewRun) -> str:
         loop = asyncio.get_running_loop()
@@ -109,7 +115,8 @@ def _kickoff(spec: CrewSpec, channel: RunChannel, workspace: Path) -> str:
     finally:
         # Handlers run on the bus's pool: wait for this run's events before returning.
         crewai_event_bus.flush(timeout=FLUSH_SECONDS)
-    return str(output.raw or "")
+    raw = getattr(output, "raw", None)  # a CrewOutput (crews are not kicked off streaming)
+    return str(raw or "")
 
 
 def _failure(exc: BaseException) -> BaseException:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import datetime
 
 import strawberry
@@ -9,6 +10,7 @@ import strawberry
 from domain import agents as d
 from schema.context import Info
 from schema.providers import LlmProvider
+from schema.records import from_record
 from schema.tools import Tool
 
 
@@ -43,22 +45,7 @@ class Agent:
 
     @classmethod
     def from_domain(cls, a: d.Agent) -> Agent:
-        return cls(
-            id=strawberry.ID(a.id),
-            name=a.name,
-            role=a.role,
-            goal=a.goal,
-            backstory=a.backstory,
-            max_iterations=a.options.max_iterations,
-            allow_delegation=a.options.allow_delegation,
-            verbose=a.options.verbose,
-            temperature=a.options.temperature,
-            version=a.version,
-            created_at=a.created_at,
-            updated_at=a.updated_at,
-            llm_provider_id=a.llm_provider_id,
-            tool_ids=a.tool_ids,
-        )
+        return from_record(cls, a, **dataclasses.asdict(a.options))
 
 
 @strawberry.input

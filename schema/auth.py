@@ -8,6 +8,7 @@ import strawberry
 
 from domain import identity
 from domain.auth import Session
+from schema.records import from_record
 from schema.users import Role, User
 
 
@@ -46,13 +47,7 @@ class ApiKey:
 
     @classmethod
     def from_domain(cls, k: identity.ApiKey) -> ApiKey:
-        return cls(
-            id=strawberry.ID(k.id),
-            name=k.name,
-            role=k.role,
-            created_at=k.created_at,
-            revoked_at=k.revoked_at,
-        )
+        return from_record(cls, k)
 
 
 @strawberry.input

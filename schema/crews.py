@@ -11,6 +11,7 @@ from domain.errors import NotFound
 from schema.agents import Agent
 from schema.context import Info
 from schema.providers import LlmProvider
+from schema.records import from_record
 
 
 @strawberry.type
@@ -61,25 +62,7 @@ class Crew:
 
     @classmethod
     def from_domain(cls, c: d.Crew) -> Crew:
-        return cls(
-            id=strawberry.ID(c.id),
-            name=c.name,
-            process=c.process,
-            tasks=[
-                CrewTask(
-                    description=t.description,
-                    expected_output=t.expected_output,
-                    agent_id=t.agent_id,
-                )
-                for t in c.tasks
-            ],
-            version=c.version,
-            created_at=c.created_at,
-            updated_at=c.updated_at,
-            agent_ids=c.agent_ids,
-            manager_agent_id=c.manager_agent_id,
-            manager_llm_provider_id=c.manager_llm_provider_id,
-        )
+        return from_record(cls, c, tasks=[from_record(CrewTask, t) for t in c.tasks])
 
 
 @strawberry.input

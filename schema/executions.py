@@ -15,6 +15,7 @@ from schema.context import Info
 from schema.crews import Crew
 from schema.fields import described
 from schema.flows import Flow
+from schema.records import from_record
 from schema.usage import Usage
 
 ExecutionStatus = strawberry.enum(st.ExecutionStatus, name="ExecutionStatus")
@@ -42,16 +43,7 @@ class NodeRun:
 
     @classmethod
     def from_domain(cls, r: NodeResult, execution_id: str | None = None) -> NodeRun:
-        return cls(
-            execution_id=execution_id,
-            node_id=r.node_id,
-            status=st.NodeStatus(r.status),
-            output=r.output,
-            error=r.error,
-            attempts=r.attempts,
-            started_at=r.started_at,
-            finished_at=r.finished_at,
-        )
+        return from_record(cls, r, execution_id=execution_id, status=st.NodeStatus(r.status))
 
 
 @strawberry.type(description="One event of an execution; `sequence` is 1, 2, 3, ... per run.")
@@ -65,14 +57,7 @@ class ExecutionEvent:
 
     @classmethod
     def from_domain(cls, e: ev.ExecutionEvent) -> ExecutionEvent:
-        return cls(
-            execution_id=strawberry.ID(e.execution_id),
-            sequence=e.sequence,
-            type=e.type,
-            node_id=e.node_id,
-            at=e.at,
-            data=JSON(e.data),
-        )
+        return from_record(cls, e)
 
 
 @strawberry.type(description="One run of a flow version or of a crew.")
@@ -136,16 +121,4 @@ class Execution:
 
     @classmethod
     def from_domain(cls, e: rec.Execution) -> Execution:
-        return cls(
-            id=strawberry.ID(e.id),
-            flow_version=e.flow_version,
-            status=e.status,
-            outputs=JSON(e.outputs),
-            error=e.error,
-            cancel_requested=e.cancel_requested,
-            attempts=e.attempts,
-            created_at=e.created_at,
-            started_at=e.started_at,
-            finished_at=e.finished_at,
-            domain=e,
-        )
+        return from_record(cls, e, domain=e)

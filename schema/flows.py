@@ -20,6 +20,7 @@ from schema.context import Info
 from schema.crews import Crew
 from schema.fields import described
 from schema.providers import LlmProvider
+from schema.records import from_record
 from schema.relay import Connection, connection
 from schema.tools import Tool
 
@@ -129,20 +130,11 @@ class Flow:
 
     @classmethod
     def from_domain(cls, f: d.Flow) -> Flow:
-        return cls(
-            id=strawberry.ID(f.id),
-            name=f.name,
-            description=f.description,
-            version=f.version,
-            nodes=[
-                FlowNode(id=n.id, kind=_kind(n.kind), name=n.name, config=JSON(n.config))
-                for n in f.nodes
-            ],
-            edges=[
-                FlowGraphEdge(source=e.source, target=e.target, branch=e.branch) for e in f.edges
-            ],
-            created_at=f.created_at,
-            updated_at=f.updated_at,
+        return from_record(
+            cls,
+            f,
+            nodes=[from_record(FlowNode, n, kind=_kind(n.kind)) for n in f.nodes],
+            edges=[from_record(FlowGraphEdge, e) for e in f.edges],
             domain=f,
         )
 

@@ -20,11 +20,11 @@ from domain.flows.service import Flow
 from domain.identity import Principal, Tenant
 from domain.llm import Usage
 from domain.providers import LlmProvider
-from domain.resources import ResourceService
+from domain.resources import Resource, ResourceService
 from domain.tools import Tool
 from schema.context import Services
 
-E = TypeVar("E")
+E = TypeVar("E", bound=Resource)
 
 
 class Loaders:

@@ -8,6 +8,7 @@ import strawberry
 from strawberry.scalars import JSON
 
 from domain import tools as d
+from schema.records import from_record
 
 ToolKind = strawberry.enum(d.ToolKind, name="ToolKind")
 
@@ -29,17 +30,7 @@ class Tool:
 
     @classmethod
     def from_domain(cls, t: d.Tool) -> Tool:
-        return cls(
-            id=strawberry.ID(t.id),
-            name=t.name,
-            description=t.description,
-            kind=t.kind,
-            config=JSON(t.config),
-            input_schema=JSON(t.input_schema),
-            version=t.version,
-            created_at=t.created_at,
-            updated_at=t.updated_at,
-        )
+        return from_record(cls, t)
 
 
 @strawberry.input

@@ -9,6 +9,7 @@ import strawberry
 from domain import identity
 from domain.rbac import Role as DomainRole
 from schema.context import Info
+from schema.records import from_record
 
 Role = strawberry.enum(DomainRole, name="Role")
 
@@ -22,7 +23,7 @@ class Tenant:
 
     @classmethod
     def from_domain(cls, t: identity.Tenant) -> Tenant:
-        return cls(id=strawberry.ID(t.id), name=t.name, slug=t.slug, created_at=t.created_at)
+        return from_record(cls, t)
 
 
 @strawberry.type
@@ -40,14 +41,7 @@ class User:
 
     @classmethod
     def from_domain(cls, u: identity.User) -> User:
-        return cls(
-            id=strawberry.ID(u.id),
-            email=u.email,
-            role=u.role,
-            active=u.active,
-            created_at=u.created_at,
-            tenant_id=u.tenant_id,
-        )
+        return from_record(cls, u)
 
 
 @strawberry.input

@@ -6,6 +6,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from functools import partial
 
 import redis.asyncio as aioredis
 
@@ -13,7 +14,7 @@ from domain.agents import AgentService
 from domain.auth import IdentityService
 from domain.crew_runs import crew_executors
 from domain.crews import CrewService
-from domain.executions.ports import Dispatcher, NodeExecutor
+from domain.executions.ports import Dispatcher, NodeExecutor, RunFinished
 from domain.executions.records import ExecutionRef
 from domain.executions.service import ExecutionLimits, ExecutionService
 from domain.executions.worker import ExecutionRunner, Sweeper
@@ -21,7 +22,7 @@ from domain.flows.service import FlowService
 from domain.llm_calls import LlmService
 from domain.llm_node import LlmNodeExecutor
 from domain.ports import RateLimiter
-from domain.providers import ProviderService
+from domain.providers import ProviderService, local_provider
 from domain.sandbox import Sandbox
 from domain.tool_runs import ToolNodeExecutor, ToolRunner, ToolRunService
 from domain.tools import ToolService
@@ -32,7 +33,7 @@ from persistence.rate_limits import RedisRateLimiter
 from persistence.repositories.execution_leases import SqlLeases
 from persistence.repositories.execution_runs import SqlRunStore
 from persistence.repositories.usage import SqlUsageStore
-from persistence.seed import seed_local_provider
+from persistence.seed import ProviderFactory, provider_seed
 from persistence.uow import SqlUnitOfWorkFactory
 from runtime.crew_runtime import CrewAiRuntime
 from runtime.litellm_client import LiteLlmClient
@@ -41,6 +42,7 @@ from sandbox.builtins import HostBuiltins
 from sandbox.lazy import LazySandbox
 from schema.context import Services
 from server.crypto import box_from_settings
+from server.local_model_provider import local_model_provider
 from server.security import Argon2Hasher, JwtCodec
 from server.settings import DEFAULT_RATE_LIMITS, Settings
 from server.workers import (
@@ -100,6 +102,7 @@ class Container:
     runtime: ExecutionRuntime
     llm: LlmService
     usage: UsageService
+    crew_runtime: CrewAiRuntime
     executors: dict[str, NodeExecutor] = field(default_factory=dict)  # what the runner uses
     extras: dict[str, object] = field(default_factory=dict)
 
@@ -112,13 +115,15 @@ class Container:
 
         A kind without an executor fails its nodes with NOT_CONFIGURED ("... which is not
         configured"), never a fake success."""
-        data_dir = self.settings.data_dir.resolve()
-        crews = CrewAiRuntime(storage_dir=data_dir / "crewai", workspace_root=data_dir / "scratch")
         return {
             "TOOL": ToolNodeExecutor(self.tool_runs),
             "LLM": LlmNodeExecutor(self.llm),
-            **crew_executors(self.uow, crews, self.llm, self.tool_runs.runner),
+            **crew_executors(self.uow, self.crew_runtime, self.llm, self.tool_runs.runner),
         }
+
+    async def remove_workspace(self, ref: ExecutionRef) -> None:
+        """A run's workspace (file tools, agent tools) goes when the run ends."""
+        await self.crew_runtime.remove_workspace(ref.tenant_id, ref.execution_id)
 
     async def start(self) -> None:
         """Start this process's background work (sweeper; the runner when in-process)."""
@@ -129,6 +134,18 @@ class Container:
         await self.sandbox.close()
         await self.redis.aclose()
         await self.db.dispose()
+
+
+def _seeded_providers(settings: Settings) -> list[ProviderFactory]:
+    """The local models every new tenant starts with: the scripted one whenever it is
+    served, the real tiny model when `serve` runs one (laptop profile only)."""
+    factories: list[ProviderFactory] = []
+    if settings.local_llm_enabled:
+        factories.append(local_provider)
+    model_url = settings.local_model_url
+    if model_url and settings.env == "laptop":
+        factories.append(partial(local_model_provider, model_url))
+    return factories
 
 
 def _sandbox(settings: Settings) -> LazySandbox:
@@ -149,6 +166,7 @@ def _execution_runtime(
     db: Database,
     bus: RedisBus,
     executors: dict[str, NodeExecutor],
+    on_finished: list[RunFinished],
     *,
     with_runner: bool,
 ) -> tuple[Dispatcher, ExecutionRuntime]:
@@ -180,6 +198,7 @@ def _execution_runtime(
             max_running_per_tenant=settings.max_concurrent_executions,
             max_attempts=settings.max_execution_attempts,
             max_parallel=settings.worker_concurrency,
+            on_finished=on_finished,
         )
         if isinstance(dispatcher, InProcessDispatcher):
             dispatcher.runner = runner
@@ -214,7 +233,7 @@ def build_container(
         Argon2Hasher(),
         JwtCodec(settings.signing_secret, settings.access_token_ttl),
         settings.refresh_token_ttl,
-        seed_tenant=seed_local_provider if settings.local_llm_enabled else None,
+        seed_tenant=provider_seed(_seeded_providers(settings)),
     )
     limiter = RedisRateLimiter(
         settings.redis_url,
@@ -222,14 +241,20 @@ def build_container(
         DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits,
     )
     sandbox = _sandbox(settings)
-    runner = ToolRunner(sandbox, HostBuiltins(settings.data_dir.resolve() / "scratch"))
+    data_dir = settings.data_dir.resolve()
+    scratch = data_dir / "scratch"  # per-execution workspaces: file builtins and agent tools
+    runner = ToolRunner(sandbox, HostBuiltins(scratch))
     box = box_from_settings(
         settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
     )
     bus = RedisBus(redis, settings.redis_prefix)
     usage_store = SqlUsageStore(db)
-    executors: dict[str, NodeExecutor] = {}  # filled below, once the runtimes exist
-    dispatcher, runtime = _execution_runtime(settings, db, bus, executors, with_runner=with_runner)
+    # Filled below, once the runtimes exist.
+    executors: dict[str, NodeExecutor] = {}
+    on_finished: list[RunFinished] = []
+    dispatcher, runtime = _execution_runtime(
+        settings, db, bus, executors, on_finished, with_runner=with_runner
+    )
     executions = ExecutionService(
         uow,
         bus,
@@ -261,8 +286,10 @@ def build_container(
         # Reads settings.local_llm_url per call: tests and `serve` may set self_url late.
         llm=LlmService(uow, box, LiteLlmClient(), usage_store, lambda: settings.local_llm_url),
         usage=UsageService(usage_store),
+        crew_runtime=CrewAiRuntime(storage_dir=data_dir / "crewai", workspace_root=scratch),
         executors=executors,
     )
+    on_finished.append(container.remove_workspace)
     own = container.node_executors()
     executors.update(wrap_executors(own) if wrap_executors else own)
     return container

@@ -82,6 +82,11 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         from server.logging import configure_logging
 
         settings = Settings()
+        # The options win over the environment, also for how this server reaches itself
+        # (the scripted model's provider resolves to host:port at call time).
+        settings = settings.model_copy(
+            update={"host": host or settings.host, "port": port or settings.port}
+        )
         configure_logging(settings.log_level, settings.log_json)
         settings = resolve_services(_local_settings(settings))
         # The real tiny model, when `make local-model` installed it (laptop profile).
@@ -95,7 +100,7 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
                 await upgrade_all(conn)
 
         application = create_app(container, on_startup=startup)
-        h, p = host or settings.host, port or settings.port
+        h, p = settings.host, settings.port
         console.print(f"[bold green]Crewgraph[/bold green] GraphiQL at http://{h}:{p}/graphql")
         uvicorn.run(application, host=h, port=p, log_level="warning", ws_per_message_deflate=False)
 

@@ -97,24 +97,39 @@ def find_install(root: Path) -> LocalModelInstall | None:
     return install
 
 
-def status(install: LocalModelInstall) -> RunningModel | None:
-    """The server started from this install, when its process still runs and answers."""
+def _recorded(install: LocalModelInstall) -> tuple[int, int] | None:
+    """(pid, port) of the server recorded for this install, while that process runs."""
     try:
         state = json.loads(install.state_file.read_text())
         pid, port = int(state["pid"]), int(state["port"])
     except (OSError, ValueError, KeyError, TypeError):
         return None
-    if not _is_our_server(pid) or not _answers(port):
+    return (pid, port) if _is_our_server(pid) else None
+
+
+def status(install: LocalModelInstall) -> RunningModel | None:
+    """The server started from this install, when its process still runs and answers."""
+    recorded = _recorded(install)
+    if recorded is None or not _answers(recorded[1]):
         return None
-    return RunningModel(pid, port, started=False)
+    return RunningModel(*recorded, started=False)
 
 
 def start(install: LocalModelInstall, settings: LocalModelSettings) -> RunningModel:
     """Find the running server or start one on 127.0.0.1:`settings.port`, waiting until
     it answers. Raises `LocalModelError` (with the end of its log) when it cannot."""
-    running = status(install)
-    if running is not None:
-        return running
+    recorded = _recorded(install)
+    if recorded is not None:
+        # Running, maybe still loading (another process just started it): wait for it.
+        deadline = time.monotonic() + settings.start_timeout_seconds
+        while not _answers(recorded[1]):
+            if not _is_our_server(recorded[0]) or time.monotonic() > deadline:
+                raise LocalModelError(
+                    f"the local model (pid {recorded[0]}) does not answer:\n"
+                    + _tail(install.log_file)
+                )
+            time.sleep(0.2)
+        return RunningModel(*recorded, started=False)
     if _port_taken(settings.port):
         raise LocalModelError(
             f"port {settings.port} is taken by another program; "

@@ -92,6 +92,8 @@ class Settings(BaseSettings):
     # How this server reaches itself (the local model's provider resolves to it at call
     # time); None = http://<host>:<port> (a wildcard host means loopback).
     self_url: str | None = None
+    # The real tiny model's base URL: set by `crewgraph serve` when it starts or finds one.
+    local_model_url: str | None = None
 
     log_level: str = "INFO"
     log_json: bool = True

@@ -7,6 +7,7 @@ import os
 import secrets
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing, asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,7 +87,9 @@ async def container(settings: Any) -> AsyncIterator[Any]:
     await c.aclose()
 
 
-async def _serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
+@asynccontextmanager
+async def serving(app: Any) -> AsyncIterator[str]:
+    """`app` served on a free local port for the block; yields its URL."""
     port = free_port()
     config = uvicorn.Config(
         app,
@@ -98,27 +101,27 @@ async def _serve(app: Any) -> tuple[uvicorn.Server, asyncio.Task[None], str]:
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())
-    await wait_for_port(port)
-    return server, task, f"http://127.0.0.1:{port}"
+    try:
+        await wait_for_port(port)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        await task
 
 
 @pytest.fixture(scope="session")
 async def server_url(container: Any) -> AsyncIterator[str]:
     from server.app import create_app
 
-    app = create_app(container)
-    server, task, url = await _serve(app)
-    container.settings.self_url = url  # the `Local (scripted)` provider resolves to it
-    yield url
-    server.should_exit = True
-    await task
+    async with serving(create_app(container)) as url:
+        container.settings.self_url = url  # the `Local (scripted)` provider resolves to it
+        yield url
 
 
 @pytest.fixture
 async def gql(server_url: str) -> AsyncIterator[GQL]:
-    client = GQL(server_url)
-    yield client
-    await client.aclose()
+    async with aclosing(GQL(server_url)) as client:
+        yield client
 
 
 @dataclass
@@ -164,10 +167,18 @@ async def other_team(gql: GQL) -> Team:
     return await register(gql)
 
 
-async def member_token(gql: GQL, team: Team, role: str) -> str:
-    """A user of `team` with `role`, logged in; returns its access token."""
-    email = f"{role.lower()}-{uuid.uuid4().hex[:8]}@example.com"
-    await gql.ok(
+@dataclass
+class Member:
+    id: str
+    email: str
+    token: str
+    refresh: str
+
+
+async def add_member(gql: GQL, team: Team, role: str, email: str | None = None) -> Member:
+    """A user of `team` with `role`, logged in."""
+    email = email or f"{role.lower()}-{uuid.uuid4().hex[:8]}@example.com"
+    created = await gql.ok(
         "CreateUser",
         {"input": {"email": email, "password": PASSWORD, "role": role}},
         token=team.token,
@@ -175,4 +186,10 @@ async def member_token(gql: GQL, team: Team, role: str) -> str:
     data = await gql.ok(
         "Login", {"input": {"email": email, "password": PASSWORD, "tenantSlug": team.slug}}
     )
-    return str(data["login"]["accessToken"])
+    login = data["login"]
+    return Member(created["createUser"]["id"], email, login["accessToken"], login["refreshToken"])
+
+
+async def member_token(gql: GQL, team: Team, role: str) -> str:
+    """A user of `team` with `role`, logged in; returns its access token."""
+    return (await add_member(gql, team, role)).token

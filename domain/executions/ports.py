@@ -193,6 +193,8 @@ class Cancellation:
 _THREAD_EVENTS = threading.Lock()
 
 
+# Called once when a run of this process reached its end (workspaces and the like).
+RunFinished = Callable[[ExecutionRef], Awaitable[None]]
 TokenSink = Callable[[str], Awaitable[None]]
 LogSink = Callable[[str, str, dict[str, Any]], Awaitable[None]]
 

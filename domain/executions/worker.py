@@ -31,7 +31,7 @@ import asyncio
 import contextlib
 import logging
 import random
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 
 from domain.executions.claims import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RUNNING, ClaimPolicy
@@ -50,6 +50,7 @@ from domain.executions.ports import (
     ExecutionBus,
     LeaseStore,
     NodeExecutor,
+    RunFinished,
     RunStoreFactory,
 )
 from domain.executions.records import Claim, ClaimOutcome, ExecutionRef
@@ -89,10 +90,12 @@ class ExecutionRunner:
         max_parallel: int = 50,
         token_batch: int = DEFAULT_TOKEN_BATCH,
         token_delay: float = DEFAULT_TOKEN_DELAY,
+        on_finished: Sequence[RunFinished] = (),
     ) -> None:
         self.leases = leases
         self.stores = stores
         self.executors = executors  # read at every run (the wiring may fill it later)
+        self.on_finished = on_finished  # likewise; per-run resources (workspaces) to free
         self.bus = bus
         self.owner = owner
         self.dispatcher = dispatcher
@@ -141,8 +144,18 @@ class ExecutionRunner:
             if claimed.claim is None:
                 return None
             outcome = await self._run_claimed(claimed.claim)
+        if outcome is not None:
+            await self._finished(ref)
         await self._dispatch_waiting(ref.tenant_id)
         return outcome
+
+    async def _finished(self, ref: ExecutionRef) -> None:
+        """A run reached its end here: free what it held (never fails the run)."""
+        for hook in self.on_finished:
+            try:
+                await hook(ref)
+            except Exception:
+                log.exception("run clean-up failed", extra={"execution_id": ref.execution_id})
 
     async def _announce(self, tenant_id: str, claimed: ClaimOutcome) -> None:
         if claimed.changed is not None:

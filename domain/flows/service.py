@@ -14,13 +14,7 @@ from domain.flows.model import FlowEdge, FlowGraph, FlowNode
 from domain.identity import Principal
 from domain.ports import Page, TenantUnitOfWork, TenantUnitOfWorkFactory
 from domain.rbac import Action
-from domain.resources import (
-    ResourceService,
-    check_version,
-    duplicate_name,
-    missing_references,
-    require_id,
-)
+from domain.resources import ResourceService, missing_references, require_id
 from domain.validation import MAX_TEXT, Checker
 
 DEFAULT_MAX_NODES = 2000
@@ -199,9 +193,7 @@ class FlowService(ResourceService[Flow]):
     async def list(
         self, p: Principal, first: int, after: str | None, search: str | None = None
     ) -> Page[Flow]:
-        p.require(Action.READ)
-        async with self._uow(p.tenant_schema) as uow:
-            return await uow.flows.page(first, after, search=search)
+        return await self._list(p, first, after, search=search)
 
     async def version(self, p: Principal, ident: str, version: int) -> Flow:
         p.require(Action.READ)
@@ -239,35 +231,22 @@ class FlowService(ResourceService[Flow]):
             now,
             now,
         )
-        async with self._uow(p.tenant_schema) as uow:
-            await self._check_graph(uow, data)
-            if await uow.flows.name_taken(flow.name):
-                raise duplicate_name("flow", flow.name)
-            await uow.flows.add(flow)
-            await uow.flows.add_version(flow, p.user_id or p.api_key_id)
-            await uow.flows.set_refs(flow.id, refs_of(flow.nodes))
-            await uow.commit()
-        return flow
+        return await self._insert(p, flow, lambda uow: self._check_graph(uow, data))
 
     async def update(
         self, p: Principal, ident: str, data: FlowInput, expected_version: int | None = None
     ) -> Flow:
         p.require(Action.WRITE)
         data = self._clean(data)
-        async with self._uow(p.tenant_schema) as uow:
-            flow = await uow.flows.get(require_id("flow", ident), for_update=True)
-            if flow is None:
-                raise NotFound("flow", ident)
-            check_version("flow", flow.version, expected_version)
+
+        async def change(uow: TenantUnitOfWork, flow: Flow) -> None:
             await self._check_graph(uow, data)
-            if await uow.flows.name_taken(data.name, exclude=ident):
-                raise duplicate_name("flow", data.name)
             flow.name, flow.description = data.name, data.description
             flow.nodes, flow.edges = tuple(data.nodes), tuple(data.edges)
-            flow.version += 1
-            flow.updated_at = datetime.now(UTC)
-            await uow.flows.update(flow)
-            await uow.flows.add_version(flow, p.user_id or p.api_key_id)
-            await uow.flows.set_refs(flow.id, refs_of(flow.nodes))
-            await uow.commit()
-        return flow
+
+        return await self._modify(p, ident, expected_version, change)
+
+    async def _stored(self, uow: TenantUnitOfWork, p: Principal, entity: Flow) -> None:
+        """Every write is a new immutable version, with the references it holds."""
+        await uow.flows.add_version(entity, p.user_id or p.api_key_id)
+        await uow.flows.set_refs(entity.id, refs_of(entity.nodes))

@@ -80,10 +80,14 @@ class _SqlResource(Generic[E]):
         wanted = _uuids(ids)
         if not wanted:
             return set()
-        stmt = sa.select(self.table.c.id).where(self.table.c.id.in_(wanted))
+        stmt = self._live(sa.select(self.table.c.id).where(self.table.c.id.in_(wanted)))
+        return {str(i) for i in (await self._conn.execute(stmt)).scalars()}
+
+    def _live(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
+        """Soft-deleted rows (flows) neither exist nor hold their name."""
         if "deleted_at" in self.table.c:
             stmt = stmt.where(self.table.c.deleted_at.is_(None))
-        return {str(i) for i in (await self._conn.execute(stmt)).scalars()}
+        return stmt
 
     async def page(self, first: int, after: str | None, **filters: Any) -> Page[E]:
         stmt = self._filtered(self._base(), **filters)
@@ -124,7 +128,7 @@ class _SqlResource(Generic[E]):
         await self._conn.execute(self.table.delete().where(self.table.c.id == ident))
 
     async def name_taken(self, name: str, exclude: str | None = None) -> bool:
-        stmt = sa.select(self.table.c.id).where(self.table.c.name == name)
+        stmt = self._live(sa.select(self.table.c.id).where(self.table.c.name == name))
         if exclude is not None:
             stmt = stmt.where(self.table.c.id != exclude)
         return (await self._conn.execute(stmt.limit(1))).first() is not None
@@ -141,6 +145,31 @@ class _SqlResource(Generic[E]):
     async def _flow_referrers(self, column: str, ident: str) -> list[str]:
         ids = sa.select(t.flow_refs.c.flow_id).where(t.flow_refs.c[column] == ident)
         return await self._names(t.flows, ids, "flow")
+
+    async def _load_ordered(
+        self, link: sa.Table, owner: str, item: str, owner_ids: Sequence[str]
+    ) -> dict[str, list[str]]:
+        """The ids a link table lists for each owner, in `position` order."""
+        rows = await self._conn.execute(
+            sa.select(link.c[owner], link.c[item])
+            .where(link.c[owner].in_(owner_ids))
+            .order_by(link.c[owner], link.c.position)
+        )
+        out: dict[str, list[str]] = defaultdict(list)
+        for owner_id, item_id in rows:
+            out[str(owner_id)].append(str(item_id))
+        return out
+
+    async def _save_ordered(
+        self, link: sa.Table, owner: str, item: str, owner_id: str, item_ids: Sequence[str]
+    ) -> None:
+        """Replace the owner's rows of a link table by `item_ids`, in that order."""
+        await self._conn.execute(link.delete().where(link.c[owner] == owner_id))
+        if item_ids:
+            await self._conn.execute(
+                link.insert(),
+                [{owner: owner_id, item: i, "position": n} for n, i in enumerate(item_ids)],
+            )
 
 
 class SqlProviders(_SqlResource[LlmProvider]):
@@ -184,27 +213,16 @@ class SqlProviders(_SqlResource[LlmProvider]):
     async def _load_children(self, entities: list[LlmProvider]) -> None:
         if not entities:
             return
-        fb = t.llm_provider_fallbacks
-        by_id = {e.id: e for e in entities}
-        rows = await self._conn.execute(
-            sa.select(fb.c.provider_id, fb.c.fallback_id)
-            .where(fb.c.provider_id.in_(list(by_id)))
-            .order_by(fb.c.provider_id, fb.c.position)
+        fallbacks = await self._load_ordered(
+            t.llm_provider_fallbacks, "provider_id", "fallback_id", [e.id for e in entities]
         )
-        for provider_id, fallback_id in rows:
-            by_id[str(provider_id)].fallback_ids.append(str(fallback_id))
+        for e in entities:
+            e.fallback_ids = fallbacks.get(e.id, [])
 
     async def _save_children(self, entity: LlmProvider) -> None:
-        fb = t.llm_provider_fallbacks
-        await self._conn.execute(fb.delete().where(fb.c.provider_id == entity.id))
-        if entity.fallback_ids:
-            await self._conn.execute(
-                fb.insert(),
-                [
-                    {"provider_id": entity.id, "fallback_id": f, "position": i}
-                    for i, f in enumerate(entity.fallback_ids)
-                ],
-            )
+        await self._save_ordered(
+            t.llm_provider_fallbacks, "provider_id", "fallback_id", entity.id, entity.fallback_ids
+        )
 
     async def fallback_users(self, ident: str) -> list[str]:
         """Names of the providers that fall back to this one."""
@@ -335,27 +353,14 @@ class SqlAgents(_SqlResource[Agent]):
     async def _load_children(self, entities: list[Agent]) -> None:
         if not entities:
             return
-        rows = await self._conn.execute(
-            sa.select(t.agent_tools.c.agent_id, t.agent_tools.c.tool_id)
-            .where(t.agent_tools.c.agent_id.in_([e.id for e in entities]))
-            .order_by(t.agent_tools.c.agent_id, t.agent_tools.c.position)
+        tools = await self._load_ordered(
+            t.agent_tools, "agent_id", "tool_id", [e.id for e in entities]
         )
-        by_agent: dict[str, list[str]] = defaultdict(list)
-        for agent_id, tool_id in rows:
-            by_agent[str(agent_id)].append(str(tool_id))
         for e in entities:
-            e.tool_ids = by_agent.get(e.id, [])
+            e.tool_ids = tools.get(e.id, [])
 
     async def _save_children(self, e: Agent) -> None:
-        await self._conn.execute(t.agent_tools.delete().where(t.agent_tools.c.agent_id == e.id))
-        if e.tool_ids:
-            await self._conn.execute(
-                t.agent_tools.insert(),
-                [
-                    {"agent_id": e.id, "tool_id": tid, "position": i}
-                    for i, tid in enumerate(e.tool_ids)
-                ],
-            )
+        await self._save_ordered(t.agent_tools, "agent_id", "tool_id", e.id, e.tool_ids)
 
     async def referrers(self, ident: str) -> list[str]:
         crew_ids = sa.union(
@@ -400,13 +405,7 @@ class SqlCrews(_SqlResource[Crew]):
         if not entities:
             return
         ids = [e.id for e in entities]
-        agents: dict[str, list[str]] = defaultdict(list)
-        for crew_id, agent_id in await self._conn.execute(
-            sa.select(t.crew_agents.c.crew_id, t.crew_agents.c.agent_id)
-            .where(t.crew_agents.c.crew_id.in_(ids))
-            .order_by(t.crew_agents.c.crew_id, t.crew_agents.c.position)
-        ):
-            agents[str(crew_id)].append(str(agent_id))
+        agents = await self._load_ordered(t.crew_agents, "crew_id", "agent_id", ids)
         tasks: dict[str, list[CrewTask]] = defaultdict(list)
         for r in await self._conn.execute(
             sa.select(t.crew_tasks)
@@ -420,12 +419,9 @@ class SqlCrews(_SqlResource[Crew]):
             e.agent_ids, e.tasks = agents.get(e.id, []), tasks.get(e.id, [])
 
     async def _save_children(self, e: Crew) -> None:
+        # Tasks first: they reference the crew's members.
         await self._conn.execute(t.crew_tasks.delete().where(t.crew_tasks.c.crew_id == e.id))
-        await self._conn.execute(t.crew_agents.delete().where(t.crew_agents.c.crew_id == e.id))
-        await self._conn.execute(
-            t.crew_agents.insert(),
-            [{"crew_id": e.id, "agent_id": a, "position": i} for i, a in enumerate(e.agent_ids)],
-        )
+        await self._save_ordered(t.crew_agents, "crew_id", "agent_id", e.id, e.agent_ids)
         await self._conn.execute(
             t.crew_tasks.insert(),
             [
@@ -480,12 +476,6 @@ class SqlFlows(_SqlResource[Flow]):
             "updated_at": e.updated_at,
         }
 
-    async def name_taken(self, name: str, exclude: str | None = None) -> bool:
-        stmt = sa.select(t.flows.c.id).where(t.flows.c.name == name, t.flows.c.deleted_at.is_(None))
-        if exclude is not None:
-            stmt = stmt.where(t.flows.c.id != exclude)
-        return (await self._conn.execute(stmt.limit(1))).first() is not None
-
     async def delete(self, ident: str) -> None:
         await self._conn.execute(t.flow_refs.delete().where(t.flow_refs.c.flow_id == ident))
         await self._conn.execute(
@@ -506,7 +496,16 @@ class SqlFlows(_SqlResource[Flow]):
             )
         )
 
-    def _version_entity(self, r: Any, head: Any) -> Flow:
+    @staticmethod
+    def _versions_query() -> sa.Select[Any]:
+        """Versions as flows: created when the flow was, updated when written."""
+        v = t.flow_versions
+        return sa.select(v, t.flows.c.created_at.label("flow_created_at")).join(
+            t.flows, t.flows.c.id == v.c.flow_id
+        )
+
+    @staticmethod
+    def _version_entity(r: Any) -> Flow:
         return Flow(
             str(r.flow_id),
             r.name,
@@ -514,53 +513,26 @@ class SqlFlows(_SqlResource[Flow]):
             r.version,
             nodes_from(r.nodes),
             edges_from(r.edges),
-            head.created_at,
+            r.flow_created_at,
             r.created_at,
         )
 
     async def get_version(self, flow_id: str, version: int) -> Flow | None:
         if not is_uuid(flow_id):
             return None
-        row = (
-            await self._conn.execute(
-                sa.select(t.flow_versions, t.flows.c.created_at.label("flow_created_at"))
-                .join(t.flows, t.flows.c.id == t.flow_versions.c.flow_id)
-                .where(t.flow_versions.c.flow_id == flow_id, t.flow_versions.c.version == version)
-            )
-        ).first()
-        if row is None:
-            return None
-        return Flow(
-            str(row.flow_id),
-            row.name,
-            row.description,
-            row.version,
-            nodes_from(row.nodes),
-            edges_from(row.edges),
-            row.flow_created_at,
-            row.created_at,
-        )
+        v = t.flow_versions
+        stmt = self._versions_query().where(v.c.flow_id == flow_id, v.c.version == version)
+        row = (await self._conn.execute(stmt)).first()
+        return None if row is None else self._version_entity(row)
 
     async def versions(self, flow_id: str) -> list[Flow]:
+        v = t.flow_versions
         rows = await self._conn.execute(
-            sa.select(t.flow_versions, t.flows.c.created_at.label("flow_created_at"))
-            .join(t.flows, t.flows.c.id == t.flow_versions.c.flow_id)
-            .where(t.flow_versions.c.flow_id == flow_id, t.flows.c.deleted_at.is_(None))
-            .order_by(t.flow_versions.c.version.desc())
+            self._versions_query()
+            .where(v.c.flow_id == flow_id, t.flows.c.deleted_at.is_(None))
+            .order_by(v.c.version.desc())
         )
-        return [
-            Flow(
-                str(r.flow_id),
-                r.name,
-                r.description,
-                r.version,
-                nodes_from(r.nodes),
-                edges_from(r.edges),
-                r.flow_created_at,
-                r.created_at,
-            )
-            for r in rows
-        ]
+        return [self._version_entity(r) for r in rows]
 
     async def set_refs(self, flow_id: str, refs: FlowRefs) -> None:
         await self._conn.execute(t.flow_refs.delete().where(t.flow_refs.c.flow_id == flow_id))
@@ -591,7 +563,4 @@ class SqlFlows(_SqlResource[Flow]):
             ):
                 if r._mapping[col] is not None:
                     acc[str(r.flow_id)][key].add(str(r._mapping[col]))
-        return {
-            fid: FlowRefs(**{k: frozenset(v) for k, v in d.items()})
-            for fid, d in acc.items()
-        }
+        return {fid: FlowRefs(**{k: frozenset(v) for k, v in d.items()}) for fid, d in acc.items()}

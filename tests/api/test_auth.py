@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.conftest import PASSWORD, Team, register
+from tests.conftest import PASSWORD, Team, add_member, register
 from tests.support.client import GQL, error_code
 
 
@@ -93,28 +93,12 @@ async def test_alg_none_and_foreign_signature_rejected(gql: GQL, team: Team) -> 
 
 
 async def test_deactivated_user_tokens_stop_at_once(gql: GQL, team: Team) -> None:
-    data = await gql.ok(
-        "CreateUser",
-        {"input": {"email": "leaver@example.com", "password": PASSWORD, "role": "MEMBER"}},
-        token=team.token,
-    )
-    login = (
-        await gql.ok(
-            "Login",
-            {
-                "input": {
-                    "email": "leaver@example.com",
-                    "password": PASSWORD,
-                    "tenantSlug": team.slug,
-                }
-            },
-        )
-    )["login"]
-    assert (await gql.ok("Me", token=login["accessToken"]))["me"]["email"] == "leaver@example.com"
-    await gql.ok("DeactivateUser", {"id": data["createUser"]["id"]}, token=team.token)
-    assert error_code(await gql.op("Me", token=login["accessToken"])) == "UNAUTHENTICATED"
+    leaver = await add_member(gql, team, "MEMBER", "leaver@example.com")
+    assert (await gql.ok("Me", token=leaver.token))["me"]["email"] == "leaver@example.com"
+    await gql.ok("DeactivateUser", {"id": leaver.id}, token=team.token)
+    assert error_code(await gql.op("Me", token=leaver.token)) == "UNAUTHENTICATED"
     assert (
-        error_code(await gql.op("RefreshToken", {"refreshToken": login["refreshToken"]}))
+        error_code(await gql.op("RefreshToken", {"refreshToken": leaver.refresh}))
         == "UNAUTHENTICATED"
     )
     relogin = await gql.op(

@@ -205,7 +205,7 @@ async def test_two_crews_at_once_keep_their_events_apart(gql: GQL, team: Team) -
         assert done["outputs"] == {"output": f"{word} two"}
         events = await collect_events(gql, who.token, run_id)
         streamed = "".join(e["data"]["delta"] for e in _by_type(events, "TOKEN"))
-        assert streamed.split() == [word, "one", word, "two"], streamed
+        assert streamed == f"{word} one{word} two", streamed  # two replies, back to back
         roles = {
             e["data"]["agent"]
             for e in _by_type(events, "LOG")
@@ -289,7 +289,7 @@ async def test_agent_uses_a_stored_sandbox_tool(gql: GQL, team: Team) -> None:
     assert usage["llmCalls"] == 2  # the tool call, then the answer
 
 
-async def test_agent_reads_the_execution_workspace(gql: GQL, team: Team) -> None:
+async def test_agent_reads_the_execution_workspace(gql: GQL, team: Team, container: Any) -> None:
     provider = await _provider(gql, team)
     writer = await b.tool(
         gql, team.token, kind="BUILTIN", config={"builtin": "file_write"}, inputSchema=None
@@ -302,7 +302,15 @@ async def test_agent_reads_the_execution_workspace(gql: GQL, team: Team) -> None
         config={"builtin": "file_read"},
         inputSchema=None,
     )
-    agent = await _agent(gql, team, provider, "Reader", toolIds=[reader["id"]])
+    lister = await b.tool(
+        gql,
+        team.token,
+        name=_n("lister"),
+        kind="BUILTIN",
+        config={"builtin": "directory_read"},
+        inputSchema=None,
+    )
+    agent = await _agent(gql, team, provider, "Reader", toolIds=[lister["id"], reader["id"]])
     flow = {
         "name": _n("workspace"),
         "nodes": [
@@ -320,7 +328,9 @@ async def test_agent_reads_the_execution_workspace(gql: GQL, team: Team) -> None
                 "kind": "AGENT",
                 "config": {
                     "agentId": agent,
-                    "task": "use tool " + reader["name"] + ' with {"path": "notes/a.txt"}',
+                    "task": f'First use tool {lister["name"]} with {{"path": "."}}, '
+                    f"then use tool {reader['name']}"
+                    ' with {"path": "notes/a.txt"}',
                 },
             },
             {"id": "out", "kind": "OUTPUT"},
@@ -335,7 +345,34 @@ async def test_agent_reads_the_execution_workspace(gql: GQL, team: Team) -> None
     run = await execute(gql, team.token, created["id"], {})
     done = await wait_status(gql, team.token, run["id"], timeout=FIRST_RUN_TIMEOUT)
     assert done["status"] == "COMPLETED", done
-    assert "the secret is 7" in done["outputs"]["out"]
+    answer = done["outputs"]["out"]
+    assert "- notes/a.txt" in answer and "the secret is 7" in answer, answer
+    # The workspace existed during the run and is removed once the run has ended.
+    workspace = container.settings.data_dir.resolve() / "scratch" / team.tenant_id / run["id"]
+    deadline = time.monotonic() + 10
+    while workspace.exists() and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert not workspace.exists(), workspace
+
+
+async def test_tools_needing_an_outside_service_are_refused_at_write_time(
+    gql: GQL, team: Team
+) -> None:
+    body = await gql.op(
+        "CreateTool",
+        {
+            "input": {
+                "name": _n("search"),
+                "description": "search the web",
+                "kind": "BUILTIN",
+                "config": {"builtin": "web_search"},
+            }
+        },
+        token=team.token,
+    )
+    assert error_code(body) == "BAD_USER_INPUT"
+    problem = body["errors"][0]["extensions"]["fields"]["input.config.builtin"]
+    assert "SERPER_API_KEY" in problem and "not configured" in problem
 
 
 async def test_agent_without_provider_fails_the_node_cleanly(gql: GQL, team: Team) -> None:
@@ -432,3 +469,42 @@ async def test_agent_crew_and_llm_nodes_in_one_flow(gql: GQL, team: Team) -> Non
     assert execution["usage"]["llmCalls"] == 3
     days = (await gql.ok("Usage", {"days": 1}, token=team.token))["usage"]
     assert days[0]["usage"]["llmCalls"] >= 3
+
+
+async def test_hierarchical_crews_run_under_a_manager_provider_or_agent(
+    gql: GQL, team: Team
+) -> None:
+    provider = await _provider(gql, team)
+    worker = await _agent(gql, team, provider, "Worker")
+    boss = await _agent(gql, team, provider, "Boss")
+    by_provider = await _crew(
+        gql,
+        team,
+        [(worker, "Plan the day. SAY: planned by the manager")],
+        process="hierarchical",
+        managerLlmProviderId=provider,
+    )
+    by_agent = await _crew(
+        gql,
+        team,
+        [(worker, "Plan the week. SAY: planned by the boss")],
+        process="hierarchical",
+        managerAgentId=boss,
+    )
+    for crew, answer, manager in (
+        (by_provider, "planned by the manager", None),
+        (by_agent, "planned by the boss", "Boss"),
+    ):
+        run_id = await _test_crew(gql, team, crew, {})
+        done = await wait_status(gql, team.token, run_id, timeout=FIRST_RUN_TIMEOUT)
+        assert done["status"] == "COMPLETED", done
+        assert done["outputs"] == {"output": answer}
+        events = await collect_events(gql, team.token, run_id)
+        roles = {
+            e["data"].get("agent")
+            for e in _by_type(events, "LOG")
+            if e["data"].get("event") == "agent_execution_started"
+        }
+        if manager:
+            assert manager in roles, roles
+        assert (await _usage(gql, team, run_id))["usage"]["llmCalls"] >= 1

@@ -11,7 +11,7 @@ from tests.conftest import Team
 from tests.support import builders as b
 from tests.support import flows as f
 from tests.support.client import GQL, op
-from tests.support.ws import init, recv, subscribe
+from tests.support.ws import init, recv, start, subscribe
 
 
 async def _log(gql: GQL, token: str, execution_id: str) -> list[dict[str, Any]]:
@@ -176,18 +176,10 @@ async def test_legacy_graphql_ws_protocol_streams_events_too(gql: GQL, team: Tea
     await f.wait_status(gql, team.token, run["id"])
     log = await _log(gql, team.token, run["id"])
     async with gql.connect_ws("graphql-ws") as ws:
-        await ws.send(
-            json.dumps(
-                {"type": "connection_init", "payload": {"authorization": f"Bearer {team.token}"}}
-            )
+        assert (await init(ws, {"authorization": f"Bearer {team.token}"}))["type"] == (
+            "connection_ack"
         )
-        assert (await recv(ws))["type"] == "connection_ack"
-        start = {
-            "id": "1",
-            "type": "start",
-            "payload": {"query": op("ExecutionEvents"), "variables": {"executionId": run["id"]}},
-        }
-        await ws.send(json.dumps(start))
+        await start(ws, "1", op("ExecutionEvents"), {"executionId": run["id"]})
         got = []
         while True:
             msg = await recv(ws)

@@ -28,7 +28,8 @@ async def _local_provider(gql: GQL, team: Team) -> dict[str, Any]:
     found = [e["node"] for e in data["llmProviders"]["edges"]]
     local = [p for p in found if p["name"] == "Local (scripted)"]
     assert len(local) == 1, found
-    return local[0]
+    provider: dict[str, Any] = local[0]
+    return provider
 
 
 async def _provider(gql: GQL, team: Team, **over: Any) -> dict[str, Any]:
@@ -377,3 +378,13 @@ async def test_viewer_cannot_test_providers(gql: GQL, team: Team) -> None:
     body = await gql.op("TestLlmProvider", {"id": local["id"]}, token=viewer)
     assert error_code(body) == "FORBIDDEN"
     assert (await gql.ok("Usage", {"days": 2}, token=viewer))["usage"]
+
+
+def test_cost_comes_from_litellms_bundled_price_map() -> None:
+    from domain.llm import LlmTarget
+    from runtime.litellm_client import _load, cost_of
+
+    litellm = _load()  # offline: LITELLM_LOCAL_MODEL_COST_MAP (runtime/__init__.py)
+    priced = cost_of(litellm, LlmTarget("p", "n", "openai", "gpt-4o-mini", None), 1000, 1000)
+    assert priced is not None and priced > 0
+    assert cost_of(litellm, LlmTarget("p", "n", "openai", "scripted", None), 10, 10) is None

@@ -7,7 +7,7 @@ from typing import Any
 from tests.conftest import Team
 from tests.support import builders as b
 from tests.support.client import GQL
-from tests.support.flows import create_flow, execute, wait_status
+from tests.support.flows import create_flow, execute, input_node, wait_status
 
 DOUBLE = (
     "import os\n"
@@ -21,17 +21,7 @@ def _tool_flow(tool_id: str, node_input: dict[str, Any]) -> dict[str, Any]:
     return {
         "name": b._name("tool-flow"),
         "nodes": [
-            {
-                "id": "in",
-                "kind": "INPUT",
-                "config": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"n": {"type": "integer"}},
-                        "required": ["n"],
-                    }
-                },
-            },
+            input_node(n="integer"),
             {"id": "calc", "kind": "TOOL", "config": {"toolId": tool_id, "input": node_input}},
             {"id": "out", "kind": "OUTPUT", "config": {"value": "{{ nodes.calc.output.double }}"}},
         ],

@@ -15,12 +15,13 @@ import signal
 import subprocess
 import sys
 from collections.abc import AsyncIterator, Iterator
+from contextlib import aclosing
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import Team, _serve
+from tests.conftest import Team, serving
 from tests.support import builders as b
 from tests.support import flows as f
 from tests.support.client import GQL
@@ -48,17 +49,14 @@ async def arq_api(arq_settings: Any) -> AsyncIterator[str]:
     from tests.support.slow_executors import wrap
 
     app = create_app(build_container(arq_settings, rate_limits={}, wrap_executors=wrap))
-    server, task, url = await _serve(app)
-    yield url
-    server.should_exit = True
-    await task
+    async with serving(app) as url:
+        yield url
 
 
 @pytest.fixture
 async def api(arq_api: str) -> AsyncIterator[GQL]:
-    client = GQL(arq_api)
-    yield client
-    await client.aclose()
+    async with aclosing(GQL(arq_api)) as client:
+        yield client
 
 
 @pytest.fixture

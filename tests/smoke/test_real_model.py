@@ -185,8 +185,12 @@ async def test_two_agent_crew_answers(gql: GQL, team: Team, local_model: Running
     assert _text(nodes["crew"]["output"]).strip(), run
 
     events = await _events(gql, team, started["id"])
+    assert [e["sequence"] for e in events] == list(range(1, len(events) + 1))
     assert _tokens(events, "crew"), "the crew streamed no TOKEN events"
-    # Both agents worked: one LLM call each at least, on the node and the execution.
+    # Both agents worked, and their steps are attributed to them.
+    roles = {e["data"].get("agent") for e in events if e["type"] == "LOG"} - {None}
+    assert roles == {"Writer", "Editor"}, roles
+    # One LLM call per agent at least, on the node and the execution.
     _assert_usage(nodes["crew"]["usage"], 2)
     _assert_usage(run["usage"], 2)
 

@@ -14,48 +14,39 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+async def _create(
+    gql: GQL, token: str, operation: str, prefix: str, data: dict[str, Any]
+) -> dict[str, Any]:
+    """Run `operation` (CreateTool, ...) with a fresh name and `data`; what it created."""
+    body = await gql.ok(operation, {"input": {"name": _name(prefix), **data}}, token=token)
+    result: dict[str, Any] = body[operation[0].lower() + operation[1:]]
+    return result
+
+
 async def provider(gql: GQL, token: str, **over: Any) -> dict[str, Any]:
-    data = {
-        "name": _name("llm"),
-        "provider": "openai",
-        "model": "gpt-4o-mini",
-        "apiKey": "sk-test-secret-123",
-        **over,
-    }
-    return (await gql.ok("CreateLlmProvider", {"input": data}, token=token))["createLlmProvider"]
+    defaults = {"provider": "openai", "model": "gpt-4o-mini", "apiKey": "sk-test-secret-123"}
+    return await _create(gql, token, "CreateLlmProvider", "llm", {**defaults, **over})
 
 
 async def tool(gql: GQL, token: str, **over: Any) -> dict[str, Any]:
-    data = {
-        "name": _name("tool"),
+    defaults = {
         "description": "echo",
         "kind": "CUSTOM_PYTHON",
         "config": {"code": PY_CODE},
         "inputSchema": {"type": "object"},
-        **over,
     }
-    return (await gql.ok("CreateTool", {"input": data}, token=token))["createTool"]
+    return await _create(gql, token, "CreateTool", "tool", {**defaults, **over})
 
 
 async def agent(gql: GQL, token: str, **over: Any) -> dict[str, Any]:
-    data = {
-        "name": _name("agent"),
-        "role": "Researcher",
-        "goal": "Find facts",
-        "backstory": "Curious",
-        **over,
-    }
-    return (await gql.ok("CreateAgent", {"input": data}, token=token))["createAgent"]
+    defaults = {"role": "Researcher", "goal": "Find facts", "backstory": "Curious"}
+    return await _create(gql, token, "CreateAgent", "agent", {**defaults, **over})
 
 
 async def crew(gql: GQL, token: str, agent_ids: list[str], **over: Any) -> dict[str, Any]:
-    data = {
-        "name": _name("crew"),
-        "agentIds": agent_ids,
-        "tasks": [{"description": "Research", "expectedOutput": "Notes", "agentId": agent_ids[0]}],
-        **over,
-    }
-    return (await gql.ok("CreateCrew", {"input": data}, token=token))["createCrew"]
+    task = {"description": "Research", "expectedOutput": "Notes", "agentId": agent_ids[0]}
+    data = {"agentIds": agent_ids, "tasks": [task], **over}
+    return await _create(gql, token, "CreateCrew", "crew", data)
 
 
 def graph(agent_id: str, crew_id: str, tool_id: str) -> dict[str, Any]:
@@ -105,13 +96,8 @@ def graph(agent_id: str, crew_id: str, tool_id: str) -> dict[str, Any]:
 async def flow(
     gql: GQL, token: str, agent_id: str, crew_id: str, tool_id: str, **over: Any
 ) -> dict[str, Any]:
-    data = {
-        "name": _name("flow"),
-        "description": "demo",
-        **graph(agent_id, crew_id, tool_id),
-        **over,
-    }
-    return (await gql.ok("CreateFlow", {"input": data}, token=token))["createFlow"]
+    data = {"description": "demo", **graph(agent_id, crew_id, tool_id), **over}
+    return await _create(gql, token, "CreateFlow", "flow", data)
 
 
 async def world(gql: GQL, token: str) -> dict[str, Any]:

@@ -19,22 +19,19 @@ def _name(prefix: str) -> str:
     return f"{prefix}-{uuid.uuid4().hex[:8]}"
 
 
+def input_node(**types: str) -> dict[str, Any]:
+    """The INPUT node `in`, requiring each named input, of the given JSON type."""
+    properties = {key: {"type": type_} for key, type_ in types.items()}
+    schema = {"type": "object", "properties": properties, "required": list(types)}
+    return {"id": "in", "kind": "INPUT", "config": {"schema": schema}}
+
+
 def branching(name: str | None = None) -> dict[str, Any]:
     """input → condition → (true) high / (false) low: two OUTPUT branches."""
     return {
         "name": name or _name("branch"),
         "nodes": [
-            {
-                "id": "in",
-                "kind": "INPUT",
-                "config": {
-                    "schema": {
-                        "type": "object",
-                        "properties": {"score": {"type": "number"}},
-                        "required": ["score"],
-                    }
-                },
-            },
+            input_node(score="number"),
             {"id": "check", "kind": "CONDITION", "config": {"expression": "inputs.score > 5"}},
             {"id": "high", "kind": "OUTPUT", "config": {"value": "high: {{ inputs.score }}"}},
             {"id": "low", "kind": "OUTPUT", "config": {"value": "low: {{ inputs.score }}"}},

