@@ -59,22 +59,14 @@ class Session:
     user: User
 
 
+@dataclass(frozen=True, slots=True)
 class IdentityService:
-    def __init__(
-        self,
-        uow: UnitOfWorkFactory,
-        hasher: PasswordHasher,
-        tokens: AccessTokens,
-        refresh_ttl: int,
-        clock: Callable[[], datetime] = _now,
-        seed_tenant: TenantSeed | None = None,
-    ) -> None:
-        self._uow = uow
-        self._hasher = hasher
-        self._tokens = tokens
-        self._refresh_ttl = refresh_ttl
-        self._clock = clock
-        self._seed_tenant = seed_tenant
+    uow: UnitOfWorkFactory
+    hasher: PasswordHasher
+    tokens: AccessTokens
+    refresh_ttl: int
+    clock: Callable[[], datetime] = _now
+    seed_tenant: TenantSeed | None = None
 
     # -- sessions -----------------------------------------------------------
 
@@ -84,9 +76,9 @@ class IdentityService:
         email = check.email("email", email)
         check.password("password", password)
         check.raise_if_any()
-        password_hash = self._hasher.hash(password)
-        now = self._clock()
-        async with self._uow() as uow:
+        password_hash = self.hasher.hash(password)
+        now = self.clock()
+        async with self.uow() as uow:
             slug = slugify(name)
             if await uow.tenants.slug_taken(slug):
                 slug = f"{slug[:33]}-{secrets.token_hex(3)}"
@@ -94,8 +86,8 @@ class IdentityService:
             tenant = Tenant(tenant_id, name, slug, f"tenant_{tenant_id[:8]}{tenant_id[9:13]}", now)
             await uow.tenants.add(tenant)
             await uow.tenants.create_schema(tenant)
-            if self._seed_tenant is not None:
-                await self._seed_tenant(uow, tenant)
+            if self.seed_tenant is not None:
+                await self.seed_tenant(uow, tenant)
             user = User(str(uuid.uuid4()), tenant_id, email, password_hash, Role.ADMIN, True, now)
             await uow.users.add(user)
             await uow.audit.record(tenant_id, user.id, "tenant.register", tenant.slug)
@@ -105,7 +97,7 @@ class IdentityService:
 
     async def login(self, email: str, password: str, tenant_slug: str | None) -> Session:
         email = email.strip().lower()
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             tenant_id = None
             if tenant_slug:
                 tenant = await uow.tenants.by_slug(tenant_slug.strip().lower())
@@ -116,10 +108,10 @@ class IdentityService:
             matches = [
                 u
                 for u in candidates[:_MAX_LOGIN_CANDIDATES]
-                if self._hasher.verify(u.password_hash, password)
+                if self.hasher.verify(u.password_hash, password)
             ]
             if not candidates:
-                self._hasher.verify(None, password)  # same cost as a wrong password
+                self.hasher.verify(None, password)  # same cost as a wrong password
             if len(matches) > 1:
                 raise BadUserInput(
                     "this email belongs to several teams: give tenantSlug",
@@ -136,8 +128,8 @@ class IdentityService:
         return session
 
     async def refresh(self, token: str) -> Session:
-        now = self._clock()
-        async with self._uow() as uow:
+        now = self.clock()
+        async with self.uow() as uow:
             stored = await uow.refresh_tokens.by_hash_for_update(digest(token))
             if stored is None:
                 raise Unauthenticated("invalid refresh token")
@@ -158,11 +150,11 @@ class IdentityService:
         return session
 
     async def logout(self, token: str) -> bool:
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             stored = await uow.refresh_tokens.by_hash_for_update(digest(token))
             if stored is None:
                 raise Unauthenticated("invalid refresh token")
-            await uow.refresh_tokens.revoke_family(stored.family_id, self._clock())
+            await uow.refresh_tokens.revoke_family(stored.family_id, self.clock())
             await uow.commit()
         return True
 
@@ -174,19 +166,19 @@ class IdentityService:
             user_id=user.id,
             family_id=family_id or str(uuid.uuid4()),
             token_hash=digest(secret),
-            expires_at=self._clock() + timedelta(seconds=self._refresh_ttl),
+            expires_at=self.clock() + timedelta(seconds=self.refresh_ttl),
             used_at=None,
             revoked_at=None,
         )
         await uow.refresh_tokens.add(token)
-        access = self._tokens.issue(user.id, user.tenant_id)
-        return Session(access, secret, self._tokens.ttl_seconds, user)
+        access = self.tokens.issue(user.id, user.tenant_id)
+        return Session(access, secret, self.tokens.ttl_seconds, user)
 
     # -- authentication -----------------------------------------------------
 
     async def authenticate_bearer(self, token: str) -> Principal:
-        claims = self._tokens.decode(token)
-        async with self._uow() as uow:
+        claims = self.tokens.decode(token)
+        async with self.uow() as uow:
             user = await uow.users.get(claims.tenant_id, claims.user_id)
             tenant = await uow.tenants.get(claims.tenant_id) if user else None
         if user is None or tenant is None or not user.active:
@@ -194,7 +186,7 @@ class IdentityService:
         return Principal(tenant.id, tenant.schema_name, user.role, user_id=user.id)
 
     async def authenticate_api_key(self, secret: str) -> Principal:
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             key = await uow.api_keys.by_hash(digest(secret))
             tenant = await uow.tenants.get(key.tenant_id) if key else None
         if key is None or key.revoked_at is not None or tenant is None:
@@ -206,14 +198,14 @@ class IdentityService:
     async def me(self, principal: Principal) -> User:
         if principal.user_id is None:
             raise Forbidden("an API key has no user; `me` needs a user token")
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             user = await uow.users.get(principal.tenant_id, principal.user_id)
         if user is None:
             raise Unauthenticated("this account no longer exists")
         return user
 
     async def tenant(self, tenant_id: str) -> Tenant:
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             tenant = await uow.tenants.get(tenant_id)
         if tenant is None:
             raise NotFound("tenant", tenant_id)
@@ -221,11 +213,11 @@ class IdentityService:
 
     async def users(self, principal: Principal, first: int, after: str | None) -> Page[User]:
         principal.require(Action.READ)
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             return await uow.users.page(principal.tenant_id, first, after)
 
     async def users_by_ids(self, tenant_id: str, ids: list[str]) -> list[User | None]:
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             return [await uow.users.get(tenant_id, i) if is_uuid(i) else None for i in ids]
 
     # -- user management (admin) ---------------------------------------------
@@ -242,12 +234,12 @@ class IdentityService:
             str(uuid.uuid4()),
             principal.tenant_id,
             email,
-            self._hasher.hash(password),
+            self.hasher.hash(password),
             role,
             True,
-            self._clock(),
+            self.clock(),
         )
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             if await uow.users.by_email(email, principal.tenant_id):
                 raise Conflict(
                     "a user with this email already exists in this team",
@@ -260,7 +252,7 @@ class IdentityService:
 
     async def update_user_role(self, principal: Principal, user_id: str, role: Role) -> User:
         principal.require(Action.MANAGE_USERS)
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             user = await self._user(uow, principal, user_id)
             if user.role is Role.ADMIN and role is not Role.ADMIN:
                 await self._keep_an_admin(uow, principal)
@@ -272,13 +264,13 @@ class IdentityService:
 
     async def deactivate_user(self, principal: Principal, user_id: str) -> User:
         principal.require(Action.MANAGE_USERS)
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             user = await self._user(uow, principal, user_id)
             if user.active and user.role is Role.ADMIN:
                 await self._keep_an_admin(uow, principal)
             user.active = False
             await uow.users.update(user)
-            await uow.refresh_tokens.revoke_user(user.id, self._clock())
+            await uow.refresh_tokens.revoke_user(user.id, self.clock())
             await uow.audit.record(
                 principal.tenant_id, _actor(principal), "user.deactivate", user.id
             )
@@ -306,9 +298,9 @@ class IdentityService:
         check.raise_if_any()
         secret = new_secret(_API_KEY_PREFIX)
         key = ApiKey(
-            str(uuid.uuid4()), principal.tenant_id, name, role, digest(secret), self._clock(), None
+            str(uuid.uuid4()), principal.tenant_id, name, role, digest(secret), self.clock(), None
         )
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             await uow.api_keys.add(key)
             await uow.audit.record(principal.tenant_id, _actor(principal), "apikey.create", key.id)
             await uow.commit()
@@ -316,12 +308,12 @@ class IdentityService:
 
     async def revoke_api_key(self, principal: Principal, key_id: str) -> bool:
         principal.require(Action.MANAGE_API_KEYS)
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             key = await uow.api_keys.get(principal.tenant_id, key_id) if is_uuid(key_id) else None
             if key is None:
                 raise NotFound("API key", key_id)
             if key.revoked_at is None:
-                await uow.api_keys.revoke(key.id, self._clock())
+                await uow.api_keys.revoke(key.id, self.clock())
                 await uow.audit.record(
                     principal.tenant_id, _actor(principal), "apikey.revoke", key.id
                 )
@@ -330,7 +322,7 @@ class IdentityService:
 
     async def api_keys(self, principal: Principal) -> list[ApiKey]:
         principal.require(Action.MANAGE_API_KEYS)
-        async with self._uow() as uow:
+        async with self.uow() as uow:
             return await uow.api_keys.list(principal.tenant_id)
 
 

@@ -41,6 +41,10 @@ log = logging.getLogger("crewgraph.llm")
 EventCallback = Callable[[str, dict[str, Any]], Awaitable[None]]
 
 TEST_TIMEOUT_SECONDS = 30.0
+# A reply longer than this is cut off and the call fails: every piece of a streamed reply
+# becomes a stored event and the reply a node output, so a runaway or hostile provider
+# must not fill the database. Generous: about 250k tokens of English.
+MAX_REPLY_CHARS = 1_000_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -70,6 +74,9 @@ class LlmService:
         self._client = client
         self._usage = usage
         self._local_base_url = local_base_url
+        # Usage writes still running after their caller was cancelled: referenced until
+        # done, so they are neither collected half-way nor silently lost.
+        self._writes: set[asyncio.Task[None]] = set()
 
     async def complete(
         self,
@@ -184,6 +191,8 @@ class LlmService:
                 self._target(scope, provider, timeout), request, tokens.callback
             )
             usage, model = reply.usage, reply.model
+            if len(reply.content) > MAX_REPLY_CHARS:
+                raise _too_long(reply.usage)
             return reply
         except LlmCallFailed as failed:
             usage = failed.usage
@@ -201,24 +210,45 @@ class LlmService:
     async def _record(self, tenant_schema: str, record: UsageRecord) -> None:
         # Shielded: a cancel arriving now must not lose the row; a failed write must not
         # replace the call's own outcome (a cancel or the provider's error).
+        write = asyncio.ensure_future(self._usage.record(tenant_schema, record))
+        self._writes.add(write)
+        write.add_done_callback(self._written)
         try:
-            await asyncio.shield(self._usage.record(tenant_schema, record))
+            await asyncio.shield(write)
         except Exception:
-            log.exception("could not record LLM usage for %s", tenant_schema)
+            pass  # logged by _written; the call's own outcome stands
+
+    def _written(self, write: asyncio.Task[None]) -> None:
+        self._writes.discard(write)
+        if not write.cancelled() and write.exception() is not None:
+            log.error("could not record LLM usage", exc_info=write.exception())
 
 
 class _TokenCount:
-    """Passes streamed tokens on and counts them (no failover once output went out)."""
+    """Passes streamed tokens on and counts them (no failover once output went out);
+    stops a reply that grows past `MAX_REPLY_CHARS` (raising closes the stream)."""
 
     def __init__(self, on_token: TokenCallback | None) -> None:
         self.count = 0
+        self._chars = 0
         self._on_token = on_token
         self.callback: TokenCallback | None = self._forward if on_token else None
 
     async def _forward(self, text: str) -> None:
+        self._chars += len(text)
+        if self._chars > MAX_REPLY_CHARS:
+            raise _too_long()
         self.count += 1
         assert self._on_token is not None
         await self._on_token(text)
+
+
+def _too_long(usage: Usage | None = None) -> LlmCallFailed:
+    return LlmCallFailed(
+        "bad_request",
+        f"the reply is longer than {MAX_REPLY_CHARS} characters; it was cut off",
+        usage=usage,
+    )
 
 
 def _final(provider: LlmProvider, failed: LlmCallFailed, failures: list[str]) -> LlmCallFailed:

@@ -11,6 +11,7 @@ from typing import Any
 
 from domain.errors import BadUserInput, NotFound
 from domain.identity import Principal
+from domain.llm_provider_names import LITELLM_PROVIDERS
 from domain.ports import Page, TenantUnitOfWorkFactory
 from domain.rbac import Action
 from domain.resources import (
@@ -25,6 +26,9 @@ from domain.secrets import Sealed, SecretBox
 from domain.validation import Checker
 
 _PROVIDER_RE = re.compile(r"^[a-z0-9][a-z0-9_\-]{0,49}$")
+# Keys are sent in an HTTP header: visible ASCII only. Anything else would fail at call
+# time with an error that some HTTP stacks word with the header's value, i.e. the key.
+_API_KEY_RE = re.compile(r"[\x21-\x7e]+")
 # A base URL that means "this server's own scripted model", resolved at call time so a
 # restart on another host or port never breaks the provider.
 LOCAL_BASE_URL = "crewgraph:local"
@@ -80,6 +84,12 @@ def _validate(data: ProviderInput) -> ProviderInput:
     provider = (check.text("provider", data.provider, max_len=50) or "").lower()
     if provider and not _PROVIDER_RE.match(provider):
         check.fail("provider", "must be a LiteLLM provider name like openai, anthropic, ollama")
+    elif provider and provider not in LITELLM_PROVIDERS:
+        check.fail(
+            "provider",
+            f"unknown provider {provider!r}: LiteLLM knows openai, anthropic, ollama, "
+            "hosted_vllm, gemini, ... (an OpenAI-compatible server is openai with a baseUrl)",
+        )
     model = check.text("model", data.model, max_len=200) or ""
     base_url = check.text("baseUrl", data.base_url, required=False, max_len=2000) or None
     if (
@@ -88,8 +98,12 @@ def _validate(data: ProviderInput) -> ProviderInput:
         and not re.match(r"^https?://[^\s/$.?#][^\s]*$", base_url)
     ):
         check.fail("baseUrl", f"must be an http(s) URL (or {LOCAL_BASE_URL!r})")
-    if data.api_key is not None and len(data.api_key) > 4096:
+    # Surrounding whitespace is a paste accident: dropped (all blank = no key).
+    api_key = data.api_key.strip() if data.api_key is not None else None
+    if api_key is not None and len(api_key) > 4096:
         check.fail("apiKey", "must be at most 4096 characters")
+    elif api_key and not _API_KEY_RE.fullmatch(api_key):
+        check.fail("apiKey", "must be printable ASCII without spaces or line breaks")
     timeout = data.timeout_seconds
     if timeout is not None and not (0 < timeout <= MAX_TIMEOUT_SECONDS):
         check.fail("timeoutSeconds", f"must be more than 0 and at most {MAX_TIMEOUT_SECONDS:g}")
@@ -107,7 +121,7 @@ def _validate(data: ProviderInput) -> ProviderInput:
         provider,
         model,
         base_url,
-        data.api_key,
+        api_key,
         list(fallbacks) if fallbacks is not None else None,
         timeout,
         data.max_retries,
@@ -216,6 +230,15 @@ class ProviderService(ResourceService[LlmProvider]):
             check_version("LLM provider", current.version, expected_version)
             if await uow.providers.name_taken(data.name, exclude=ident):
                 raise duplicate_name("LLM provider", data.name)
+            moved = (data.provider, data.base_url) != (current.provider, current.base_url)
+            if moved and current.api_key is not None and data.api_key is None:
+                # Else whoever may edit the provider could send the stored key (which
+                # no one can read back) to a host of their choosing.
+                raise BadUserInput(
+                    "changing provider or baseUrl of an LLM provider with a stored key needs "
+                    'the key again: set apiKey ("" to remove it)',
+                    {"input.apiKey": "is required when provider or baseUrl change"},
+                )
             current.name, current.provider, current.model = data.name, data.provider, data.model
             current.base_url = data.base_url
             if data.fallback_provider_ids is not None:

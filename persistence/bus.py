@@ -42,6 +42,7 @@ from domain.executions.events import EventType, ExecutionEvent
 from domain.executions.records import Execution, ExecutionRef
 from domain.executions.state import ExecutionStatus
 from domain.executions.streams import FeedInterrupted
+from domain.tasks import cancel_and_wait
 
 log = logging.getLogger("crewgraph.bus")
 
@@ -268,10 +269,7 @@ class RedisBus:
 
     async def aclose(self) -> None:
         reader, self._reader = self._reader, None
-        if reader is not None:
-            reader.cancel()
-            with contextlib.suppress(BaseException):
-                await reader
+        await cancel_and_wait(reader)
         if self._pubsub is not None:
             with contextlib.suppress(Exception):
                 await self._pubsub.aclose()

@@ -118,6 +118,26 @@ def _versioned() -> list[sa.Column[object]]:
 
 UUID = sa.Uuid(as_uuid=False)
 
+
+def _ordered_link(
+    name: str, owner: tuple[str, str], item: tuple[str, str], item_index: str
+) -> sa.Table:
+    """An owner's ordered list of other resources, `(column, referenced table)` each:
+    deleting the owner deletes its rows; a resource still listed cannot be deleted."""
+    (owner_column, owner_table), (item_column, item_table) = owner, item
+    owner_fk = _tenant_fk(f"{owner_table}.id", ondelete="CASCADE")
+    item_fk = _tenant_fk(f"{item_table}.id", ondelete="RESTRICT")
+    return sa.Table(
+        name,
+        metadata,
+        sa.Column(owner_column, UUID, owner_fk, primary_key=True),
+        sa.Column(item_column, UUID, item_fk, primary_key=True),
+        sa.Column("position", sa.Integer, nullable=False),
+        sa.Index(item_index, item_column),
+        schema=TENANT,
+    )
+
+
 # Key/value settings of the tenant (limits, network allowance for tools, ...).
 tenant_settings = sa.Table(
     "settings",
@@ -143,25 +163,13 @@ llm_providers = sa.Table(
     schema=TENANT,
 )
 
-# Ordered fallbacks of a provider (one level); a provider used as one cannot be deleted.
-llm_provider_fallbacks = sa.Table(
+
+# Ordered fallbacks of a provider (one level).
+llm_provider_fallbacks = _ordered_link(
     "llm_provider_fallbacks",
-    metadata,
-    sa.Column(
-        "provider_id",
-        UUID,
-        _tenant_fk("llm_providers.id", ondelete="CASCADE"),
-        primary_key=True,
-    ),
-    sa.Column(
-        "fallback_id",
-        UUID,
-        _tenant_fk("llm_providers.id", ondelete="RESTRICT"),
-        primary_key=True,
-    ),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Index("llm_provider_fallbacks_fallback_idx", "fallback_id"),
-    schema=TENANT,
+    ("provider_id", "llm_providers"),
+    ("fallback_id", "llm_providers"),
+    "llm_provider_fallbacks_fallback_idx",
 )
 
 # One row per request to an LLM provider. No foreign keys: usage outlives providers
@@ -212,14 +220,8 @@ agents = sa.Table(
     schema=TENANT,
 )
 
-agent_tools = sa.Table(
-    "agent_tools",
-    metadata,
-    sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("tool_id", UUID, _tenant_fk("tools.id", ondelete="RESTRICT"), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Index("agent_tools_tool_id_idx", "tool_id"),
-    schema=TENANT,
+agent_tools = _ordered_link(
+    "agent_tools", ("agent_id", "agents"), ("tool_id", "tools"), "agent_tools_tool_id_idx"
 )
 
 crews = sa.Table(
@@ -235,14 +237,8 @@ crews = sa.Table(
     schema=TENANT,
 )
 
-crew_agents = sa.Table(
-    "crew_agents",
-    metadata,
-    sa.Column("crew_id", UUID, _tenant_fk("crews.id", ondelete="CASCADE"), primary_key=True),
-    sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="RESTRICT"), primary_key=True),
-    sa.Column("position", sa.Integer, nullable=False),
-    sa.Index("crew_agents_agent_id_idx", "agent_id"),
-    schema=TENANT,
+crew_agents = _ordered_link(
+    "crew_agents", ("crew_id", "crews"), ("agent_id", "agents"), "crew_agents_agent_id_idx"
 )
 
 crew_tasks = sa.Table(

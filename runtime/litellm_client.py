@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib
+import json
 import logging
 import re
 import threading
@@ -65,9 +66,20 @@ async def load_litellm() -> Any:
 
 
 def scrub(text: str, secret: str | None) -> str:
-    """The text without the key (and without LiteLLM's class-name prefixes), bounded."""
+    """The text without the key (and without LiteLLM's class-name prefixes), bounded.
+
+    Providers echo a key as they received it: trimmed, JSON-escaped inside an error body,
+    or as a Python repr in an HTTP library's message; every spelling is removed."""
     if secret:
-        text = text.replace(secret, "***")
+        spellings = {
+            secret,
+            secret.strip(),
+            json.dumps(secret)[1:-1],
+            json.dumps(secret, ensure_ascii=False)[1:-1],
+            repr(secret)[1:-1],
+        }
+        for spelling in sorted((s for s in spellings if s), key=len, reverse=True):
+            text = text.replace(spelling, "***")
     text = re.sub(r"^(?:litellm\.\w+:\s*)?(?:\w+Error:\s*)?(?:\w+Exception - )?", "", text.strip())
     return text[:_MAX_MESSAGE]
 
@@ -196,12 +208,12 @@ class LiteLlmClient:
         except asyncio.CancelledError:
             raise
         except Exception as exc:
-            kind = classify(exc, litellm)
-            message = scrub(str(exc) or type(exc).__name__, target.api_key)
-            if kind == "network":
-                message = f"cannot reach {target.base_url or target.provider}: {message}"
-            raise LlmCallFailed(kind, message) from None
-        return self._reply(litellm, target, response)
+            failure = _failure(exc, litellm, target)
+        else:
+            return self._reply(litellm, target, response)
+        # Raised outside the handler: LiteLLM's exception (its message, its request with
+        # the key in a header) is not even kept as `__context__` of what we raise.
+        raise failure
 
     def _kwargs(self, target: LlmTarget, request: LlmRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {
@@ -291,6 +303,14 @@ class LiteLlmClient:
             tool_calls=tuple(calls),
             finish_reason=finish,
         )
+
+
+def _failure(exc: Exception, litellm: Any, target: LlmTarget) -> LlmCallFailed:
+    kind = classify(exc, litellm)
+    message = scrub(str(exc) or type(exc).__name__, target.api_key)
+    if kind == "network":
+        message = f"cannot reach {target.base_url or target.provider}: {message}"
+    return LlmCallFailed(kind, message)
 
 
 def _headers(request: LlmRequest) -> dict[str, str]:

@@ -6,8 +6,11 @@ and CrewAI over real HTTP with predictable answers. Every response says so
 (`system_fingerprint`, `owned_by` and the `X-Crewgraph-Model` header are "scripted").
 
 Routes (mounted at `/local-llm/v1`): `POST /chat/completions` (streaming SSE or not),
-`GET /models`, and `GET /_requests` (the request log the tests read). The rules of the
-script are in `script_reply`; nothing is written to disk.
+`GET /models`, and, only when the request log is switched on, `GET /_requests` (the log
+the tests read). The log is off by default: it holds the prompts of every tenant and the
+route has no authentication. The rules of the script are in `script_reply`; nothing is
+written to disk. Anyone who reaches the API reaches this endpoint, so a malformed request
+is a 400 (never a 500) and the number of requests in progress is bounded (a 429 beyond).
 """
 
 from __future__ import annotations
@@ -28,6 +31,7 @@ from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 FINGERPRINT = "crewgraph-scripted"
 # Keys the endpoint accepts: none at all, or one of these placeholders. Any other key is
@@ -40,6 +44,11 @@ NODE_HEADER = "x-crewgraph-node"
 SLOW_TOKENS = 50
 SLOW_TOKEN_SECONDS = 0.2
 HANG_SECONDS = 120.0
+# Requests in progress at once (streams and hangs hold theirs until they end).
+MAX_CONCURRENT_REQUESTS = 256
+LOG_SIZE = 1000
+_LOG_TEXT = 500
+_LOG_TOOLS = 20
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,9 +303,9 @@ class LoggedRequest:
 
 @dataclass
 class RequestLog:
-    """The last `size` requests, in memory, per process."""
+    """The last `size` requests, in memory, per process (each entry is bounded too)."""
 
-    size: int = 2000
+    size: int = LOG_SIZE
     _items: deque[LoggedRequest] = field(default_factory=deque)
     _ids: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
 
@@ -360,19 +369,22 @@ def _chunk(
 
 
 class ScriptedEndpoint:
-    """The routes, with their request log. One per app."""
+    """The routes, with their request log (None: not kept, `/_requests` is a 404)."""
 
-    def __init__(self) -> None:
-        self.log = RequestLog()
+    def __init__(
+        self, *, request_log: bool = False, max_concurrent: int = MAX_CONCURRENT_REQUESTS
+    ) -> None:
+        self.log = RequestLog() if request_log else None
+        self._max_concurrent = max_concurrent
 
-    def app(self) -> Starlette:
-        return Starlette(
-            routes=[
-                Route("/chat/completions", self.chat, methods=["POST"]),
-                Route("/models", self.models, methods=["GET"]),
-                Route("/_requests", self.requests, methods=["GET"]),
-            ]
-        )
+    def app(self) -> ASGIApp:
+        routes = [
+            Route("/chat/completions", self.chat, methods=["POST"]),
+            Route("/models", self.models, methods=["GET"]),
+        ]
+        if self.log is not None:
+            routes.append(Route("/_requests", self.requests, methods=["GET"]))
+        return _Bounded(Starlette(routes=routes), self._max_concurrent)
 
     async def models(self, _: Request) -> Response:
         data = [
@@ -388,6 +400,7 @@ class ScriptedEndpoint:
         return JSONResponse({"object": "list", "data": data})
 
     async def requests(self, request: Request) -> Response:
+        assert self.log is not None  # the route exists only with a log
         q = request.query_params
         found = self.log.find(
             run=q.get("tag") or q.get("run"), model=q.get("model"), node=q.get("node")
@@ -396,8 +409,16 @@ class ScriptedEndpoint:
 
     async def chat(self, request: Request) -> Response:
         try:
+            return await self._chat(request)
+        except (TypeError, AttributeError, KeyError, ValueError, RecursionError):
+            # A request shaped unlike OpenAI's (a tool that is a string, a message whose
+            # tool_calls is a number...): the client's fault.
+            return _error(400, "malformed chat request", "invalid_request_error")
+
+    async def _chat(self, request: Request) -> Response:
+        try:
             body = await request.json()
-        except ValueError:
+        except (ValueError, RecursionError):
             return _error(400, "request body is not JSON", "invalid_request_error")
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list):
             return _error(400, "'messages' must be a list", "invalid_request_error")
@@ -407,18 +428,17 @@ class ScriptedEndpoint:
         stream = bool(body.get("stream"))
         user = body.get("user") if isinstance(body.get("user"), str) else None
         last_user = next((_text(m) for m in reversed(messages) if m.get("role") == "user"), "")
-        entry = self.log.add(
-            {
-                "model": model_name,
-                "stream": stream,
-                "run": request.headers.get(RUN_HEADER) or user,
-                "node": request.headers.get(NODE_HEADER),
-                "user": user,
-                "messages": len(messages),
-                "tools": sorted(_native_tools(tools).values()),
-                "last_user": last_user[:500],
-            }
-        )
+        fields: dict[str, Any] = {
+            "model": model_name[:_LOG_TEXT],
+            "stream": stream,
+            "run": (request.headers.get(RUN_HEADER) or user or "")[:_LOG_TEXT] or None,
+            "node": (request.headers.get(NODE_HEADER) or "")[:_LOG_TEXT] or None,
+            "user": user[:_LOG_TEXT] if user else None,
+            "messages": len(messages),
+            "tools": sorted(_native_tools(tools).values())[:_LOG_TOOLS],
+            "last_user": last_user[:_LOG_TEXT],
+        }
+        entry = self.log.add(fields) if self.log is not None else LoggedRequest(0, "", **fields)
         key = _key(request)
         if key not in ACCEPTED_KEYS:
             entry.http_status = 401
@@ -485,7 +505,15 @@ class ScriptedEndpoint:
             include_usage = isinstance(opts, dict) and bool(opts.get("include_usage"))
             return StreamingResponse(
                 self._stream(
-                    entry, model, turn, pieces, usage, include_usage, ident, created, finish
+                    entry,
+                    model,
+                    turn,
+                    pieces,
+                    usage,
+                    include_usage,
+                    ident,
+                    created,
+                    finish,
                 ),
                 media_type="text/event-stream",
                 headers=headers,
@@ -571,6 +599,35 @@ async def _sleep_unless_disconnected(request: Request, seconds: float) -> bool:
             return False
 
 
-def scripted_app(endpoint: ScriptedEndpoint | None = None) -> Starlette:
-    """The ASGI app to mount at `/local-llm/v1`."""
-    return (endpoint or ScriptedEndpoint()).app()
+class _Bounded:
+    """At most `limit` requests in progress; the rest get a 429 at once. Counted around
+    the whole ASGI call, so a streamed reply holds its place until it ends or the client
+    goes, whichever way the stream is torn down."""
+
+    def __init__(self, app: ASGIApp, limit: int) -> None:
+        self._app = app
+        self._limit = limit
+        self.in_progress = 0
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self._app(scope, receive, send)
+            return
+        if self.in_progress >= self._limit:
+            busy = _error(
+                429,
+                f"the scripted model serves at most {self._limit} requests at once",
+                "rate_limit_error",
+            )
+            await busy(scope, receive, send)
+            return
+        self.in_progress += 1
+        try:
+            await self._app(scope, receive, send)
+        finally:
+            self.in_progress -= 1
+
+
+def scripted_app(endpoint: ScriptedEndpoint | None = None, *, request_log: bool = False) -> ASGIApp:
+    """The ASGI app to mount at `/local-llm/v1` (`request_log`: keep and serve the log)."""
+    return (endpoint or ScriptedEndpoint(request_log=request_log)).app()

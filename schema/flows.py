@@ -104,7 +104,7 @@ class Flow:
 
     @described("LLM providers referenced by LLM nodes.")
     async def llm_providers(self, info: Info) -> list[LlmProvider]:
-        ids = sorted(d.refs_of(self.domain.nodes).provider_ids)
+        ids = sorted(d.refs_of(self.domain.nodes).llm_provider_ids)
         return [
             LlmProvider.from_domain(p)
             for p in await info.context.loaders.provider.load_many(ids)

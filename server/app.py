@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -196,7 +195,12 @@ def create_app(
     if container.settings.local_llm_enabled:  # the scripted local model (runtime/scripted.py)
         from runtime.scripted import scripted_app
 
-        extra_routes.append(Mount("/local-llm/v1", app=scripted_app()))
+        extra_routes.append(
+            Mount(
+                "/local-llm/v1",
+                app=scripted_app(request_log=container.settings.local_llm_request_log),
+            )
+        )
     app = Starlette(
         routes=[
             Route("/graphql", graphql, methods=["GET", "POST"]),
@@ -208,6 +212,3 @@ def create_app(
         lifespan=lifespan,
     )
     return RequestLimits(app, container.settings.max_request_bytes)
-
-
-__all__ = ["create_app", "json"]

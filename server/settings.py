@@ -89,6 +89,9 @@ class Settings(BaseSettings):
     env: Literal["laptop", "production"] = "laptop"
     # The scripted OpenAI-compatible model at /local-llm/v1; None = on in laptop only.
     local_llm: bool | None = None
+    # Keep and serve the scripted model's request log (GET /local-llm/v1/_requests): it
+    # shows every tenant's prompts without authentication, so only tests switch it on.
+    local_llm_request_log: bool = False
     # How this server reaches itself (the local model's provider resolves to it at call
     # time); None = http://<host>:<port> (a wildcard host means loopback).
     self_url: str | None = None

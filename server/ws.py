@@ -61,6 +61,7 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 from strawberry.utils.aio import aclosing
 
+from domain.tasks import cancel_and_wait
 from graphql import (
     FieldNode,
     GraphQLError,
@@ -483,9 +484,7 @@ class MultiplexingHandler(BaseGraphQLTransportWSHandler[Any, Any]):
             # Let queued frames (a final `complete`) go out before the task ends.
             with contextlib.suppress(BaseException):
                 await asyncio.wait_for(self._drain(), 1.0)
-            writer.cancel()
-            with contextlib.suppress(BaseException):
-                await writer
+            await cancel_and_wait(writer)
 
     async def _drain(self) -> None:
         if self._out and not self._closing:

@@ -73,6 +73,8 @@ def settings(services: TestServices, database: str) -> Any:
         sweep_interval_seconds=0.5,
         redispatch_after_seconds=5.0,
         subscription_idle_poll_seconds=1.0,
+        # The scripted model's request log: tests prove with it what reached the model.
+        local_llm_request_log=True,
     )
 
 

@@ -53,7 +53,7 @@ Ending a run (the terminal event is always the last event of the run)
       {"cancelledNodes": [the nodes that were running]}.
     In the three last cases every node not yet COMPLETED / SKIPPED / FAILED is saved as
     CANCELLED (running or never started) and there is no event per cancelled node.
-    `RunOutcome.outputs` / `finish(outputs=...)` always map each OUTPUT node reached
+    `RunOutcome.outputs` (returned, and recorded by `finish`) always maps each OUTPUT node reached
     (COMPLETED) to its value, also on failure and cancel (possibly `{}`).
 
 Resume
@@ -99,6 +99,7 @@ from domain.executions.ports import (
     NodeContext,
     NodeExecutor,
     NodeResult,
+    RunOutcome,
     SystemClock,
 )
 from domain.executions.state import ExecutionStatus, NodeStatus
@@ -125,14 +126,6 @@ class NodeTimeout(DomainError):
     """One attempt of a node ran past its `timeoutSeconds`."""
 
     code = "TIMEOUT"
-
-
-@dataclass(frozen=True, slots=True)
-class RunOutcome:
-    status: ExecutionStatus
-    outputs: dict[str, Any]
-    error: str | None = None
-    failed_node_id: str | None = None
 
 
 class FlowEngine:
@@ -741,7 +734,8 @@ class _Run:
                         ),
                     )
         outputs = dict(self.outputs)
-        await self.store.finish(self.execution_id, status, outputs, error)
+        outcome = RunOutcome(status, outputs, error, failed_node)
+        await self.store.finish(self.execution_id, outcome)
         if status == ExecutionStatus.COMPLETED:
             await self.emit(EventType.EXECUTION_COMPLETED, None, {"outputs": outputs})
         elif status == ExecutionStatus.CANCELLED:
@@ -750,7 +744,7 @@ class _Run:
             await self.emit(
                 EventType.EXECUTION_FAILED, failed_node, {"error": error, "nodeId": failed_node}
             )
-        return RunOutcome(status, outputs, error, failed_node)
+        return outcome
 
 
 def error_message(error: BaseException) -> str:

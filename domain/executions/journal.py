@@ -22,15 +22,22 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 from collections.abc import Mapping
 from typing import Any
 
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
-from domain.executions.ports import Clock, ExecutionBus, NodeResult, RunStore, SystemClock
+from domain.executions.ports import (
+    Clock,
+    ExecutionBus,
+    NodeResult,
+    RunOutcome,
+    RunStore,
+    SystemClock,
+)
 from domain.executions.records import Execution
 from domain.executions.state import ExecutionStatus, transition
+from domain.tasks import cancel_and_wait
 
 log = logging.getLogger("crewgraph.executions")
 
@@ -86,29 +93,20 @@ class RunJournal:
             stored = await self._write(execution_id, [*self._take_tokens(execution_id), event])
         return stored[-1]
 
-    async def finish(
-        self,
-        execution_id: str,
-        status: ExecutionStatus,
-        outputs: dict[str, Any] | None,
-        error: str | None,
-    ) -> None:
-        transition(ExecutionStatus.RUNNING, status)
+    async def finish(self, execution_id: str, outcome: RunOutcome) -> None:
+        transition(ExecutionStatus.RUNNING, outcome.status)
         self._raise_failure()
         async with self._lock:
             tokens = self._take_tokens(execution_id)
             if tokens:
                 await self._write(execution_id, tokens)
-            record = await self._store.finish(execution_id, status, outputs, error)
+            record = await self._store.finish(execution_id, outcome)
         await publish_status(self._bus, self._tenant_id, record)
 
     async def close(self) -> None:
         """The run is over (or abandoned): stop the timer; unstored tokens are dropped."""
         flusher, self._flusher = self._flusher, None
-        if flusher is not None:
-            flusher.cancel()
-            with contextlib.suppress(BaseException):
-                await flusher
+        await cancel_and_wait(flusher)
         self._tokens = []
 
     # ---- tokens

@@ -12,7 +12,7 @@ from typing import Any
 
 from domain.errors import NotFound
 from domain.executions.events import EventType, ExecutionEvent
-from domain.executions.ports import Clock, NodeResult, SystemClock
+from domain.executions.ports import Clock, NodeResult, RunOutcome, SystemClock
 from domain.executions.state import ExecutionStatus, NodeStatus, transition
 
 
@@ -95,14 +95,8 @@ class InMemoryExecutionStore:
             listener(event)
         return event
 
-    async def finish(
-        self,
-        execution_id: str,
-        status: ExecutionStatus,
-        outputs: dict[str, Any] | None,
-        error: str | None,
-    ) -> None:
+    async def finish(self, execution_id: str, outcome: RunOutcome) -> None:
         record = self.executions.get(execution_id) or self.create(execution_id)
-        record.status = transition(record.status, status)
-        record.outputs = outputs
-        record.error = error
+        record.status = transition(record.status, outcome.status)
+        record.outputs = outcome.outputs
+        record.error = outcome.error

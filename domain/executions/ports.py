@@ -78,6 +78,24 @@ class NodeResult:
     attempts: int = 0
 
 
+@dataclass(frozen=True, slots=True)
+class RunOutcome:
+    """How a run ended: what the engine returns and what the store records."""
+
+    status: ExecutionStatus
+    outputs: dict[str, Any]
+    error: str | None = None
+    failed_node_id: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ExecutionFilter:
+    """Which executions a list shows: those of one status and/or of one flow, or all."""
+
+    status: ExecutionStatus | None = None
+    flow_id: str | None = None
+
+
 # --------------------------------------------------------------------------- engine side
 
 
@@ -94,13 +112,7 @@ class ExecutionStore(Protocol):
         data: dict[str, Any] | None,
     ) -> ExecutionEvent | None: ...
 
-    async def finish(
-        self,
-        execution_id: str,
-        status: ExecutionStatus,
-        outputs: dict[str, Any] | None,
-        error: str | None,
-    ) -> None: ...
+    async def finish(self, execution_id: str, outcome: RunOutcome) -> None: ...
 
 
 class Clock(Protocol):
@@ -288,13 +300,7 @@ class RunStore(Protocol):
         """Store `events` in order under the next gap-free sequences, atomically."""
         ...
 
-    async def finish(
-        self,
-        execution_id: str,
-        status: ExecutionStatus,
-        outputs: dict[str, Any] | None,
-        error: str | None,
-    ) -> Execution:
+    async def finish(self, execution_id: str, outcome: RunOutcome) -> Execution:
         """RUNNING -> `status`; returns the final record."""
         ...
 
@@ -346,14 +352,7 @@ class ExecutionRepository(Protocol):
 
     async def get(self, ident: str, *, for_update: bool = False) -> Execution | None: ...
 
-    async def page(
-        self,
-        first: int,
-        after: str | None,
-        *,
-        status: ExecutionStatus | None = None,
-        flow_id: str | None = None,
-    ) -> Page[Execution]:
+    async def page(self, first: int, after: str | None, where: ExecutionFilter) -> Page[Execution]:
         """Newest first."""
         ...
 

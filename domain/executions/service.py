@@ -29,10 +29,11 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.auth import is_uuid
 from domain.errors import BadUserInput, LimitExceeded, NotFound
 from domain.executions.builtins import validate_inputs
 from domain.executions.events import EventType, ExecutionEvent
-from domain.executions.ports import Dispatcher, ExecutionBus, NodeResult
+from domain.executions.ports import Dispatcher, ExecutionBus, ExecutionFilter, NodeResult
 from domain.executions.records import Execution, ExecutionRef
 from domain.executions.state import ExecutionStatus, transition
 from domain.executions.streams import (
@@ -244,10 +245,10 @@ class ExecutionService:
         flow_id: str | None = None,
     ) -> Page[Execution]:
         p.require(Action.READ)
-        if flow_id is not None and not _is_uuid(flow_id):
+        if flow_id is not None and not is_uuid(flow_id):
             return Page(items=[], has_next_page=False)
         async with self._uow(p.tenant_schema) as uow:
-            return await uow.executions.page(first, after, status=status, flow_id=flow_id)
+            return await uow.executions.page(first, after, ExecutionFilter(status, flow_id))
 
     async def node_runs(
         self, p: Principal, ids: Sequence[str]
@@ -376,11 +377,3 @@ def _require_valid(result: Any, what: str) -> None:
         return
     fields = {f"flow.{k}": v for k, v in result.field_errors.items()}
     raise BadUserInput(f"{what} is not valid: {result.errors[0]}", fields or None)
-
-
-def _is_uuid(value: str) -> bool:
-    try:
-        uuid.UUID(value)
-    except (ValueError, TypeError, AttributeError):
-        return False
-    return True

@@ -32,10 +32,10 @@ import contextlib
 import logging
 import random
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 
 from domain.executions.claims import DEFAULT_MAX_ATTEMPTS, DEFAULT_MAX_RUNNING, ClaimPolicy
-from domain.executions.engine import DEFAULT_FLOW_TIMEOUT, FlowEngine, RunOutcome
+from domain.executions.engine import DEFAULT_FLOW_TIMEOUT, FlowEngine
 from domain.executions.journal import (
     DEFAULT_TOKEN_BATCH,
     DEFAULT_TOKEN_DELAY,
@@ -51,6 +51,7 @@ from domain.executions.ports import (
     LeaseStore,
     NodeExecutor,
     RunFinished,
+    RunOutcome,
     RunStoreFactory,
 )
 from domain.executions.records import Claim, ClaimOutcome, ExecutionRef
@@ -297,26 +298,18 @@ async def listen_for_cancels(feed: CancelFeed, runner: ExecutionRunner) -> None:
             await asyncio.sleep(1.0)
 
 
+@dataclass(slots=True)
 class Sweeper:
     """Re-dispatches executions whose worker vanished; safe to run in every process."""
 
-    def __init__(
-        self,
-        leases: LeaseStore,
-        dispatcher: Dispatcher,
-        *,
-        bus: ExecutionBus,
-        interval: float = 5.0,
-        redispatch_after: float = 30.0,
-        batch: int = 100,
-    ) -> None:
-        self.leases = leases
-        self.dispatcher = dispatcher
-        self.bus = bus
-        self.interval = interval
-        self.redispatch_after = redispatch_after
-        self.batch = batch
-        self.paused = False  # maintenance (and tests): skip sweeps while set
+    leases: LeaseStore
+    dispatcher: Dispatcher
+    _: KW_ONLY
+    bus: ExecutionBus
+    interval: float = 5.0
+    redispatch_after: float = 30.0
+    batch: int = 100
+    paused: bool = field(default=False, init=False)  # maintenance (and tests): skip sweeps
 
     async def sweep_once(self) -> list[ExecutionRef]:
         """Requeue expired leases, then dispatch those and the stale PENDING executions."""

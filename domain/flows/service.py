@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import builtins
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,14 +45,6 @@ class Flow:
 
 
 @dataclass(frozen=True, slots=True)
-class FlowRefs:
-    agent_ids: frozenset[str] = frozenset()
-    crew_ids: frozenset[str] = frozenset()
-    tool_ids: frozenset[str] = frozenset()
-    provider_ids: frozenset[str] = frozenset()
-
-
-@dataclass(frozen=True, slots=True)
 class FlowInput:
     name: str
     nodes: list[FlowNode]
@@ -78,14 +70,18 @@ def _collect_refs(nodes: list[FlowNode]) -> _Collected:
     return out
 
 
-def refs_of(nodes: tuple[FlowNode, ...] | list[FlowNode]) -> FlowRefs:
-    by = _collect_refs(list(nodes)).by_attr
-    return FlowRefs(
-        agent_ids=frozenset(by.get("agents", {})),
-        crew_ids=frozenset(by.get("crews", {})),
-        tool_ids=frozenset(by.get("tools", {})),
-        provider_ids=frozenset(by.get("providers", {})),
+def _index(by_attr: Mapping[str, Iterable[str]]) -> ReferenceIndex:
+    return ReferenceIndex(
+        agent_ids=frozenset(by_attr.get("agents", ())),
+        crew_ids=frozenset(by_attr.get("crews", ())),
+        tool_ids=frozenset(by_attr.get("tools", ())),
+        llm_provider_ids=frozenset(by_attr.get("providers", ())),
     )
+
+
+def refs_of(nodes: tuple[FlowNode, ...] | list[FlowNode]) -> ReferenceIndex:
+    """The ids the nodes reference, whether they exist or not."""
+    return _index(_collect_refs(list(nodes)).by_attr)
 
 
 async def reference_index(
@@ -98,12 +94,7 @@ async def reference_index(
         wanted = list(by.get(attr, {}))
         repo = getattr(uow, attr)
         found[attr] = await repo.existing_ids(wanted) if wanted else set()
-    return ReferenceIndex(
-        agent_ids=frozenset(found["agents"]),
-        crew_ids=frozenset(found["crews"]),
-        tool_ids=frozenset(found["tools"]),
-        llm_provider_ids=frozenset(found["providers"]),
-    )
+    return _index(found)
 
 
 async def _check_refs_exist(uow: TenantUnitOfWork, nodes: list[FlowNode]) -> None:

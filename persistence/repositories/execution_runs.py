@@ -9,12 +9,11 @@ over), which is reported as `LeaseLost`. Nothing is published here: the domain's
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 from domain.executions.events import ExecutionEvent, NewEvent
-from domain.executions.ports import LeaseLost, NodeResult
+from domain.executions.ports import LeaseLost, NodeResult, RunOutcome
 from domain.executions.records import Execution, ExecutionRef
-from domain.executions.state import ExecutionStatus, NodeStatus
+from domain.executions.state import NodeStatus
 from persistence.db import Database
 from persistence.repositories import execution_events
 from persistence.repositories.execution_rows import (
@@ -98,20 +97,14 @@ class SqlRunStore:
             raise LeaseLost(f"execution {execution_id}: lease lost")
         return stored
 
-    async def finish(
-        self,
-        execution_id: str,
-        status: ExecutionStatus,
-        outputs: dict[str, Any] | None,
-        error: str | None,
-    ) -> Execution:
+    async def finish(self, execution_id: str, outcome: RunOutcome) -> Execution:
         row = await self._sql.fetchrow(
             self._q(_FINISH),
             execution_id,
             self.owner,
-            status.value,
-            json_param(outputs),
-            clean_text(error),
+            outcome.status.value,
+            json_param(outcome.outputs),
+            clean_text(outcome.error),
         )
         if row is None:
             raise LeaseLost(f"execution {execution_id}: lease lost")

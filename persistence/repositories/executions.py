@@ -17,7 +17,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.auth import is_uuid
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
-from domain.executions.ports import LeaseLost, NodeResult
+from domain.executions.ports import ExecutionFilter, LeaseLost, NodeResult
 from domain.executions.records import Execution, ExecutionRef
 from domain.executions.state import ExecutionStatus
 from domain.flows.model import FlowGraph
@@ -133,31 +133,24 @@ class SqlExecutions:
         rows = await self._sql.fetch(self._q(_GET_MANY), wanted)
         return {str(r["id"]): to_execution(r) for r in rows}
 
-    async def page(
-        self,
-        first: int,
-        after: str | None,
-        *,
-        status: ExecutionStatus | None = None,
-        flow_id: str | None = None,
-    ) -> Page[Execution]:
+    async def page(self, first: int, after: str | None, where: ExecutionFilter) -> Page[Execution]:
         """Newest first, keyset-paginated on (created_at, id) like every list."""
-        where: list[str] = []
+        conditions: list[str] = []
         args: list[Any] = []
-        if status is not None:
-            args.append(ExecutionStatus(status).value)
-            where.append(f"status = ${len(args)}")
-        if flow_id is not None:
-            args.append(flow_id)
-            where.append(f"flow_id = ${len(args)}::uuid")
+        if where.status is not None:
+            args.append(ExecutionStatus(where.status).value)
+            conditions.append(f"status = ${len(args)}")
+        if where.flow_id is not None:
+            args.append(where.flow_id)
+            conditions.append(f"flow_id = ${len(args)}::uuid")
         if after:
             created, ident = decode_cursor(after)
             args += [created, ident]
-            where.append(f"(created_at, id::text) < (${len(args) - 1}, ${len(args)})")
+            conditions.append(f"(created_at, id::text) < (${len(args) - 1}, ${len(args)})")
         args.append(first + 1)
         template = (
             "SELECT * FROM {s}.executions"
-            + (" WHERE " + " AND ".join(where) if where else "")
+            + (" WHERE " + " AND ".join(conditions) if conditions else "")
             + f" ORDER BY created_at DESC, id::text DESC LIMIT ${len(args)}"
         )
         rows = await self._sql.fetch(self._q(template), *args)

@@ -14,7 +14,8 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 from domain.agents import Agent, AgentOptions
 from domain.auth import is_uuid
 from domain.crews import Crew, CrewTask
-from domain.flows.service import Flow, FlowRefs
+from domain.flows.graph import ReferenceIndex
+from domain.flows.service import Flow
 from domain.ports import Page
 from domain.providers import LlmProvider
 from domain.secrets import Sealed
@@ -534,13 +535,13 @@ class SqlFlows(_SqlResource[Flow]):
         )
         return [self._version_entity(r) for r in rows]
 
-    async def set_refs(self, flow_id: str, refs: FlowRefs) -> None:
+    async def set_refs(self, flow_id: str, refs: ReferenceIndex) -> None:
         await self._conn.execute(t.flow_refs.delete().where(t.flow_refs.c.flow_id == flow_id))
         rows = (
             [{"flow_id": flow_id, "agent_id": i} for i in refs.agent_ids]
             + [{"flow_id": flow_id, "crew_id": i} for i in refs.crew_ids]
             + [{"flow_id": flow_id, "tool_id": i} for i in refs.tool_ids]
-            + [{"flow_id": flow_id, "llm_provider_id": i} for i in refs.provider_ids]
+            + [{"flow_id": flow_id, "llm_provider_id": i} for i in refs.llm_provider_ids]
         )
         if rows:
             full = [
@@ -548,19 +549,3 @@ class SqlFlows(_SqlResource[Flow]):
                 for r in rows
             ]
             await self._conn.execute(t.flow_refs.insert(), full)
-
-    async def refs_by_flow(self, flow_ids: Sequence[str]) -> dict[str, FlowRefs]:
-        rows = await self._conn.execute(
-            sa.select(t.flow_refs).where(t.flow_refs.c.flow_id.in_(_uuids(flow_ids)))
-        )
-        acc: dict[str, dict[str, set[str]]] = defaultdict(lambda: defaultdict(set))
-        for r in rows:
-            for col, key in (
-                ("agent_id", "agent_ids"),
-                ("crew_id", "crew_ids"),
-                ("tool_id", "tool_ids"),
-                ("llm_provider_id", "provider_ids"),
-            ):
-                if r._mapping[col] is not None:
-                    acc[str(r.flow_id)][key].add(str(r._mapping[col]))
-        return {fid: FlowRefs(**{k: frozenset(v) for k, v in d.items()}) for fid, d in acc.items()}

@@ -4,10 +4,13 @@ GraphQL → engine → LlmService → LiteLLM → real HTTP → the server's scr
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import uuid
 from typing import Any
 
 import httpx
+import pytest
 
 from tests.conftest import PASSWORD, Team, register
 from tests.support.client import GQL, error_code
@@ -388,3 +391,97 @@ def test_cost_comes_from_litellms_bundled_price_map() -> None:
     priced = cost_of(litellm, LlmTarget("p", "n", "openai", "gpt-4o-mini", None), 1000, 1000)
     assert priced is not None and priced > 0
     assert cost_of(litellm, LlmTarget("p", "n", "openai", "scripted", None), 10, 10) is None
+
+
+async def test_a_wrong_key_shows_in_no_log_event_error_or_response(
+    gql: GQL, team: Team, caplog: pytest.LogCaptureFixture, capfd: pytest.CaptureFixture[str]
+) -> None:
+    # The scripted model, like some real providers, echoes a wrong key in its 401.
+    caplog.set_level(logging.DEBUG)
+    for name in ("LiteLLM", "LiteLLM Router", "crewgraph", "httpx", "openai"):
+        caplog.set_level(logging.DEBUG, logger=name)
+    keyed = await _provider(gql, team, name=_n("leaky"), apiKey=f"  {WRONG_KEY}\n")
+    assert keyed["hasApiKey"] is True
+    seen: list[Any] = [keyed]
+    done = await _run(gql, team, _llm_flow(keyed["id"], "hello"))
+    assert done["status"] == "FAILED"
+    seen += [done, await collect_events(gql, team.token, done["id"])]
+    seen.append(await gql.op("TestLlmProvider", {"id": keyed["id"]}, token=team.token))
+    seen.append(await gql.op("LlmProvidersRuntime", {"first": 100}, token=team.token))
+    everything = json.dumps(seen) + caplog.text + "".join(capfd.readouterr())
+    assert "Incorrect API key" in everything  # the provider's message got through...
+    assert WRONG_KEY not in everything  # ...without the key
+
+
+async def test_unknown_provider_names_and_unsendable_keys_are_refused_at_write_time(
+    gql: GQL, team: Team
+) -> None:
+    for over, field in (
+        ({"provider": "opnai"}, "input.provider"),
+        ({"apiKey": "sk-one\nsk-two"}, "input.apiKey"),
+        ({"apiKey": "sk-clé"}, "input.apiKey"),
+    ):
+        data = {"name": _n("bad"), "provider": "openai", "model": "m", **over}
+        body = await gql.op("CreateLlmProviderRuntime", {"input": data}, token=team.token)
+        assert error_code(body) == "BAD_USER_INPUT", body
+        assert field in body["errors"][0]["extensions"]["fields"], body
+    listed = await gql.ok("LlmProvidersRuntime", {"first": 100}, token=team.token)
+    assert not [e for e in listed["llmProviders"]["edges"] if e["node"]["name"].startswith("bad-")]
+
+
+async def test_another_teams_provider_is_never_usable_or_visible(gql: GQL, team: Team) -> None:
+    other = await register(gql)
+    theirs = await _local_provider(gql, other)
+    mine = await _local_provider(gql, team)
+    body = await gql.op(
+        "CreateLlmProviderRuntime",
+        {
+            "input": {
+                "name": _n("fb"),
+                "provider": "openai",
+                "model": "scripted",
+                "baseUrl": LOCAL,
+                "fallbackProviderIds": [theirs["id"]],
+            }
+        },
+        token=team.token,
+    )
+    assert error_code(body) == "NOT_FOUND" and theirs["id"] not in json.dumps(body.get("data"))
+    flow = await gql.op(
+        "CreateFlow", {"input": _llm_flow(theirs["id"], "SAY: stolen")}, token=team.token
+    )
+    assert error_code(flow) in ("BAD_USER_INPUT", "NOT_FOUND"), flow
+    # Unknown and foreign ids answer alike: no hint that the id exists elsewhere.
+    foreign = await gql.op("TestLlmProvider", {"id": theirs["id"]}, token=team.token)
+    nobody = str(uuid.uuid4())
+    unknown = await gql.op("TestLlmProvider", {"id": nobody}, token=team.token)
+    assert error_code(foreign) == error_code(unknown) == "NOT_FOUND"
+    assert foreign["errors"][0]["message"].replace(theirs["id"], "ID") == unknown["errors"][0][
+        "message"
+    ].replace(nobody, "ID")
+    tested = await gql.ok("TestLlmProvider", {"id": mine["id"]}, token=team.token)
+    assert tested["testLlmProvider"]["ok"] is True
+
+
+async def test_a_stored_key_is_never_sent_to_a_new_destination_without_being_reentered(
+    gql: GQL, team: Team
+) -> None:
+    keyed = await _provider(gql, team, name=_n("keyed"), apiKey="sk-stored-1")
+
+    async def update(**over: Any) -> dict[str, Any]:
+        data = {"name": keyed["name"], "provider": "openai", "model": "scripted"}
+        data.update({"baseUrl": LOCAL, **over})
+        return await gql.op(
+            "UpdateLlmProviderRuntime", {"id": keyed["id"], "input": data}, token=team.token
+        )
+
+    for over in ({"baseUrl": "https://collector.example/v1"}, {"provider": "anthropic"}):
+        moved = await update(**over)
+        assert error_code(moved) == "BAD_USER_INPUT", moved
+        assert "input.apiKey" in moved["errors"][0]["extensions"]["fields"]
+    renamed = (await update(model="scripted-slow"))["data"]["updateLlmProvider"]
+    assert renamed["hasApiKey"] is True and renamed["baseUrl"] == LOCAL
+    rekeyed = await update(baseUrl="https://collector.example/v1", apiKey="sk-new-2")
+    assert rekeyed["data"]["updateLlmProvider"]["hasApiKey"] is True
+    dropped = await update(apiKey="")  # back home, without a key
+    assert dropped["data"]["updateLlmProvider"]["hasApiKey"] is False

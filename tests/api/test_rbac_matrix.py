@@ -29,6 +29,29 @@ def _n() -> str:
     return f"rbac-{uuid.uuid4().hex[:10]}"
 
 
+Variables = Callable[[dict[str, Any]], dict[str, Any]]
+
+
+def _resource(
+    kind: str,
+    key: str,
+    create: Variables,
+    update: Variables,
+    *,
+    write: Action = Action.WRITE,
+    updated: str | None = None,
+) -> list[Case]:
+    """Listing, reading, creating, updating and deleting one kind of resource; `key` names
+    the fixture's resource that is read (and updated, unless `updated` names another)."""
+    return [
+        Case(f"{kind}s", Action.READ),
+        Case(kind, Action.READ, lambda f: {"id": f["w"][key]}),
+        Case(f"Create{kind}", write, lambda f: {"input": create(f)}),
+        Case(f"Update{kind}", write, lambda f: {"id": f["w"][updated or key], "input": update(f)}),
+        Case(f"Delete{kind}", write, lambda _: {"id": MISSING}),
+    ]
+
+
 CASES: list[Case] = [
     Case("Me", None),
     Case("CurrentTenant", None),
@@ -49,119 +72,65 @@ CASES: list[Case] = [
     Case("DeactivateUser", Action.MANAGE_USERS, lambda _: {"id": MISSING}),
     Case("CreateApiKey", Action.MANAGE_API_KEYS, lambda _: {"name": "k", "role": "VIEWER"}),
     Case("RevokeApiKey", Action.MANAGE_API_KEYS, lambda _: {"id": MISSING}),
-    Case("LlmProviders", Action.READ),
-    Case("LlmProvider", Action.READ, lambda f: {"id": f["w"]["provider"]}),
-    Case(
-        "CreateLlmProvider",
-        Action.MANAGE_PROVIDERS,
-        lambda _: {"input": {"name": _n(), "provider": "openai", "model": "m"}},
+    *_resource(
+        "LlmProvider",
+        "provider",
+        lambda _: {"name": _n(), "provider": "openai", "model": "m"},
+        lambda _: {"name": _n(), "provider": "openai", "model": "m"},
+        write=Action.MANAGE_PROVIDERS,
     ),
-    Case(
-        "UpdateLlmProvider",
-        Action.MANAGE_PROVIDERS,
-        lambda f: {
-            "id": f["w"]["provider"],
-            "input": {"name": _n(), "provider": "openai", "model": "m"},
-        },
-    ),
-    Case("DeleteLlmProvider", Action.MANAGE_PROVIDERS, lambda _: {"id": MISSING}),
     Case("TestLlmProvider", Action.MANAGE_PROVIDERS, lambda _: {"id": MISSING}),
     Case("Usage", Action.READ, lambda _: {"days": 7}),
-    Case("Tools", Action.READ),
-    Case("Tool", Action.READ, lambda f: {"id": f["w"]["tool"]}),
-    Case(
-        "CreateTool",
-        Action.WRITE,
+    *_resource(
+        "Tool",
+        "tool",
         lambda _: {
-            "input": {
-                "name": _n(),
-                "description": "d",
-                "kind": "BUILTIN",
-                "config": {"builtin": "file_read"},
-            }
+            "name": _n(),
+            "description": "d",
+            "kind": "BUILTIN",
+            "config": {"builtin": "file_read"},
+        },
+        lambda _: {
+            "name": _n(),
+            "description": "d",
+            "kind": "CUSTOM_PYTHON",
+            "config": {"code": b.PY_CODE},
         },
     ),
-    Case(
-        "UpdateTool",
-        Action.WRITE,
-        lambda f: {
-            "id": f["w"]["tool"],
-            "input": {
-                "name": _n(),
-                "description": "d",
-                "kind": "CUSTOM_PYTHON",
-                "config": {"code": b.PY_CODE},
-            },
-        },
-    ),
-    Case("DeleteTool", Action.WRITE, lambda _: {"id": MISSING}),
     Case("ValidateTool", Action.RUN, lambda f: {"id": f["w"]["tool"], "sampleInput": {"x": 1}}),
-    Case("Agents", Action.READ),
-    Case("Agent", Action.READ, lambda f: {"id": f["w"]["agent"]}),
-    Case(
-        "CreateAgent",
-        Action.WRITE,
-        lambda _: {"input": {"name": _n(), "role": "r", "goal": "g", "backstory": "b"}},
+    *_resource(
+        "Agent",
+        "agent",
+        lambda _: {"name": _n(), "role": "r", "goal": "g", "backstory": "b"},
+        lambda _: {"name": _n(), "role": "r", "goal": "g", "backstory": "b"},
+        updated="agent2",
     ),
-    Case(
-        "UpdateAgent",
-        Action.WRITE,
+    *_resource(
+        "Crew",
+        "crew",
         lambda f: {
-            "id": f["w"]["agent2"],
-            "input": {"name": _n(), "role": "r", "goal": "g", "backstory": "b"},
+            "name": _n(),
+            "agentIds": [f["w"]["agent2"]],
+            "tasks": [{"description": "d", "expectedOutput": "e", "agentId": f["w"]["agent2"]}],
+        },
+        lambda f: {
+            "name": _n(),
+            "agentIds": [f["w"]["agent"]],
+            "tasks": [{"description": "d", "expectedOutput": "e", "agentId": f["w"]["agent"]}],
         },
     ),
-    Case("DeleteAgent", Action.WRITE, lambda _: {"id": MISSING}),
-    Case("Crews", Action.READ),
-    Case("Crew", Action.READ, lambda f: {"id": f["w"]["crew"]}),
-    Case(
-        "CreateCrew",
-        Action.WRITE,
-        lambda f: {
-            "input": {
-                "name": _n(),
-                "agentIds": [f["w"]["agent2"]],
-                "tasks": [{"description": "d", "expectedOutput": "e", "agentId": f["w"]["agent2"]}],
-            }
-        },
+    *_resource(
+        "Flow",
+        "flow",
+        lambda f: {"name": _n(), **b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"])},
+        lambda f: {"name": _n(), **b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"])},
     ),
-    Case(
-        "UpdateCrew",
-        Action.WRITE,
-        lambda f: {
-            "id": f["w"]["crew"],
-            "input": {
-                "name": _n(),
-                "agentIds": [f["w"]["agent"]],
-                "tasks": [{"description": "d", "expectedOutput": "e", "agentId": f["w"]["agent"]}],
-            },
-        },
-    ),
-    Case("DeleteCrew", Action.WRITE, lambda _: {"id": MISSING}),
-    Case("Flows", Action.READ),
-    Case("Flow", Action.READ, lambda f: {"id": f["w"]["flow"]}),
     Case("FlowVersion", Action.READ, lambda f: {"id": f["w"]["flow"], "version": 1}),
     Case(
         "ValidateFlow",
         Action.READ,
         lambda f: b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"]),
     ),
-    Case(
-        "CreateFlow",
-        Action.WRITE,
-        lambda f: {
-            "input": {"name": _n(), **b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"])}
-        },
-    ),
-    Case(
-        "UpdateFlow",
-        Action.WRITE,
-        lambda f: {
-            "id": f["w"]["flow"],
-            "input": {"name": _n(), **b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"])},
-        },
-    ),
-    Case("DeleteFlow", Action.WRITE, lambda _: {"id": MISSING}),
     Case("Executions", Action.READ),
     Case("Execution", Action.READ, lambda _: {"id": MISSING}),
     Case("ExecuteFlow", Action.RUN, lambda f: {"id": f["w"]["flow"], "inputs": {"topic": "x"}}),

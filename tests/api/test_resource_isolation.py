@@ -33,23 +33,20 @@ async def test_other_tenants_ids_are_not_found_everywhere(
     flow_in: dict[str, Any] = {"name": "x", **b.graph(m["agent"], m["crew"], m["tool"])}
     provider_in = {"name": "x", "provider": "openai", "model": "m"}
 
+    def read_update_delete(kind: str, key: str, data: Any) -> list[tuple[str, dict[str, Any]]]:
+        return [
+            (kind, {"id": t[key]}),
+            (f"Update{kind}", {"id": t[key], "input": data}),
+            (f"Delete{kind}", {"id": t[key]}),
+        ]
+
     calls = [
-        ("LlmProvider", {"id": t["provider"]}),
-        ("UpdateLlmProvider", {"id": t["provider"], "input": provider_in}),
-        ("DeleteLlmProvider", {"id": t["provider"]}),
-        ("Tool", {"id": t["tool"]}),
-        ("UpdateTool", {"id": t["tool"], "input": tool_in}),
-        ("DeleteTool", {"id": t["tool"]}),
-        ("Agent", {"id": t["agent"]}),
-        ("UpdateAgent", {"id": t["agent"], "input": agent_in}),
-        ("DeleteAgent", {"id": t["agent"]}),
-        ("Crew", {"id": t["crew"]}),
-        ("UpdateCrew", {"id": t["crew"], "input": crew_in}),
-        ("DeleteCrew", {"id": t["crew"]}),
-        ("Flow", {"id": t["flow"]}),
+        *read_update_delete("LlmProvider", "provider", provider_in),
+        *read_update_delete("Tool", "tool", tool_in),
+        *read_update_delete("Agent", "agent", agent_in),
+        *read_update_delete("Crew", "crew", crew_in),
         ("FlowVersion", {"id": t["flow"], "version": 1}),
-        ("UpdateFlow", {"id": t["flow"], "input": flow_in}),
-        ("DeleteFlow", {"id": t["flow"]}),
+        *read_update_delete("Flow", "flow", flow_in),
         # Their ids smuggled into my writes.
         ("CreateAgent", {"input": {**agent_in, "name": "a1", "llmProviderId": t["provider"]}}),
         ("CreateAgent", {"input": {**agent_in, "name": "a2", "toolIds": [m["tool"], t["tool"]]}}),

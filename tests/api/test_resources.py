@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 from tests.conftest import Team, member_token
 from tests.support import builders as b
@@ -209,6 +210,14 @@ async def test_pagination_search_and_kind_filters(gql: GQL, team: Team) -> None:
 
 async def test_every_update_bumps_version_with_optimistic_concurrency(gql: GQL, team: Team) -> None:
     w = await b.world(gql, team.token)
+
+    def update_of(key: str, data: dict[str, Any], **more: Any) -> dict[str, Any]:
+        return {"id": w[key]["id"], "input": data, **more}
+
+    async def update(kind: str, key: str, data: dict[str, Any], **more: Any) -> Any:
+        variables = update_of(key, data, **more)
+        return (await gql.ok(f"Update{kind}", variables, token=team.token))[f"update{kind}"]
+
     agent_input = {
         "name": "renamed-agent",
         "role": "R",
@@ -216,33 +225,17 @@ async def test_every_update_bumps_version_with_optimistic_concurrency(gql: GQL, 
         "backstory": "B",
         "toolIds": [w["tool"]["id"]],
     }
-    a = (
-        await gql.ok(
-            "UpdateAgent",
-            {"id": w["agent"]["id"], "input": agent_input, "expectedVersion": 1},
-            token=team.token,
-        )
-    )["updateAgent"]
+    a = await update("Agent", "agent", agent_input, expectedVersion=1)
     assert a["version"] == 2 and a["llmProvider"] is None
-    assert (
-        error_code(
-            await gql.op(
-                "UpdateAgent",
-                {"id": w["agent"]["id"], "input": agent_input, "expectedVersion": 1},
-                token=team.token,
-            )
-        )
-        == "CONFLICT"
-    )
+    stale = update_of("agent", agent_input, expectedVersion=1)
+    assert error_code(await gql.op("UpdateAgent", stale, token=team.token)) == "CONFLICT"
     tool_input = {
         "name": "t2",
         "description": "d",
         "kind": "BUILTIN",
         "config": {"builtin": "file_read"},
     }
-    t = (
-        await gql.ok("UpdateTool", {"id": w["tool"]["id"], "input": tool_input}, token=team.token)
-    )["updateTool"]
+    t = await update("Tool", "tool", tool_input)
     assert t["version"] == 2 and t["kind"] == "BUILTIN"
     crew_input = {
         "name": "c2",
@@ -251,44 +244,17 @@ async def test_every_update_bumps_version_with_optimistic_concurrency(gql: GQL, 
         "managerAgentId": w["agent2"]["id"],
         "tasks": [{"description": "d", "expectedOutput": "e", "agentId": w["agent"]["id"]}],
     }
-    c = (
-        await gql.ok(
-            "UpdateCrew",
-            {"id": w["crew"]["id"], "input": crew_input, "expectedVersion": 1},
-            token=team.token,
-        )
-    )["updateCrew"]
+    c = await update("Crew", "crew", crew_input, expectedVersion=1)
     assert (
         c["version"] == 2
         and c["process"] == "hierarchical"
         and c["managerAgent"]["id"] == w["agent2"]["id"]
     )
-    p = (
-        await gql.ok(
-            "UpdateLlmProvider",
-            {
-                "id": w["provider"]["id"],
-                "input": {
-                    "name": "p2",
-                    "provider": "ollama",
-                    "model": "llama3",
-                    "baseUrl": "http://127.0.0.1:11434",
-                },
-            },
-            token=team.token,
-        )
-    )["updateLlmProvider"]
+    p = await update("LlmProvider", "provider", {"name": "p2", "provider": "openai", "model": "o"})
     assert p["version"] == 2 and p["hasApiKey"] is True  # null apiKey keeps the key
-    p = (
-        await gql.ok(
-            "UpdateLlmProvider",
-            {
-                "id": w["provider"]["id"],
-                "input": {"name": "p2", "provider": "ollama", "model": "llama3", "apiKey": ""},
-            },
-            token=team.token,
-        )
-    )["updateLlmProvider"]
+    # A new destination needs the key again (or "" to drop it): see test_llm.py.
+    ollama = {"name": "p2", "provider": "ollama", "model": "llama3"}
+    p = await update("LlmProvider", "provider", {**ollama, "apiKey": ""})
     assert p["hasApiKey"] is False
 
 

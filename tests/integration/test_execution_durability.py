@@ -19,7 +19,7 @@ import pytest
 
 from domain.executions.claims import ClaimPolicy
 from domain.executions.events import EventType, NewEvent
-from domain.executions.ports import LeaseLost
+from domain.executions.ports import LeaseLost, RunOutcome
 from domain.executions.records import ExecutionRef
 from domain.executions.service import ExecutionService
 from domain.executions.state import ExecutionStatus
@@ -91,6 +91,12 @@ async def pending_run(
     p = await container.identity.authenticate_bearer(team.token)
     execution = await service.execute_flow(p, flow["id"], inputs or {})
     return ExecutionRef(p.tenant_id, p.tenant_schema, execution.id)
+
+
+async def pending_branching_run(gql: GQL, container: Any, team: Team) -> ExecutionRef:
+    """A PENDING run of a new branching flow (score 1) that nobody was told about."""
+    flow = await f.create_flow(gql, team.token, f.branching())
+    return await pending_run(gql, container, team, flow, {"score": 1})
 
 
 async def events_of(container: Any, ref: ExecutionRef) -> list[Any]:
@@ -201,8 +207,7 @@ async def test_graceful_shutdown_gives_the_run_back_at_once(
 async def test_a_runner_that_lost_its_lease_cannot_write(
     gql: GQL, team: Team, container: Any, paused_sweeper: None
 ) -> None:
-    flow = await f.create_flow(gql, team.token, f.branching())
-    ref = await pending_run(gql, container, team, flow, {"score": 1})
+    ref = await pending_branching_run(gql, container, team)
     leases = SqlLeases(container.db)
     policy = ClaimPolicy(max_running=10, max_attempts=5)
     assert (await leases.claim(ref, "A", 0.05, policy)).claim is not None
@@ -220,7 +225,7 @@ async def test_a_runner_that_lost_its_lease_cannot_write(
     with pytest.raises(LeaseLost):
         await stale.save_node_result(ref.execution_id, NodeResult("in", NodeStatus.RUNNING))
     with pytest.raises(LeaseLost):
-        await stale.finish(ref.execution_id, ExecutionStatus.COMPLETED, {}, None)
+        await stale.finish(ref.execution_id, RunOutcome(ExecutionStatus.COMPLETED, {}))
     assert await leases.renew(ref, "A", 30) is None
     assert await leases.renew(ref, "B", 30) is not None
     assert await events_of(container, ref) == []
@@ -228,14 +233,13 @@ async def test_a_runner_that_lost_its_lease_cannot_write(
     ok = NewEvent(EventType.LOG, None, datetime.now(UTC), {"message": "ok"})
     [event] = await owner.append_events(ref.execution_id, [ok])
     assert event.sequence == 1
-    await owner.finish(ref.execution_id, ExecutionStatus.FAILED, {}, "test over")
+    await owner.finish(ref.execution_id, RunOutcome(ExecutionStatus.FAILED, {}, "test over"))
 
 
 async def test_gives_up_after_max_attempts(
     gql: GQL, team: Team, container: Any, paused_sweeper: None
 ) -> None:
-    flow = await f.create_flow(gql, team.token, f.branching())
-    ref = await pending_run(gql, container, team, flow, {"score": 1})
+    ref = await pending_branching_run(gql, container, team)
     leases = SqlLeases(container.db)
     policy = ClaimPolicy(max_running=10, max_attempts=2)
     for owner in ("A", "B"):
@@ -299,8 +303,7 @@ async def test_concurrency_limit_queues_the_rest_as_pending(
 async def test_cancel_of_a_pending_execution_is_immediate(
     gql: GQL, team: Team, container: Any, paused_sweeper: None
 ) -> None:
-    flow = await f.create_flow(gql, team.token, f.branching())
-    ref = await pending_run(gql, container, team, flow, {"score": 1})
+    ref = await pending_branching_run(gql, container, team)
     cancelled = (await gql.ok("CancelExecution", {"id": ref.execution_id}, token=team.token))[
         "cancelExecution"
     ]
@@ -315,8 +318,7 @@ async def test_cancel_of_a_pending_execution_is_immediate(
 async def test_sweeper_redispatches_stale_pending_executions(
     gql: GQL, team: Team, container: Any, paused_sweeper: None
 ) -> None:
-    flow = await f.create_flow(gql, team.token, f.branching())
-    ref = await pending_run(gql, container, team, flow, {"score": 1})
+    ref = await pending_branching_run(gql, container, team)
     recorder = Recorder()
     sweeper = Sweeper(SqlLeases(container.db), recorder, bus=container.bus, redispatch_after=0.2)
     assert ref not in await sweeper.sweep_once()  # dispatched just now

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
 from domain.errors import BadUserInput
@@ -14,32 +16,22 @@ def test_defaults() -> None:
     assert (limits.timeout_seconds, limits.output_bytes, limits.tmpfs_mb) == (30, 1_000_000, 64)
 
 
+# Per limit: the tool's value, the tenant's maximum, and what clamping gives.
+CLAMPS: dict[str, tuple[Any, Any, Any]] = {
+    "memory_mb": (2048, 1024, 1024),
+    "cpu_fraction": (0.25, 1.0, 0.25),
+    "pids": (500, 128, 128),
+    "timeout_seconds": (5, 60, 5),
+    "output_bytes": (5_000_000, 2_000_000, 2_000_000),
+    "tmpfs_mb": (16, 128, 16),
+}
+
+
 def test_clamp_keeps_each_limit_within_the_maximum() -> None:
-    tool = SandboxLimits(
-        memory_mb=2048,
-        cpu_fraction=0.25,
-        pids=500,
-        timeout_seconds=5,
-        output_bytes=5_000_000,
-        tmpfs_mb=16,
+    tool, tenant_max, clamped = (
+        SandboxLimits(**{name: row[column] for name, row in CLAMPS.items()}) for column in range(3)
     )
-    tenant_max = SandboxLimits(
-        memory_mb=1024,
-        cpu_fraction=1.0,
-        pids=128,
-        timeout_seconds=60,
-        output_bytes=2_000_000,
-        tmpfs_mb=128,
-    )
-    clamped = tool.clamp(tenant_max)
-    assert clamped == SandboxLimits(
-        memory_mb=1024,
-        cpu_fraction=0.25,
-        pids=128,
-        timeout_seconds=5,
-        output_bytes=2_000_000,
-        tmpfs_mb=16,
-    )
+    assert tool.clamp(tenant_max) == clamped
     assert tenant_max.clamp(tenant_max) == tenant_max
 
 

@@ -4,40 +4,22 @@ started itself."""
 
 from __future__ import annotations
 
-import asyncio
 import os
 import secrets
-import signal
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import httpx
 
 from server.local_model import PROVIDER_NAME, LocalModelInstall, status
+from tests.support.serve import serving
 from tests.support.services import free_port
 
-REPO = Path(__file__).resolve().parents[2]
 REGISTER = """
 mutation($input: RegisterInput!) { register(input: $input) { accessToken } }
 """
 PROVIDERS = "{ llmProviders(first: 20) { edges { node { id name provider model baseUrl } } } }"
 TEST_PROVIDER = "mutation($id: ID!) { testLlmProvider(id: $id) }"
-
-
-async def _wait_ready(client: httpx.AsyncClient, proc: subprocess.Popen[bytes]) -> None:
-    for _ in range(480):
-        try:
-            if (await client.get("/readyz")).status_code == 200:
-                return
-        except httpx.TransportError:
-            pass
-        if proc.poll() is not None:
-            output = proc.stdout.read().decode() if proc.stdout else ""
-            raise AssertionError(f"serve exited early:\n{output}")
-        await asyncio.sleep(0.25)
-    raise AssertionError("serve never became ready")
 
 
 async def _gql(
@@ -72,41 +54,25 @@ async def test_serve_registers_the_local_model(
         "CREWGRAPH_JWT_SECRET": settings.signing_secret,
         "CREWGRAPH_LOG_LEVEL": "WARNING",
     }
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "server.cli", "serve"],
-        env=env,
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-    )
-    try:
-        async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}", timeout=120) as client:
-            await _wait_ready(client, proc)
-            running = status(local_model_install)
-            assert running is not None, "serve did not start the installed local model"
-            registered = await _gql(
-                client,
-                REGISTER,
-                input={
-                    "tenantName": f"Smoke {secrets.token_hex(3)}",
-                    "email": f"smoke-{secrets.token_hex(4)}@example.com",
-                    "password": "correct horse battery",
-                },
-            )
-            token = registered["register"]["accessToken"]
-            edges = (await _gql(client, PROVIDERS, token))["llmProviders"]["edges"]
-            providers = {e["node"]["name"]: e["node"] for e in edges}
-            assert PROVIDER_NAME in providers, providers
-            local = providers[PROVIDER_NAME]
-            assert local["baseUrl"] == running.base_url
-            result = (await _gql(client, TEST_PROVIDER, token, id=local["id"]))["testLlmProvider"]
-            assert result["ok"] is True, result
-    finally:
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+    async with serving(env, port, ready_within=120, timeout=120) as client:
+        running = status(local_model_install)
+        assert running is not None, "serve did not start the installed local model"
+        registered = await _gql(
+            client,
+            REGISTER,
+            input={
+                "tenantName": f"Smoke {secrets.token_hex(3)}",
+                "email": f"smoke-{secrets.token_hex(4)}@example.com",
+                "password": "correct horse battery",
+            },
+        )
+        token = registered["register"]["accessToken"]
+        edges = (await _gql(client, PROVIDERS, token))["llmProviders"]["edges"]
+        providers = {e["node"]["name"]: e["node"] for e in edges}
+        assert PROVIDER_NAME in providers, providers
+        local = providers[PROVIDER_NAME]
+        assert local["baseUrl"] == running.base_url
+        result = (await _gql(client, TEST_PROVIDER, token, id=local["id"]))["testLlmProvider"]
+        assert result["ok"] is True, result
     # A model serve found keeps running; one it started is stopped with it.
     assert (status(local_model_install) is not None) == was_running

@@ -16,7 +16,7 @@ from typing import Any, Self
 
 from domain.executions.claims import ClaimAction, ClaimPolicy, ClaimState
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
-from domain.executions.ports import LeaseLost, NodeResult
+from domain.executions.ports import ExecutionFilter, LeaseLost, NodeResult, RunOutcome
 from domain.executions.records import (
     Claim,
     ClaimOutcome,
@@ -219,16 +219,10 @@ class MemoryRunStore:
         await asyncio.sleep(0)  # a real write yields to the loop
         return self.db.append(run, events)
 
-    async def finish(
-        self,
-        execution_id: str,
-        status: ExecutionStatus,
-        outputs: dict[str, Any] | None,
-        error: str | None,
-    ) -> Execution:
+    async def finish(self, execution_id: str, outcome: RunOutcome) -> Execution:
         run = self._owned(execution_id)
         run.lease_expires = None
-        return self.db.set_status(run, status, outputs=outputs, error=error)
+        return self.db.set_status(run, outcome.status, outputs=outcome.outputs, error=outcome.error)
 
 
 class _Queue:
@@ -334,15 +328,8 @@ class MemoryExecutions:
         run = self.db.runs.get(ident)
         return replace(run.execution) if run and run.ref.tenant_schema == self.schema else None
 
-    async def page(
-        self,
-        first: int,
-        after: str | None,
-        *,
-        status: ExecutionStatus | None = None,
-        flow_id: str | None = None,
-    ) -> Page[Execution]:
-        runs = [r.execution for r in self._mine() if status in (None, r.execution.status)]
+    async def page(self, first: int, after: str | None, where: ExecutionFilter) -> Page[Execution]:
+        runs = [r.execution for r in self._mine() if where.status in (None, r.execution.status)]
         return Page(items=[(e, e.id) for e in runs[:first]], has_next_page=len(runs) > first)
 
     async def node_runs(self, ids: Sequence[str]) -> dict[str, list[NodeResult]]:

@@ -12,10 +12,10 @@ from typing import Any
 import pytest
 
 from domain.errors import BadUserInput
-from domain.executions.engine import FlowEngine, RunOutcome
+from domain.executions.engine import FlowEngine
 from domain.executions.events import TERMINAL_EVENTS, EventType, ExecutionEvent
 from domain.executions.memory import InMemoryExecutionStore
-from domain.executions.ports import CancelSignal, NodeContext, NodeResult
+from domain.executions.ports import CancelSignal, NodeContext, NodeResult, RunOutcome
 from domain.executions.state import ExecutionStatus, NodeStatus
 from domain.flows.model import FlowEdge, FlowGraph, FlowNode
 

@@ -402,24 +402,23 @@ def test_needs_input_and_output() -> None:
     assert_valid(graph([node("in", "INPUT"), node("out", "OUTPUT")], [edge("in", "out")]))
 
 
-def test_every_node_reachable_from_an_input() -> None:
+@pytest.mark.parametrize(
+    ("stray", "stray_edge", "problem"),
+    [
+        ("orphan", edge("orphan", "out"), "not reachable from an INPUT node"),
+        ("dead", edge("a", "dead"), "not connected to any OUTPUT node"),
+    ],
+)
+def test_every_node_lies_on_a_path_from_an_input_to_an_output(
+    stray: str, stray_edge: FlowEdge, problem: str
+) -> None:
     g = graph(
-        [node("in", "INPUT"), node("a"), node("orphan"), node("out", "OUTPUT")],
-        [edge("in", "a"), edge("a", "out"), edge("orphan", "out")],
+        [node("in", "INPUT"), node("a"), node(stray), node("out", "OUTPUT")],
+        [edge("in", "a"), edge("a", "out"), stray_edge],
     )
     result = check(g)
-    assert_error(result, "nodes", "nodes not reachable from an INPUT node: 'orphan'")
-    assert "not reachable" in result.field_errors["nodes[2]"]
-
-
-def test_every_node_reaches_an_output() -> None:
-    g = graph(
-        [node("in", "INPUT"), node("a"), node("dead"), node("out", "OUTPUT")],
-        [edge("in", "a"), edge("a", "out"), edge("a", "dead")],
-    )
-    result = check(g)
-    assert_error(result, "nodes", "nodes not connected to any OUTPUT node: 'dead'")
-    assert "not connected" in result.field_errors["nodes[2]"]
+    assert_error(result, "nodes", f"nodes {problem}: {stray!r}")
+    assert problem in result.field_errors["nodes[2]"]
 
 
 def test_unconnected_output_and_input() -> None:

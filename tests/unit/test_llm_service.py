@@ -23,7 +23,7 @@ from domain.llm import (
     UsageDay,
     UsageRecord,
 )
-from domain.llm_calls import CallScope, LlmService
+from domain.llm_calls import MAX_REPLY_CHARS, CallScope, LlmService
 from domain.providers import LOCAL_BASE_URL, LlmProvider
 from domain.rbac import Role
 from domain.secrets import Sealed
@@ -99,6 +99,15 @@ class ScriptedClient:
             if model == "stream-then-fail":
                 raise LlmCallFailed("network", "connection reset")
             await asyncio.sleep(10)
+        if model == "flood":  # a runaway provider: endless 10k-character pieces
+            assert on_token is not None
+            self.flooded = 0
+            for _ in range(500):
+                await on_token("x" * 10_000)
+                self.flooded += 1
+            return LlmReply("x" * 5_000_000, model, target.provider_id, Usage(1, 3, 500, None))
+        if model == "huge":
+            return LlmReply("x" * 3_000_000, model, target.provider_id, Usage(1, 3, 750_000, 2.0))
         if on_token is not None:
             await on_token("hi")
         return LlmReply("hi", model, target.provider_id, Usage(1, 3, 1, 0.5))
@@ -299,3 +308,23 @@ def test_usage_sums_keep_cost_unknown_when_any_part_is_unknown() -> None:
     assert (priced + priced).cost_usd == 0.5
     assert (priced + Usage(1, 1, 1, None)).cost_usd is None
     assert (Usage() + priced) == priced
+
+
+async def test_a_runaway_reply_is_cut_off_failed_and_still_recorded() -> None:
+    flood, huge = _provider("Flood", "flood"), _provider("Huge", "huge")
+    service, client, usage = _service(flood, huge)
+    streamed: list[str] = []
+
+    async def on_token(text: str) -> None:
+        streamed.append(text)
+
+    with pytest.raises(LlmCallFailed, match="longer than") as failed:
+        await service.complete(SCOPE, flood.id, REQUEST, on_token=on_token)
+    assert failed.value.kind == "bad_request"  # not retried, no failover
+    assert sum(map(len, streamed)) <= MAX_REPLY_CHARS and client.flooded == len(streamed)
+    with pytest.raises(LlmCallFailed, match="longer than"):
+        await service.complete(SCOPE, huge.id, REQUEST)
+    assert [r.usage for r in usage.records] == [
+        Usage(1, 0, len(streamed), None),
+        Usage(1, 3, 750_000, 2.0),  # the provider's own count, although the reply was refused
+    ]

@@ -10,7 +10,7 @@ import pytest
 
 from domain.executions.events import EventType
 from domain.executions.journal import RunJournal
-from domain.executions.ports import LeaseLost, NodeResult
+from domain.executions.ports import LeaseLost, NodeResult, RunOutcome
 from domain.executions.records import Execution, ExecutionRef
 from domain.executions.state import ExecutionStatus, NodeStatus
 from tests.unit.execution_fakes import MemoryBus, MemoryRuns, MemoryRunStore
@@ -74,7 +74,7 @@ async def test_finish_writes_pending_tokens_first_and_publishes_the_final_status
     db, store, bus = running()
     journal = RunJournal(store, bus, REF.tenant_id, token_delay=10)
     await journal.append_event(REF.execution_id, EventType.TOKEN, "llm", {"index": 0})
-    await journal.finish(REF.execution_id, ExecutionStatus.COMPLETED, {"out": 1}, None)
+    await journal.finish(REF.execution_id, RunOutcome(ExecutionStatus.COMPLETED, {"out": 1}))
     assert sequences(bus) == [1]
     assert bus.statuses_published == [ExecutionStatus.COMPLETED]
     assert db.runs[REF.execution_id].execution.outputs == {"out": 1}
@@ -108,4 +108,4 @@ async def test_finish_refuses_an_illegal_transition() -> None:
     _, store, bus = running()
     journal = RunJournal(store, bus, REF.tenant_id)
     with pytest.raises(Exception, match="illegal execution state transition"):
-        await journal.finish(REF.execution_id, ExecutionStatus.RUNNING, None, None)
+        await journal.finish(REF.execution_id, RunOutcome(ExecutionStatus.RUNNING, {}))

@@ -96,3 +96,13 @@ def test_gateway_scrubs_keys_and_spells_models() -> None:
     target = LlmTarget("p", "n", "ollama", "llama3", None)
     assert model_name(target) == "ollama/llama3"
     assert model_name(LlmTarget("p", "n", "openai", "openai/gpt-4o", None)) == "openai/gpt-4o"
+
+
+def test_scrub_removes_every_spelling_a_provider_may_echo() -> None:
+    key = 'sk-"quo\\ted"'
+    body = json.dumps({"error": f"bad key {key}"})  # JSON-escaped inside an error body
+    assert key not in scrub(body, key) and json.dumps(key)[1:-1] not in scrub(body, key)
+    assert "***" in scrub(body, key)
+    assert scrub(f"header b'Bearer {key}'", key) == "header b'Bearer ***'"
+    assert scrub("Invalid key: sk-trim.", " sk-trim ") == "Invalid key: ***."
+    assert scrub(repr(f"x{key}"), key) == "'x***'"
