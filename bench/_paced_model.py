@@ -76,7 +76,8 @@ def _register(spec: str) -> None:
 def app(specs: list[str]) -> Starlette:
     for spec in specs:
         _register(spec)
-    timed = _Timed(scripted.scripted_app())
+    # Enough room for every stream of the fan-out at once (the endpoint bounds them).
+    timed = _Timed(scripted.scripted_app(scripted.ScriptedEndpoint(max_concurrent=1000)))
     return Starlette(
         routes=[Route("/_times", timed.times, methods=["GET"]), Mount("/v1", app=timed)]
     )

@@ -694,6 +694,16 @@ def _fan(p: Plan, fan: FanResult) -> Iterator[str]:
     )
     yield ""
     yield f"Rates over {window}; latency from the chunk leaving the model to the frame."
+    cpu = percentile(fan.cpu_us, 50) if fan.cpu_us else float("nan")
+    if fan.delivered_rate < 0.9 * nominal:
+        yield ""
+        yield (
+            f"Target missed: the subscribers got {fan.delivered_rate:.0f} tokens/s of the "
+            f"{nominal:.0f}/s the model would stream. The server is CPU-bound: at {cpu:.0f} µs "
+            f"per token one event loop relays at most ~{1e6 / max(cpu, 1e-9):.0f} tokens/s, so tokens "
+            'queue up (the latency and "behind" above) and the nodes\' LLM calls start late '
+            "(hence the model's own rate below nominal)."
+        )
 
 
 def report(p: Plan, r: RelayResult, crews: list[CrewRun], fan: FanResult) -> Iterator[str]:

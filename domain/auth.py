@@ -12,7 +12,15 @@ from datetime import UTC, datetime, timedelta
 
 from domain.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from domain.identity import ApiKey, Principal, RefreshToken, Tenant, User
-from domain.ports import AccessTokens, Page, PasswordHasher, UnitOfWork, UnitOfWorkFactory
+from domain.ports import (
+    AccessTokens,
+    CredentialRevocations,
+    Page,
+    PasswordHasher,
+    Revocation,
+    UnitOfWork,
+    UnitOfWorkFactory,
+)
 from domain.rbac import Action, Role
 from domain.validation import Checker
 
@@ -67,6 +75,12 @@ class IdentityService:
     refresh_ttl: int
     clock: Callable[[], datetime] = _now
     seed_tenant: TenantSeed | None = None
+    # Revocations reach every API process (open WebSockets end) and logged-out sessions
+    # are denied until their last access token expires; None only in narrow tests.
+    revocations: CredentialRevocations | None = None
+    # Seconds in which a just-rotated refresh token may come back (two tabs refreshing at
+    # once) and get a fresh pair of the same family instead of revoking it as stolen.
+    refresh_reuse_seconds: float = 0.0
 
     # -- sessions -----------------------------------------------------------
 
@@ -105,10 +119,12 @@ class IdentityService:
                 candidates = await uow.users.by_email(email, tenant_id) if tenant else []
             else:
                 candidates = await uow.users.by_email(email)
+            # A deactivated account answers as a wrong password does (verified all the
+            # same, so the timing matches too): a correct password must not tell more.
             matches = [
                 u
                 for u in candidates[:_MAX_LOGIN_CANDIDATES]
-                if self.hasher.verify(u.password_hash, password)
+                if self.hasher.verify(u.password_hash, password) and u.active
             ]
             if not candidates:
                 self.hasher.verify(None, password)  # same cost as a wrong password
@@ -120,8 +136,6 @@ class IdentityService:
             if not matches:
                 raise Unauthenticated("invalid email or password")
             user = matches[0]
-            if not user.active:
-                raise Unauthenticated("this account is deactivated")
             await uow.audit.record(user.tenant_id, user.id, "user.login")
             session = await self._open_session(uow, user, family_id=None)
             await uow.commit()
@@ -133,18 +147,27 @@ class IdentityService:
             stored = await uow.refresh_tokens.by_hash_for_update(digest(token))
             if stored is None:
                 raise Unauthenticated("invalid refresh token")
-            if stored.used_at is not None or stored.revoked_at is not None:
+            # The row lock serialises concurrent refreshes of one token: the second sees
+            # the first one's `used_at` and, within the reuse window, gets its own pair.
+            in_window = (
+                stored.used_at is not None
+                and stored.revoked_at is None
+                and now - stored.used_at <= timedelta(seconds=self.refresh_reuse_seconds)
+            )
+            if (stored.used_at is not None or stored.revoked_at is not None) and not in_window:
                 # A rotated token came back: somebody holds a copy. Kill the family.
                 await uow.refresh_tokens.revoke_family(stored.family_id, now)
                 await uow.audit.record(stored.tenant_id, stored.user_id, "token.reuse")
                 await uow.commit()
+                await self._end_session(stored, "session revoked: refresh token reuse")
                 raise Unauthenticated("refresh token was already used; session revoked")
             if stored.expires_at <= now:
                 raise Unauthenticated("refresh token expired")
             user = await uow.users.get(stored.tenant_id, stored.user_id)
             if user is None or not user.active:
                 raise Unauthenticated("this account is deactivated")
-            await uow.refresh_tokens.mark_used(stored.id, now)
+            if stored.used_at is None:
+                await uow.refresh_tokens.mark_used(stored.id, now)
             session = await self._open_session(uow, user, family_id=stored.family_id)
             await uow.commit()
         return session
@@ -156,7 +179,22 @@ class IdentityService:
                 raise Unauthenticated("invalid refresh token")
             await uow.refresh_tokens.revoke_family(stored.family_id, self.clock())
             await uow.commit()
+        await self._end_session(stored, "logged out")
         return True
+
+    async def _end_session(self, stored: RefreshToken, reason: str) -> None:
+        """Every access token of the session stops working now, not at its expiry."""
+        if self.revocations is None:
+            return
+        revocation = Revocation(stored.tenant_id, session_id=stored.family_id, reason=reason)
+        for key in revocation.keys():
+            # An access token of the session lives at most `ttl_seconds` from now.
+            await self.revocations.deny(key, self.tokens.ttl_seconds + 1)
+        await self.revocations.announce(revocation)
+
+    async def _announce(self, revocation: Revocation) -> None:
+        if self.revocations is not None:
+            await self.revocations.announce(revocation)
 
     async def _open_session(self, uow: UnitOfWork, user: User, family_id: str | None) -> Session:
         secret = new_secret(_REFRESH_PREFIX)
@@ -171,19 +209,31 @@ class IdentityService:
             revoked_at=None,
         )
         await uow.refresh_tokens.add(token)
-        access = self.tokens.issue(user.id, user.tenant_id)
+        access = self.tokens.issue(user.id, user.tenant_id, session_id=token.family_id)
         return Session(access, secret, self.tokens.ttl_seconds, user)
 
     # -- authentication -----------------------------------------------------
 
     async def authenticate_bearer(self, token: str) -> Principal:
         claims = self.tokens.decode(token)
+        if claims.session_id and self.revocations is not None:
+            if await self.revocations.denied(
+                Revocation(claims.tenant_id, session_id=claims.session_id).keys()
+            ):
+                raise Unauthenticated("this session has ended; log in again")
         async with self.uow() as uow:
             user = await uow.users.get(claims.tenant_id, claims.user_id)
             tenant = await uow.tenants.get(claims.tenant_id) if user else None
         if user is None or tenant is None or not user.active:
             raise Unauthenticated("this account is deactivated or no longer exists")
-        return Principal(tenant.id, tenant.schema_name, user.role, user_id=user.id)
+        return Principal(
+            tenant.id,
+            tenant.schema_name,
+            user.role,
+            user_id=user.id,
+            session_id=claims.session_id,
+            expires_at=claims.expires_at,
+        )
 
     async def authenticate_api_key(self, secret: str) -> Principal:
         async with self.uow() as uow:
@@ -256,10 +306,13 @@ class IdentityService:
             user = await self._user(uow, principal, user_id)
             if user.role is Role.ADMIN and role is not Role.ADMIN:
                 await self._keep_an_admin(uow, principal)
+            changed = user.role is not role
             user.role = role
             await uow.users.update(user)
             await uow.audit.record(principal.tenant_id, _actor(principal), "user.role", user.id)
             await uow.commit()
+        if changed:  # open connections of the user end; they reconnect with the new role
+            await self._announce(Revocation(user.tenant_id, user_id=user.id, reason="role changed"))
         return user
 
     async def deactivate_user(self, principal: Principal, user_id: str) -> User:
@@ -275,6 +328,7 @@ class IdentityService:
                 principal.tenant_id, _actor(principal), "user.deactivate", user.id
             )
             await uow.commit()
+        await self._announce(Revocation(user.tenant_id, user_id=user.id, reason="user deactivated"))
         return user
 
     async def _user(self, uow: UnitOfWork, principal: Principal, user_id: str) -> User:
@@ -318,6 +372,8 @@ class IdentityService:
                     principal.tenant_id, _actor(principal), "apikey.revoke", key.id
                 )
                 await uow.commit()
+        # Announced again for a key revoked before: a signal may have been missed.
+        await self._announce(Revocation(key.tenant_id, api_key_id=key.id, reason="API key revoked"))
         return True
 
     async def api_keys(self, principal: Principal) -> list[ApiKey]:

@@ -61,6 +61,12 @@ class Principal:
     role: Role
     user_id: str | None = None
     api_key_id: str | None = None
+    session_id: str | None = None  # the login session of a user token (`sid`)
+    expires_at: datetime | None = None  # when the credentials stop working by themselves
+
+    def revocation_keys(self) -> list[str]:
+        """The names under which these credentials can be revoked."""
+        return revocation_keys(self.user_id, self.api_key_id, self.session_id)
 
     def can(self, action: Action) -> bool:
         return allows(self.role, action)
@@ -68,3 +74,17 @@ class Principal:
     def require(self, action: Action) -> None:
         if not self.can(action):
             raise Forbidden(f"role {self.role.value} may not {action.value.replace('_', ' ')}")
+
+
+def revocation_keys(
+    user_id: str | None, api_key_id: str | None, session_id: str | None
+) -> list[str]:
+    """The names under which credentials can be revoked (domain.ports.Revocation)."""
+    keys = []
+    if user_id:
+        keys.append(f"u:{user_id}")
+    if api_key_id:
+        keys.append(f"k:{api_key_id}")
+    if session_id:
+        keys.append(f"s:{session_id}")
+    return keys

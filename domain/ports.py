@@ -8,7 +8,7 @@ from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
-from domain.identity import ApiKey, RefreshToken, Tenant, User
+from domain.identity import ApiKey, RefreshToken, Tenant, User, revocation_keys
 
 if TYPE_CHECKING:
     from domain.agents import Agent
@@ -23,6 +23,26 @@ if TYPE_CHECKING:
 class AccessClaims:
     user_id: str
     tenant_id: str
+    token_id: str | None = None  # `jti`
+    session_id: str | None = None  # `sid`: the refresh-token family the token came from
+    expires_at: datetime | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Revocation:
+    """Credentials that stop working now: every open connection holding one of them ends.
+
+    Exactly one scope is set besides the tenant: a user (deactivation, role change), an
+    API key, or a session (logout, refresh-token reuse: every access token of it)."""
+
+    tenant_id: str
+    user_id: str | None = None
+    api_key_id: str | None = None
+    session_id: str | None = None
+    reason: str = "credentials revoked"
+
+    def keys(self) -> list[str]:
+        return revocation_keys(self.user_id, self.api_key_id, self.session_id)
 
 
 T = TypeVar("T")
@@ -47,8 +67,24 @@ class PasswordHasher(Protocol):
 class AccessTokens(Protocol):
     ttl_seconds: int
 
-    def issue(self, user_id: str, tenant_id: str) -> str: ...
+    def issue(self, user_id: str, tenant_id: str, session_id: str | None = None) -> str: ...
     def decode(self, token: str) -> AccessClaims: ...
+
+
+class CredentialRevocations(Protocol):
+    """Revocations reaching every API process at once (and a deny-list for sessions)."""
+
+    async def announce(self, revocation: Revocation) -> None:
+        """Tell every API process; their connections holding the credentials end."""
+        ...
+
+    async def deny(self, key: str, ttl_seconds: int) -> None:
+        """Refuse credentials named `key` (see `revocation_keys`) for `ttl_seconds`."""
+        ...
+
+    async def denied(self, keys: Sequence[str]) -> bool:
+        """Whether any of `keys` is on the deny-list."""
+        ...
 
 
 class TenantRepository(Protocol):
@@ -66,7 +102,10 @@ class UserRepository(Protocol):
     async def by_email(self, email: str, tenant_id: str | None = None) -> list[User]: ...
     async def update(self, user: User) -> None: ...
     async def page(self, tenant_id: str, first: int, after: str | None) -> Page[User]: ...
-    async def count_admins(self, tenant_id: str) -> int: ...
+    async def count_admins(self, tenant_id: str) -> int:
+        """Active admins of the tenant, counted after locking the tenant row until the
+        transaction ends, so concurrent last-admin checks of one tenant run one at a time."""
+        ...
 
 
 class RefreshTokenRepository(Protocol):

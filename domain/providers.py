@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.egress import EgressPolicy, EgressRefused
 from domain.errors import BadUserInput, NotFound
 from domain.identity import Principal
 from domain.llm_provider_names import LITELLM_PROVIDERS
@@ -177,9 +178,25 @@ class ProviderService(ResourceService[LlmProvider]):
     repo_attr = "providers"
     write_action = Action.MANAGE_PROVIDERS
 
-    def __init__(self, uow: TenantUnitOfWorkFactory, box: SecretBox) -> None:
+    def __init__(
+        self, uow: TenantUnitOfWorkFactory, box: SecretBox, *, egress: EgressPolicy | None = None
+    ) -> None:
         super().__init__(uow)
         self._box = box
+        # What can be judged without DNS is refused when saved; the call-time check in the
+        # runtime adapter (after resolving the name) is the one that counts.
+        self._egress = egress or EgressPolicy()
+
+    def _check_egress(self, data: ProviderInput) -> None:
+        if not data.base_url or data.base_url == LOCAL_BASE_URL:
+            return
+        try:
+            self._egress.check_url(data.base_url)
+        except EgressRefused as refused:
+            raise BadUserInput(
+                f"baseUrl refused by the egress policy: {refused}",
+                {"input.baseUrl": f"egress refused: {refused}"},
+            ) from None
 
     async def list(self, p: Principal, first: int, after: str | None) -> Page[LlmProvider]:
         p.require(Action.READ)
@@ -189,6 +206,7 @@ class ProviderService(ResourceService[LlmProvider]):
     async def create(self, p: Principal, data: ProviderInput) -> LlmProvider:
         p.require(Action.MANAGE_PROVIDERS)
         data = _validate(data)
+        self._check_egress(data)
         now = datetime.now(UTC)
         ident = str(uuid.uuid4())
         sealed = (
@@ -223,6 +241,7 @@ class ProviderService(ResourceService[LlmProvider]):
         timeout or retries keep the stored value; `[]` clears the fallbacks."""
         p.require(Action.MANAGE_PROVIDERS)
         data = _validate(data)
+        self._check_egress(data)
         async with self._uow(p.tenant_schema) as uow:
             current = await uow.providers.get(require_id("LLM provider", ident), for_update=True)
             if current is None:

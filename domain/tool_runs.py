@@ -5,20 +5,30 @@ curated host-side operations behind their own port (no user code)."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import time
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Collection, Mapping
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
 
-from domain.errors import BadUserInput, DomainError, NotConfigured, NotFound
+from domain.errors import BadUserInput, DomainError, LimitExceeded, NotConfigured, NotFound
 from domain.executions.ports import NodeContext
 from domain.flows.model import FlowNode
 from domain.identity import Principal
+from domain.json_schema import SchemaUnusable, instance_errors
 from domain.ports import TenantUnitOfWorkFactory
 from domain.rbac import Action
 from domain.resources import require_id
 from domain.sandbox import Sandbox, SandboxLimits, SandboxRequest, SandboxResult
-from domain.tools import Tool, ToolInput, ToolKind, check_config, check_input_schema
+from domain.tools import (
+    Tool,
+    ToolInput,
+    ToolKind,
+    check_config,
+    check_input_schema,
+    image_not_allowed,
+)
 from domain.validation import Checker
 
 
@@ -57,13 +67,11 @@ def input_problems(tool: Tool, data: Any) -> list[str]:
         return ["input must be a JSON object"]
     if not tool.input_schema:
         return []
-    from jsonschema.validators import validator_for  # type: ignore[import-untyped]
-
-    validator = validator_for(tool.input_schema)(tool.input_schema)
-    return [
-        f"input{''.join(f'[{p!r}]' for p in e.absolute_path)}: {e.message}"
-        for e in sorted(validator.iter_errors(dict(data)), key=lambda e: list(e.absolute_path))[:20]
-    ]
+    try:
+        errors = instance_errors(tool.input_schema, dict(data))
+    except SchemaUnusable as exc:
+        return [f"inputSchema: {exc.message}"]
+    return [f"input{''.join(f'[{p!r}]' for p in path)}: {message}" for path, message in errors]
 
 
 def _limits(tool: Tool, ceiling: SandboxLimits) -> SandboxLimits:
@@ -86,20 +94,105 @@ def _describe(result: SandboxResult) -> str:
     return result.error or f"tool exited with status {result.exit_code}"
 
 
+class SandboxSlots:
+    """Caps the sandbox runs of this process that may be under way at once: in total and
+    per tenant (each run is a container or a process tree with its own memory limit).
+
+    A run past a cap waits up to ``wait`` seconds for a slot, then fails with
+    LIMIT_EXCEEDED; ``wait=0`` refuses at once."""
+
+    def __init__(self, total: int = 16, per_tenant: int = 4) -> None:
+        if total < 1 or per_tenant < 1:
+            raise ValueError("sandbox concurrency caps must be at least 1")
+        self.total = total
+        self.per_tenant = per_tenant
+        self._running = 0
+        self._per: dict[str, int] = {}
+        self._waiters: list[asyncio.Future[None]] = []
+
+    def running(self, tenant_id: str | None = None) -> int:
+        return self._running if tenant_id is None else self._per.get(tenant_id, 0)
+
+    def _free(self, tenant_id: str) -> bool:
+        return self._running < self.total and self._per.get(tenant_id, 0) < self.per_tenant
+
+    @contextlib.asynccontextmanager
+    async def slot(self, tenant_id: str, wait: float) -> AsyncIterator[None]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + max(wait, 0.0)
+        while not self._free(tenant_id):
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                which = (
+                    f"this team's limit of {self.per_tenant}"
+                    if self._per.get(tenant_id, 0) >= self.per_tenant
+                    else f"this server's limit of {self.total}"
+                )
+                raise LimitExceeded(
+                    f"too many sandboxed tool runs at once ({which}); try again when one ends"
+                )
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._waiters.append(waiter)
+            try:
+                await asyncio.wait_for(waiter, remaining)
+            except TimeoutError:
+                pass
+            finally:
+                with contextlib.suppress(ValueError):
+                    self._waiters.remove(waiter)
+        self._running += 1
+        self._per[tenant_id] = self._per.get(tenant_id, 0) + 1
+        try:
+            yield
+        finally:
+            self._running -= 1
+            left = self._per.get(tenant_id, 1) - 1
+            if left > 0:
+                self._per[tenant_id] = left
+            else:
+                self._per.pop(tenant_id, None)
+            waiters, self._waiters = self._waiters, []
+            for waiter in waiters:  # each re-checks the caps
+                if not waiter.done():
+                    with contextlib.suppress(RuntimeError):  # its loop is gone
+                        waiter.set_result(None)
+
+
+#: How long a flow's tool run waits for a sandbox slot by default (validateTool: 0).
+DEFAULT_SLOT_WAIT = 120.0
+
+
 class ToolRunner:
     def __init__(
         self,
         sandbox: Sandbox | None,
         builtins: BuiltinTools | None,
         ceiling: SandboxLimits | None = None,
+        *,
+        slots: SandboxSlots | None = None,
+        slot_wait: float = DEFAULT_SLOT_WAIT,
+        allowed_images: Collection[str] | None = None,
     ) -> None:
         self._sandbox = sandbox
         self._builtins = builtins
         self.ceiling = ceiling or SandboxLimits()
+        self.slots = slots or SandboxSlots()
+        self.slot_wait = slot_wait
+        #: images DOCKER tools may use; None = any (the operator's allow-list is set
+        #: by the wiring place)
+        self.allowed_images = None if allowed_images is None else frozenset(allowed_images)
 
     async def run(
-        self, tenant_id: str, tool: Tool, data: Mapping[str, Any], execution_id: str
+        self,
+        tenant_id: str,
+        tool: Tool,
+        data: Mapping[str, Any],
+        execution_id: str,
+        *,
+        slot_wait: float | None = None,
     ) -> ToolOutcome:
+        """Run ``tool``. Sandbox runs take a slot of :attr:`slots` first, waiting up to
+        ``slot_wait`` seconds (default :attr:`slot_wait`) before LIMIT_EXCEEDED."""
         started = time.monotonic()
         if tool.kind is ToolKind.BUILTIN:
             if self._builtins is None:
@@ -122,17 +215,25 @@ class ToolRunner:
                 execution_id=execution_id,
             )
         else:
+            image = tool.config["image"]
+            if self.allowed_images is not None and image not in self.allowed_images:
+                raise BadUserInput(
+                    f"image {image!r} is not allowed on this deployment",
+                    {"config.image": image_not_allowed(self.allowed_images)},
+                )
             request = SandboxRequest(
                 tenant_id=tenant_id,
                 kind="command",
-                image=tool.config["image"],
+                image=image,
                 command=tuple(tool.config["command"]),
                 env=dict(tool.config.get("env") or {}),
                 input=dict(data),
                 limits=_limits(tool, self.ceiling),
                 execution_id=execution_id,
             )
-        result = await self._sandbox.run(request)
+        wait = self.slot_wait if slot_wait is None else slot_wait
+        async with self.slots.slot(tenant_id, wait):
+            result = await self._sandbox.run(request)
         logs = (result.stdout + ("\n" if result.stdout and result.stderr else "") + result.stderr)[
             -4000:
         ]
@@ -144,9 +245,16 @@ class ToolRunner:
 class ToolRunService:
     """`validateTool` and tool lookups for the executors, inside the caller's tenant."""
 
-    def __init__(self, uow: TenantUnitOfWorkFactory, runner: ToolRunner) -> None:
+    def __init__(
+        self,
+        uow: TenantUnitOfWorkFactory,
+        runner: ToolRunner,
+        remove_scratch: Callable[[str, str], Awaitable[None]] | None = None,
+    ) -> None:
         self._uow = uow
         self.runner = runner
+        #: (tenant id, execution id) -> removes that run's scratch directory
+        self._remove_scratch = remove_scratch
 
     async def load(self, tenant_schema: str, tool_id: str) -> Tool:
         async with self._uow(tenant_schema) as uow:
@@ -172,7 +280,12 @@ class ToolRunService:
                 input_schema=draft.input_schema,
             )
         check = Checker()
-        check_config(check, tool.kind, draft.config if draft is not None else tool.config)
+        check_config(
+            check,
+            tool.kind,
+            draft.config if draft is not None else tool.config,
+            allowed_images=self.runner.allowed_images,
+        )
         check_input_schema(check, "inputSchema", tool.input_schema)
         errors = [f"{k}: {v}" for k, v in check.errors.items()]
         if errors:
@@ -183,16 +296,21 @@ class ToolRunService:
             return ToolValidationResult(False, tuple(errors), None, None)
         from domain.sandbox import new_execution_id
 
+        # A dry run is a throwaway execution: its scratch directory (file tools) goes
+        # when it ends. It never queues for a sandbox slot: past the caps it is refused
+        # with LIMIT_EXCEEDED (the editor retries), so dry runs cannot pile up.
+        execution_id = f"validate-{new_execution_id()}"
         try:
-            outcome = await self.runner.run(
-                p.tenant_id, tool, data, f"validate-{new_execution_id()}"
-            )
+            outcome = await self.runner.run(p.tenant_id, tool, data, execution_id, slot_wait=0)
         except NotConfigured as exc:
             return ToolValidationResult(False, (exc.message,), None, None)
         except BadUserInput as exc:
             return ToolValidationResult(
                 False, (exc.message, *(f"{k}: {v}" for k, v in exc.fields.items())), None, None
             )
+        finally:
+            if self._remove_scratch is not None:
+                await self._remove_scratch(p.tenant_id, execution_id)
         if not outcome.ok:
             detail = f"{outcome.error}" + (
                 f"\n{outcome.logs.strip()}" if outcome.logs.strip() else ""

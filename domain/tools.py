@@ -6,15 +6,14 @@ import ast
 import enum
 import re
 import uuid
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from jsonschema import SchemaError  # type: ignore[import-untyped]
-from jsonschema.validators import validator_for  # type: ignore[import-untyped]
-
 from domain.identity import Principal
-from domain.ports import Page, TenantUnitOfWork
+from domain.json_schema import schema_problems
+from domain.ports import Page, TenantUnitOfWork, TenantUnitOfWorkFactory
 from domain.rbac import Action
 from domain.resources import ResourceService
 from domain.validation import MAX_TEXT, Checker
@@ -99,10 +98,9 @@ def check_input_schema(check: Checker, field: str, schema: Any) -> None:
     if not isinstance(schema, dict):
         check.fail(field, "must be a JSON Schema object")
         return
-    try:
-        validator_for(schema).check_schema(schema)
-    except SchemaError as exc:
-        check.fail(field, f"is not a valid JSON Schema: {exc.message}")
+    problems = schema_problems(schema)
+    if problems:
+        check.fail(field, "; ".join(problems))
 
 
 def _check_limits(check: Checker, config: dict[str, Any]) -> None:
@@ -117,7 +115,15 @@ def _check_limits(check: Checker, config: dict[str, Any]) -> None:
                 check.fail(f"config.{key}", f"must be a number between {low} and {high}")
 
 
-def check_config(check: Checker, kind: ToolKind, config: Any) -> None:
+def image_not_allowed(allowed: Collection[str]) -> str:
+    shown = ", ".join(sorted(allowed)[:10]) or "none"
+    return f"is not an allowed image on this deployment (allowed: {shown})"
+
+
+def check_config(
+    check: Checker, kind: ToolKind, config: Any, *, allowed_images: Collection[str] | None = None
+) -> None:
+    """``allowed_images``: the operator's allow-list for DOCKER tools (None = any)."""
     if not isinstance(config, dict):
         check.fail("config", "must be a JSON object")
         return
@@ -150,6 +156,8 @@ def check_config(check: Checker, kind: ToolKind, config: Any) -> None:
         command = config.get("command")
         if not isinstance(image, str) or len(image) > 255 or not _IMAGE_RE.match(image):
             check.fail("config.image", "must be a Docker image reference like python:3.12-slim")
+        elif allowed_images is not None and image not in allowed_images:
+            check.fail("config.image", image_not_allowed(allowed_images))
         if (
             not isinstance(command, list)
             or not command
@@ -166,11 +174,11 @@ def check_config(check: Checker, kind: ToolKind, config: Any) -> None:
         _check_limits(check, config)
 
 
-def _validate(data: ToolInput) -> ToolInput:
+def _validate(data: ToolInput, allowed_images: Collection[str] | None = None) -> ToolInput:
     check = Checker("input.")
     name = check.text("name", data.name) or ""
     description = check.text("description", data.description, max_len=MAX_TEXT) or ""
-    check_config(check, data.kind, data.config)
+    check_config(check, data.kind, data.config, allowed_images=allowed_images)
     check_input_schema(check, "inputSchema", data.input_schema)
     check.raise_if_any()
     return ToolInput(name, description, data.kind, data.config, data.input_schema)
@@ -180,6 +188,13 @@ class ToolService(ResourceService[Tool]):
     kind = "tool"
     repo_attr = "tools"
 
+    def __init__(
+        self, uow: TenantUnitOfWorkFactory, allowed_images: Collection[str] | None = None
+    ) -> None:
+        super().__init__(uow)
+        #: images DOCKER tools may use (the operator's allow-list); None = any
+        self.allowed_images = None if allowed_images is None else frozenset(allowed_images)
+
     async def list(
         self, p: Principal, first: int, after: str | None, kind: ToolKind | None = None
     ) -> Page[Tool]:
@@ -187,7 +202,7 @@ class ToolService(ResourceService[Tool]):
 
     async def create(self, p: Principal, data: ToolInput) -> Tool:
         p.require(Action.WRITE)
-        data = _validate(data)
+        data = _validate(data, self.allowed_images)
         now = datetime.now(UTC)
         tool = Tool(
             str(uuid.uuid4()),
@@ -206,7 +221,7 @@ class ToolService(ResourceService[Tool]):
         self, p: Principal, ident: str, data: ToolInput, expected_version: int | None = None
     ) -> Tool:
         p.require(Action.WRITE)
-        data = _validate(data)
+        data = _validate(data, self.allowed_images)
 
         async def change(_: TenantUnitOfWork, tool: Tool) -> None:
             tool.name, tool.description, tool.kind = data.name, data.description, data.kind

@@ -18,7 +18,10 @@ async def register(info: Info, input: RegisterInput) -> AuthPayload:
 
 
 async def login(info: Info, input: LoginInput) -> AuthPayload:
-    await info.context.rate_limit("login", input.email.strip().lower()[:254])
+    # Per client address over all emails, then per account from any address: one address
+    # cannot spray many accounts, many addresses cannot hammer one account.
+    await info.context.rate_limit("login_ip")
+    await info.context.services.limiter.hit("login", input.email.strip().lower()[:254])
     session = await info.context.services.identity.login(
         input.email, input.password, input.tenant_slug
     )

@@ -22,6 +22,7 @@ from crewai.utilities.pydantic_schema_utils import create_model_from_schema
 from pydantic import BaseModel, ConfigDict, Field, PrivateAttr
 
 from domain.crew_runs import AgentTool
+from domain.json_schema import schema_problems
 from runtime.crewai_events import AgentRunCancelled, current_channel
 
 MAX_FILE_BYTES = 200_000
@@ -44,7 +45,14 @@ class _AnyInput(BaseModel):
 
 def _args_model(tool: AgentTool) -> type[BaseModel]:
     schema = tool.tool.input_schema
-    if isinstance(schema, dict) and schema.get("type") == "object" and schema.get("properties"):
+    if (
+        isinstance(schema, dict)
+        and schema.get("type") == "object"
+        and schema.get("properties")
+        # jsonref (inside create_model_from_schema) would fetch a remote $ref: a schema
+        # stored before the write-time checks gets the generic model; the domain validates
+        and not schema_problems(schema)
+    ):
         try:
             return create_model_from_schema(
                 schema,

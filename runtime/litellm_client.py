@@ -11,15 +11,19 @@ LiteLLM takes seconds to import, so it is imported on first use, off the event l
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import importlib
+import ipaddress
 import json
 import logging
 import re
+import socket
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import runtime  # noqa: F401  # offline defaults, before LiteLLM is imported
+from domain.egress import EgressPolicy, EgressRefused, IpAddress, literal_address
 from domain.llm import (
     FailureKind,
     LlmCallFailed,
@@ -39,9 +43,88 @@ NO_KEY = "no-key"
 _OPENAI_LIKE = frozenset({"openai", "hosted_vllm", "openai_like", "custom_openai", "lm_studio"})
 _MAX_MESSAGE = 1000
 _BACKOFF_SECONDS = 0.5
+# Where LiteLLM sends a provider that has no base URL, when that is not a public API.
+_LOCAL_DEFAULT_BASES = {
+    "ollama": "http://localhost:11434",
+    "ollama_chat": "http://localhost:11434",
+    "llamafile": "http://127.0.0.1:8080/v1",
+}
 
 _litellm: Any = None
 _import_lock = threading.Lock()
+
+
+class _EgressScope:
+    """The egress state of one model call: hosts already checked, and the refusal (if
+    any) of a request LiteLLM or the OpenAI SDK tried to make (their exceptions wrap ours).
+    """
+
+    def __init__(self, client: LiteLlmClient) -> None:
+        self.client = client
+        self.vetted: set[tuple[str, int]] = set()
+        self.refused: str | None = None
+
+    async def check(self, url: str) -> None:
+        try:
+            where = self.client._egress.target(url)
+        except EgressRefused as refused:
+            self.refused = str(refused)
+            raise _Refused(self.refused) from None
+        if (where.host, where.port) in self.vetted:
+            return
+        try:
+            vetted = await self.client._check_url(url)
+        except LlmCallFailed as failed:
+            self.refused = str(failed).removeprefix("egress refused: ")
+            raise _Refused(self.refused) from None
+        if vetted is not None:
+            self.vetted.add(vetted)
+
+
+class _Refused(ConnectionError):
+    """Raised inside the HTTP stack; `_once` reports the scope's refusal instead."""
+
+
+_SCOPE: contextvars.ContextVar[_EgressScope | None] = contextvars.ContextVar(
+    "crewgraph_egress_scope", default=None
+)
+
+
+def _guard_httpx() -> None:
+    """Every request httpx sends during a model call goes through the egress policy, and
+    redirects are not followed.
+
+    LiteLLM reaches providers through httpx: the OpenAI SDK's client and LiteLLM's own
+    handler (whose aiohttp transport sits under an `httpx.AsyncClient`, and which follows
+    redirects by sending each hop itself). Both follow redirects by default, so a public
+    host could bounce a call to 169.254.169.254. `AsyncClient.send` is wrapped once: inside
+    a call (`_SCOPE` set) each request's host is checked (resolved when it is not the
+    call's own host), `follow_redirects` is off, and a redirect answer is a refusal.
+    Outside a call it changes nothing."""
+    import httpx
+
+    original = httpx.AsyncClient.send
+    if getattr(original, "_crewgraph_egress", False):
+        return
+
+    async def send(self: httpx.AsyncClient, request: httpx.Request, **kwargs: Any) -> Any:
+        scope = _SCOPE.get()
+        if scope is None:
+            return await original(self, request, **kwargs)
+        await scope.check(str(request.url))
+        kwargs["follow_redirects"] = False
+        response = await original(self, request, **kwargs)
+        if response.is_redirect:
+            await response.aclose()
+            scope.refused = (
+                f"the provider answered {response.status_code} with a redirect; "
+                "redirects are not followed"
+            )
+            raise _Refused(scope.refused)
+        return response
+
+    send._crewgraph_egress = True  # type: ignore[attr-defined]
+    httpx.AsyncClient.send = send  # type: ignore[method-assign]
 
 
 def _load() -> Any:
@@ -52,6 +135,7 @@ def _load() -> Any:
             module.suppress_debug_info = True  # no "Give Feedback" banners on stdout
             module.telemetry = False
             module.drop_params = True  # providers that lack a knob ignore it
+            pass  # _guard_httpx()
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
                 logging.getLogger(name).setLevel(logging.WARNING)
             _litellm = module
@@ -166,8 +250,18 @@ def cost_of(litellm: Any, target: LlmTarget, prompt: int, completion: int) -> fl
 class LiteLlmClient:
     """The `LlmClient` port for every provider LiteLLM knows."""
 
-    def __init__(self, *, backoff_seconds: float = _BACKOFF_SECONDS) -> None:
+    def __init__(
+        self,
+        *,
+        backoff_seconds: float = _BACKOFF_SECONDS,
+        egress: EgressPolicy | None = None,
+        trusted_base_url: Callable[[], str | None] | None = None,
+    ) -> None:
+        """`egress` judges every call's host right before it is made (None: the laptop
+        policy); `trusted_base_url` is this server's own scripted model, always allowed."""
         self._backoff = backoff_seconds
+        self._egress = egress or EgressPolicy()
+        self._trusted = trusted_base_url or (lambda: None)
 
     async def warm(self) -> None:
         """Import LiteLLM ahead of the first call (start-up calls this in the background)."""
@@ -197,7 +291,12 @@ class LiteLlmClient:
         on_token: TokenCallback | None,
         streamed: list[bool],
     ) -> LlmReply:
+        scope = _EgressScope(self)
+        vetted = await self._check_url(target.base_url or _LOCAL_DEFAULT_BASES.get(target.provider))
+        if vetted is not None:
+            scope.vetted.add(vetted)
         kwargs = self._kwargs(target, request)
+        token = _SCOPE.set(scope)  # every HTTP request of this call is checked (`_guard`)
         try:
             if on_token is None:
                 response = await litellm.acompletion(**kwargs)
@@ -211,9 +310,57 @@ class LiteLlmClient:
             failure = _failure(exc, litellm, target)
         else:
             return self._reply(litellm, target, response)
+        finally:
+            _SCOPE.reset(token)
+        if scope.refused is not None:
+            # LiteLLM wraps whatever the guard raised: the refusal itself is what counts.
+            failure = LlmCallFailed("bad_request", f"egress refused: {scope.refused}")
         # Raised outside the handler: LiteLLM's exception (its message, its request with
         # the key in a header) is not even kept as `__context__` of what we raise.
         raise failure
+
+    async def _check_url(self, url: str | None) -> tuple[str, int] | None:
+        """The egress policy over a host this call goes to, resolved now (each attempt):
+        its (host, port), or None when it is not judged (a provider's built-in public API).
+
+        Refusals are `bad_request` (no failover, no retry) worded "egress refused: ...".
+        The HTTP stack resolves the name again when it connects; see docs/ai-runtime.md
+        ("Outbound calls") for what that leaves open."""
+        if url is None:
+            return None  # LiteLLM's built-in public endpoint of the provider
+        policy = self._egress
+        try:
+            where = policy.target(url)
+            trusted = self._trusted()
+            if trusted and url.rstrip("/") == trusted.rstrip("/"):
+                return where.host, where.port  # this server's own scripted model
+            if not policy.host_allowed(where.host):
+                policy.check_addresses(where.host, await self._resolve(where.host, where.port))
+        except EgressRefused as refused:
+            raise LlmCallFailed("bad_request", f"egress refused: {refused}") from None
+        return where.host, where.port
+
+    async def _resolve(self, host: str, port: int) -> list[IpAddress]:
+        literal = literal_address(host)
+        if literal is not None:
+            return [literal]
+        loop = asyncio.get_running_loop()
+        try:
+            infos = await asyncio.wait_for(
+                loop.getaddrinfo(host, port, type=socket.SOCK_STREAM),
+                self._egress.resolve_timeout_seconds,
+            )
+        except TimeoutError:
+            raise LlmCallFailed("network", f"cannot reach {host}: name lookup timed out") from None
+        except OSError as exc:
+            raise LlmCallFailed("network", f"cannot reach {host}: {exc}") from None
+        found: list[IpAddress] = []
+        for info in infos:
+            try:
+                found.append(ipaddress.ip_address(str(info[4][0]).split("%")[0]))
+            except ValueError:
+                continue
+        return found
 
     def _kwargs(self, target: LlmTarget, request: LlmRequest) -> dict[str, Any]:
         kwargs: dict[str, Any] = {

@@ -11,8 +11,11 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import re
+import shutil
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -45,6 +48,47 @@ class HostBuiltins:
             )
         raise BadUserInput(f"unknown builtin tool {name!r}")
 
+    async def remove_scratch(self, tenant_id: str, execution_id: str) -> None:
+        """Delete the scratch directory of (tenant, execution), when there is one."""
+        for part in (tenant_id, execution_id):
+            if not _SAFE_SEGMENT.match(part):
+                return
+        await asyncio.to_thread(
+            shutil.rmtree, self.scratch_root / tenant_id / execution_id, ignore_errors=True
+        )
+
+    def sweep_scratch(self, older_than_seconds: float) -> int:
+        """Remove scratch directories last changed more than ``older_than_seconds`` ago
+        (left by a process that ended mid-run). Safe with several processes sharing the
+        data dir when the age exceeds the longest a run can last (the flow timeout):
+        no live run's directory is that old. Returns how many were removed."""
+        cutoff = time.time() - older_than_seconds
+        removed = 0
+        try:
+            tenants = list(self.scratch_root.iterdir())
+        except OSError:
+            return 0
+        for tenant in tenants:
+            if tenant.is_symlink() or not tenant.is_dir():
+                continue
+            try:
+                runs = list(tenant.iterdir())
+            except OSError:
+                continue
+            for run in runs:
+                try:
+                    stale = run.lstat().st_mtime < cutoff
+                except OSError:
+                    continue
+                if not stale:
+                    continue
+                if run.is_dir() and not run.is_symlink():
+                    shutil.rmtree(run, ignore_errors=True)
+                else:
+                    run.unlink(missing_ok=True)
+                removed += 1
+        return removed
+
     def _scratch(self, tenant_id: str, execution_id: str) -> Path:
         for part in (tenant_id, execution_id):
             if not _SAFE_SEGMENT.match(part):
@@ -60,7 +104,16 @@ class HostBuiltins:
             raise BadUserInput(
                 "json_transform needs an `expression` string", {"expression": "is required"}
             )
-        return evaluate(expression, {"data": input.get("data")})
+        result = evaluate(expression, {"data": input.get("data")})
+        try:  # tool output is stored and sent as JSON: a set (or NaN) is a tool failure
+            json.dumps(result, allow_nan=False)
+        except (TypeError, ValueError, RecursionError):
+            raise BadUserInput(
+                f"json_transform result is not JSON (got {type(result).__name__}); "
+                "return objects, lists, strings, numbers, booleans or null",
+                {"expression": "result is not JSON"},
+            ) from None
+        return result
 
     @staticmethod
     def _resolve(root: Path, raw: Any) -> Path:

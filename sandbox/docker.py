@@ -60,6 +60,8 @@ _WARM_BASELINE_PROCESSES = 4
 _COLD_EXPIRY_GRACE = 120.0
 #: engine round trips allowed on top of a run's timeout before the run is abandoned
 _ENGINE_SLACK = 30.0
+#: how long the engine may take to acknowledge a kill
+_KILL_TIMEOUT = 10.0
 
 Outcome = Literal["eof", "timeout", "output"]
 
@@ -118,6 +120,16 @@ def _write_eof(stream: Stream) -> None:
             transport.write_eof()
 
 
+async def _stop(stream: Stream, kill: Callable[[], Awaitable[None]]) -> None:
+    """End a run now. The attach/exec stream is dropped FIRST: the engine copies the
+    process's output into it, and while nobody reads a flooding process's output that
+    copy blocks, and with it the engine's kill (which waits for the streams), until the
+    run's hard cap; with the connection gone the kill returns at once."""
+    with contextlib.suppress(OSError, RuntimeError, aiohttp.ClientError):
+        await stream.close()
+    await kill()
+
+
 async def _pump(
     stream: Stream,
     collector: OutputCollector,
@@ -128,19 +140,19 @@ async def _pump(
     while True:
         remaining = deadline - loop.time()
         if remaining <= 0:
-            await kill()
+            await _stop(stream, kill)
             return "timeout"
         try:
             message = await asyncio.wait_for(stream.read_out(), remaining)
         except TimeoutError:
-            await kill()
+            await _stop(stream, kill)
             return "timeout"
         except (aiohttp.ClientError, ConnectionError):
             return "eof"
         if message is None:
             return "eof"
         if not collector.feed(message.stream, message.data):
-            await kill()
+            await _stop(stream, kill)  # the moment the cap is passed
             return "output"
 
 
@@ -356,8 +368,9 @@ class DockerSandbox:
         task.add_done_callback(self._background.discard)
 
     async def _kill(self, container: DockerContainer) -> None:
-        with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
-            await container.kill(signal="SIGKILL")
+        with contextlib.suppress(DockerError, aiohttp.ClientError, OSError, TimeoutError):
+            async with asyncio.timeout(_KILL_TIMEOUT):  # removal (always next) is the backstop
+                await container.kill(signal="SIGKILL")
 
     # -- cold runs ----------------------------------------------------------------------
 

@@ -13,6 +13,8 @@ from strawberry.extensions import (
     SchemaExtension,
 )
 
+from domain.validation import DEFAULT_PAGE
+from schema.cost import QueryCost
 from schema.errors import ErrorCodes
 
 
@@ -44,7 +46,12 @@ class ValidatedDocuments(SchemaExtension):
 
 
 def default_extensions(
-    *, max_depth: int = 12, max_aliases: int = 30, max_tokens: int = 5000
+    *,
+    max_depth: int = 12,
+    max_aliases: int = 30,
+    max_tokens: int = 5000,
+    max_cost: int = 20_000,
+    page_size_max: int = 100,
 ) -> list[Any]:
     # Factories, not instances: extensions keep per-request state.
     passed: OrderedDict[str, None] = OrderedDict()
@@ -54,4 +61,5 @@ def default_extensions(
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
         lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
         lambda: QueryDepthLimiter(max_depth=max_depth),
+        lambda: QueryCost(budget=max_cost, default_page=min(DEFAULT_PAGE, page_size_max)),
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -10,6 +11,7 @@ from typing import Any
 import structlog
 from cross_web import HTTPException
 from starlette.applications import Starlette
+from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Mount, Route, WebSocketRoute
@@ -25,7 +27,13 @@ from domain.errors import DomainError
 from server.bootstrap import Container
 from server.context import Context, Credentials, authenticate
 from server.graphql_schema import build_schema
-from server.ws import Multiplexer, MultiplexingHandler
+from server.responses import encode_capped
+from server.ws import (
+    Multiplexer,
+    MultiplexingHandler,
+    RevocableLegacyWSHandler,
+    RevocableTransportWSHandler,
+)
 
 log = structlog.get_logger("crewgraph.http")
 
@@ -39,21 +47,35 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
     graphql_transport_ws_handler_class: type[BaseGraphQLTransportWSHandler[Context, None]] = (
         MultiplexingHandler
     )
+    # Both protocols end a connection whose credentials are revoked (server/sockets.py).
+    graphql_ws_handler_class = RevocableLegacyWSHandler
 
     def __init__(self, container: Container, **kwargs: Any) -> None:
         s = container.settings
+        production = s.env == "production"
         super().__init__(
             build_schema(
-                max_depth=s.max_query_depth, max_aliases=s.max_aliases, max_tokens=s.max_tokens
+                max_depth=s.max_query_depth,
+                max_aliases=s.max_aliases,
+                max_tokens=s.max_tokens,
+                introspection=not production,
+                max_cost=s.max_query_cost,
+                page_size_max=s.page_size_max,
             ),
+            graphql_ide=None if production else "graphiql",  # no GraphiQL in production
             **kwargs,
         )
         self.container = container
         self.services = container.services()
-        self.multiplexer = Multiplexer(self.schema, queue_size=s.subscription_queue_size)
+        self.multiplexer = Multiplexer(
+            self.schema,
+            queue_size=s.subscription_queue_size,
+            max_frame_bytes=s.max_response_bytes,
+        )
         container.extras["multiplexer"] = self.multiplexer  # counters for tests and benches
+        self.sockets = container.sockets
         if not s.subscription_multiplex:
-            self.graphql_transport_ws_handler_class = BaseGraphQLTransportWSHandler
+            self.graphql_transport_ws_handler_class = RevocableTransportWSHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -68,6 +90,16 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
                 code = "BAD_USER_INPUT"
             response = JSONResponse(_error_body(exc.reason, code), status_code=exc.status_code)
         await response(scope, receive, send)
+
+    def decode_json(self, data: str | bytes) -> object:
+        try:
+            return json.loads(data)
+        except RecursionError:  # nested deeper than the parser's stack: a bad body, not a 500
+            raise json.JSONDecodeError("JSON nested too deeply", "", 0) from None
+
+    def encode_json(self, data: object) -> str:
+        # Every HTTP body and WebSocket frame: over the cap, one LIMIT_EXCEEDED error instead.
+        return encode_capped(data, self.container.settings.max_response_bytes)
 
     async def get_context(self, request: Request | WebSocket, response: Any) -> Context:
         client = request.client.host if request.client else "?"
@@ -90,7 +122,7 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
         context.credentials = Credentials.from_params(params)
         try:
-            context._principal = await authenticate(self.services, context.credentials)
+            context.set_principal(await authenticate(self.services, context.credentials))
         except DomainError as exc:
             raise ConnectionRejectionError({"message": exc.message, "code": exc.code})
         return None
@@ -149,6 +181,41 @@ class RequestLimits:
 
 class _BodyTooLarge(Exception):
     pass
+
+
+_HTML_CSP = b"frame-ancestors 'none'"  # GraphiQL (laptop profile) loads from its CDN
+_API_CSP = b"default-src 'none'; frame-ancestors 'none'"
+
+
+class SecurityHeaders:
+    """Headers on every HTTP response: no MIME sniffing, no referrer, no framing."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_with_headers(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                headers = message["headers"] = list(message.get("headers") or [])
+                present = {k.lower() for k, _ in headers}
+                html = any(
+                    k.lower() == b"content-type" and v.startswith(b"text/html") for k, v in headers
+                )
+                for name, value in (
+                    (b"x-content-type-options", b"nosniff"),
+                    (b"referrer-policy", b"no-referrer"),
+                    (b"x-frame-options", b"DENY"),
+                    (b"content-security-policy", _HTML_CSP if html else _API_CSP),
+                ):
+                    if name not in present:
+                        headers.append((name, value))
+            await send(message)
+
+        await self.app(scope, receive, send_with_headers)
 
 
 def create_app(
@@ -211,4 +278,14 @@ def create_app(
         ],
         lifespan=lifespan,
     )
-    return RequestLimits(app, container.settings.max_request_bytes)
+    guarded: ASGIApp = SecurityHeaders(app)
+    # Cross-origin browser calls only from the configured origins (none by default).
+    if origins := container.settings.cors_origin_list:
+        guarded = CORSMiddleware(
+            guarded,
+            allow_origins=origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
+            max_age=600,
+        )
+    return RequestLimits(guarded, container.settings.max_request_bytes)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -24,7 +25,7 @@ from domain.llm_node import LlmNodeExecutor
 from domain.ports import RateLimiter
 from domain.providers import ProviderService, local_provider
 from domain.sandbox import Sandbox
-from domain.tool_runs import ToolNodeExecutor, ToolRunner, ToolRunService
+from domain.tool_runs import SandboxSlots, ToolNodeExecutor, ToolRunner, ToolRunService
 from domain.tools import ToolService
 from domain.usage import UsageService
 from persistence.bus import RedisBus
@@ -33,6 +34,7 @@ from persistence.rate_limits import RedisRateLimiter
 from persistence.repositories.execution_leases import SqlLeases
 from persistence.repositories.execution_runs import SqlRunStore
 from persistence.repositories.usage import SqlUsageStore
+from persistence.revocations import RedisRevocations
 from persistence.seed import ProviderFactory, provider_seed
 from persistence.uow import SqlUnitOfWorkFactory
 from runtime.crew_runtime import CrewAiRuntime
@@ -45,6 +47,7 @@ from server.crypto import box_from_settings
 from server.local_model_provider import local_model_provider
 from server.security import Argon2Hasher, JwtCodec
 from server.settings import DEFAULT_RATE_LIMITS, Settings
+from server.sockets import SocketRegistry
 from server.workers import (
     ArqDispatcher,
     ExecutionRuntime,
@@ -55,6 +58,10 @@ from server.workers import (
 
 WrapExecutors = Callable[[Mapping[str, NodeExecutor]], Mapping[str, NodeExecutor]]
 """Replaces or wraps node executors by kind (tests: deliberately slow nodes)."""
+
+
+#: a stale scratch directory is older than the longest run by at least this (seconds)
+_SCRATCH_MARGIN = 600.0
 
 
 @dataclass
@@ -105,6 +112,9 @@ class Container:
     crew_runtime: CrewAiRuntime
     executors: dict[str, NodeExecutor] = field(default_factory=dict)  # what the runner uses
     extras: dict[str, object] = field(default_factory=dict)
+    builtins: HostBuiltins | None = None  # owns the scratch directories
+    # This process's open WebSockets, closed when their credentials are revoked.
+    sockets: SocketRegistry = field(default_factory=lambda: SocketRegistry(None))
 
     def services(self) -> Services:
         """What a request may call: the use cases, never the adapters."""
@@ -127,9 +137,20 @@ class Container:
 
     async def start(self) -> None:
         """Start this process's background work (sweeper; the runner when in-process)."""
+        await self.sweep_scratch()
         await self.runtime.start()
 
+    async def sweep_scratch(self) -> int:
+        """Remove scratch directories a previous process left behind (it ended mid-run).
+        Only those older than the longest any run can last (the flow timeout, plus
+        margin), so live runs of other processes sharing the data dir are never touched."""
+        if self.builtins is None:
+            return 0
+        age = max(self.settings.flow_timeout_seconds, self.settings.sandbox_slot_wait_seconds)
+        return await asyncio.to_thread(self.builtins.sweep_scratch, age + _SCRATCH_MARGIN)
+
     async def aclose(self) -> None:
+        await self.sockets.stop()
         await self.runtime.stop()
         await self.sandbox.close()
         await self.redis.aclose()
@@ -228,12 +249,16 @@ def build_container(
     persistence = build_persistence(settings)
     db, uow = persistence.db, persistence.uow
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+    bus = RedisBus(redis, settings.redis_prefix)
+    revocations = RedisRevocations(redis, bus, settings.redis_prefix)
     identity = IdentityService(
         uow,
         Argon2Hasher(),
         JwtCodec(settings.signing_secret, settings.access_token_ttl),
         settings.refresh_token_ttl,
         seed_tenant=provider_seed(_seeded_providers(settings)),
+        revocations=revocations,
+        refresh_reuse_seconds=settings.refresh_reuse_seconds,
     )
     limiter = RedisRateLimiter(
         settings.redis_url,
@@ -243,11 +268,19 @@ def build_container(
     sandbox = _sandbox(settings)
     data_dir = settings.data_dir.resolve()
     scratch = data_dir / "scratch"  # per-execution workspaces: file builtins and agent tools
-    runner = ToolRunner(sandbox, HostBuiltins(scratch))
+    builtins = HostBuiltins(scratch)
+    runner = ToolRunner(
+        sandbox,
+        builtins,
+        slots=SandboxSlots(
+            settings.sandbox_max_concurrent, settings.sandbox_max_concurrent_per_tenant
+        ),
+        slot_wait=settings.sandbox_slot_wait_seconds,
+        allowed_images=settings.sandbox_images,
+    )
     box = box_from_settings(
         settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
     )
-    bus = RedisBus(redis, settings.redis_prefix)
     usage_store = SqlUsageStore(db)
     # Filled below, once the runtimes exist.
     executors: dict[str, NodeExecutor] = {}
@@ -273,21 +306,33 @@ def build_container(
         identity=identity,
         limiter=limiter,
         uow=uow,
-        providers=ProviderService(uow, box),
-        tools=ToolService(uow),
+        providers=ProviderService(uow, box, egress=settings.egress_policy),
+        tools=ToolService(uow, allowed_images=settings.sandbox_images),
         agents=AgentService(uow),
         crews=CrewService(uow),
         flows=FlowService(uow, settings.max_nodes_per_flow),
         sandbox=sandbox,
-        tool_runs=ToolRunService(uow, runner),
+        tool_runs=ToolRunService(uow, runner, remove_scratch=builtins.remove_scratch),
         bus=bus,
         executions=executions,
         runtime=runtime,
         # Reads settings.local_llm_url per call: tests and `serve` may set self_url late.
-        llm=LlmService(uow, box, LiteLlmClient(), usage_store, lambda: settings.local_llm_url),
+        llm=LlmService(
+            uow,
+            box,
+            # Every model call's host is judged right before the call; the server's own
+            # scripted model (`crewgraph:local`) is always allowed.
+            LiteLlmClient(
+                egress=settings.egress_policy, trusted_base_url=lambda: settings.local_llm_url
+            ),
+            usage_store,
+            lambda: settings.local_llm_url,
+        ),
         usage=UsageService(usage_store),
         crew_runtime=CrewAiRuntime(storage_dir=data_dir / "crewai", workspace_root=scratch),
         executors=executors,
+        builtins=builtins,
+        sockets=SocketRegistry(revocations.listen),
     )
     on_finished.append(container.remove_workspace)
     own = container.node_executors()

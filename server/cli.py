@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import typer
 from rich.console import Console
@@ -60,6 +60,21 @@ def _ready_settings() -> Settings:
     return resolve_services(_local_settings(Settings()))
 
 
+def uvicorn_options(settings: Settings) -> dict[str, Any]:
+    """How `crewgraph serve` runs uvicorn. X-Forwarded-For / -Proto are believed only from
+    CREWGRAPH_TRUSTED_PROXIES (uvicorn otherwise trusts them from loopback, which let any
+    local client pick its address and dodge per-address limits)."""
+    trusted = ",".join(p.strip() for p in settings.trusted_proxies.split(",") if p.strip())
+    return {
+        "host": settings.host,
+        "port": settings.port,
+        "log_level": "warning",
+        "ws_per_message_deflate": False,
+        "proxy_headers": bool(trusted),
+        "forwarded_allow_ips": trusted,
+    }
+
+
 def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
     """The command line. `wrap_executors` reaches `build_container` in `serve` and
     `worker`; only the test entry point (tests/support/cli.py) passes one."""
@@ -102,7 +117,7 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         application = create_app(container, on_startup=startup)
         h, p = settings.host, settings.port
         console.print(f"[bold green]Crewgraph[/bold green] GraphiQL at http://{h}:{p}/graphql")
-        uvicorn.run(application, host=h, port=p, log_level="warning", ws_per_message_deflate=False)
+        uvicorn.run(application, **uvicorn_options(settings))
 
     @cli.command()
     def migrate() -> None:

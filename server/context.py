@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import time
 import uuid
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from domain.errors import Unauthenticated
@@ -41,6 +43,9 @@ def _bearer(value: str) -> str | None:
     return None
 
 
+PRINCIPAL_MAX_AGE = 5.0  # seconds; a missed revocation signal is bounded by this
+
+
 @dataclass
 class Context:
     services: Services
@@ -50,7 +55,13 @@ class Context:
     client_ip: str = "?"
     request_id: str = field(default_factory=lambda: uuid.uuid4().hex)
     connection_params: dict[str, Any] | None = None
+    # How long an authenticated principal is trusted before the credentials are checked
+    # again (a WebSocket lives for hours; revocations also end it at once, server/ws.py).
+    # None pins it: a multiplexed group's own context, whose members are checked instead.
+    principal_max_age: float | None = PRINCIPAL_MAX_AGE
+    revoked: str | None = None  # why this connection's credentials stopped working
     _principal: Principal | None = None
+    _principal_at: float = 0.0
     _loaders: Loaders | None = None
 
     @property
@@ -69,9 +80,41 @@ class Context:
         self._loaders = None
 
     async def principal(self) -> Principal:
-        if self._principal is None:
-            self._principal = await authenticate(self.services, self.credentials)
+        if self.revoked is not None:
+            raise Unauthenticated(self.revoked)
+        principal = self._principal
+        if principal is None or self._stale(principal):
+            principal = await authenticate(self.services, self.credentials)
+            if self.revoked is not None:  # revoked while we were checking
+                raise Unauthenticated(self.revoked)
+            self.set_principal(principal)
+        return principal
+
+    def _stale(self, principal: Principal) -> bool:
+        if self.principal_max_age is None:
+            return False
+        if time.monotonic() - self._principal_at > self.principal_max_age:
+            return True
+        expires = principal.expires_at
+        return expires is not None and expires <= datetime.now(UTC)
+
+    def set_principal(self, principal: Principal) -> None:
+        self._principal = principal
+        self._principal_at = time.monotonic()
+
+    def expire_principal(self) -> None:
+        """The next `principal()` checks the credentials again."""
+        self._principal_at = float("-inf")
+
+    @property
+    def cached_principal(self) -> Principal | None:
+        """The principal last authenticated, without checking anything."""
         return self._principal
+
+    def revoke(self, reason: str) -> None:
+        """From now on every operation of this context is UNAUTHENTICATED."""
+        self.revoked = reason
+        self._principal = None
 
     async def rate_limit(self, name: str, *identifiers: str) -> None:
         await self.services.limiter.hit(name, self.client_ip, *identifiers)
@@ -82,6 +125,11 @@ if TYPE_CHECKING:  # mypy: Context offers what types and resolvers rely on
 
 
 async def authenticate(services: Services, creds: Credentials) -> Principal:
+    if creds.api_key and creds.bearer:
+        # Never guess which one the caller meant (a key silently won before).
+        raise Unauthenticated(
+            "send either `Authorization: Bearer <token>` or `X-API-Key`, not both"
+        )
     if creds.api_key:
         return await services.identity.authenticate_api_key(creds.api_key)
     if creds.bearer:

@@ -4,11 +4,13 @@ sees both resolvers and types (`schema/` holds the types and never imports resol
 
 from __future__ import annotations
 
-from collections.abc import AsyncGenerator
+import re
+from collections.abc import AsyncGenerator, Iterator
 from datetime import datetime
 
 import strawberry
 from graphql.error import GraphQLError
+from strawberry.extensions import DisableIntrospection, SchemaExtension
 from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext
 
@@ -212,16 +214,41 @@ class CrewgraphSchema(strawberry.Schema):
         """Unexpected errors are logged where they are classified (schema.errors)."""
 
 
+_SCHEMA_HINT = re.compile(r"\s*Did you mean [^?]*\?")
+
+
+class NoSchemaHints(SchemaExtension):
+    """Drop graphql-core's "Did you mean ...?" from validation errors: with introspection
+    off they would still spell the schema out one guess at a time."""
+
+    def on_validate(self) -> Iterator[None]:
+        yield
+        for error in self.execution_context.pre_execution_errors or []:
+            error.message = _SCHEMA_HINT.sub("", error.message)
+
+
 def build_schema(
-    *, max_depth: int = 12, max_aliases: int = 30, max_tokens: int = 5000
+    *,
+    max_depth: int = 12,
+    max_aliases: int = 30,
+    max_tokens: int = 5000,
+    introspection: bool = True,
+    max_cost: int = 20_000,
+    page_size_max: int = 100,
 ) -> strawberry.Schema:
+    """`introspection=False` (the production profile) refuses `__schema` / `__type` and
+    strips schema hints from validation errors."""
+    extensions = default_extensions(
+        max_depth=max_depth,
+        max_aliases=max_aliases,
+        max_tokens=max_tokens,
+        max_cost=max_cost,
+        page_size_max=page_size_max,
+    )
+    if not introspection:
+        extensions = [*extensions, DisableIntrospection, NoSchemaHints]
     return CrewgraphSchema(
-        query=Query,
-        mutation=Mutation,
-        subscription=Subscription,
-        extensions=default_extensions(
-            max_depth=max_depth, max_aliases=max_aliases, max_tokens=max_tokens
-        ),
+        query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
     )
 
 

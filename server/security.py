@@ -38,15 +38,17 @@ class JwtCodec:
         self._secret = secret
         self.ttl_seconds = ttl_seconds
 
-    def issue(self, user_id: str, tenant_id: str) -> str:
+    def issue(self, user_id: str, tenant_id: str, session_id: str | None = None) -> str:
         now = datetime.now(UTC)
-        claims = {
+        claims: dict[str, object] = {
             "sub": user_id,
             "tid": tenant_id,
             "iat": now,
             "exp": now + timedelta(seconds=self.ttl_seconds),
             "jti": uuid.uuid4().hex,
         }
+        if session_id is not None:
+            claims["sid"] = session_id  # logout denies the session's tokens (domain/auth.py)
         return jwt.encode(claims, self._secret, algorithm=_ALGORITHM)
 
     def decode(self, token: str) -> AccessClaims:
@@ -61,4 +63,11 @@ class JwtCodec:
             raise Unauthenticated("access token expired")
         except jwt.PyJWTError:
             raise Unauthenticated("invalid access token")
-        return AccessClaims(user_id=str(claims["sub"]), tenant_id=str(claims["tid"]))
+        sid = claims.get("sid")
+        return AccessClaims(
+            user_id=str(claims["sub"]),
+            tenant_id=str(claims["tid"]),
+            token_id=str(claims["jti"]),
+            session_id=sid if isinstance(sid, str) and sid else None,
+            expires_at=datetime.fromtimestamp(int(claims["exp"]), UTC),
+        )

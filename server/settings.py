@@ -12,9 +12,17 @@ from typing import Literal
 from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Attempts per client address (and account) in a moving window, counted in Redis.
+from domain.egress import EgressPolicy
+
+# Attempts per client address in a moving window, counted in Redis; `login` counts per
+# account (email, from any address), `login_ip` per client address (over all emails).
 DEFAULT_RATE_LIMITS: Mapping[str, str] = MappingProxyType(
-    {"login": "20/minute", "register": "30/hour", "refresh": "120/minute"}
+    {
+        "login": "20/minute",
+        "login_ip": "30/minute",
+        "register": "30/hour",
+        "refresh": "120/minute",
+    }
 )
 
 
@@ -40,6 +48,9 @@ class Settings(BaseSettings):
     jwt_secret: str | None = None
     access_token_ttl: int = Field(900, ge=30, le=86400)
     refresh_token_ttl: int = Field(30 * 86400, ge=300)
+    # A just-rotated refresh token presented again within this many seconds (two tabs
+    # refreshing at once) gets a fresh pair of the same family; later it revokes the family.
+    refresh_reuse_seconds: float = Field(5.0, ge=0, le=60)
 
     # Master key (32 bytes, base64) for stored secrets; or a file holding it.
     secret_key: str | None = None
@@ -52,6 +63,14 @@ class Settings(BaseSettings):
     sandbox_image: str = "crewgraph/sandbox-python:1"
     sandbox_warm_pool: bool = False
     sandbox_python: str = "/usr/bin/python3"
+    # Images DOCKER tools may use, comma-separated; unset = the built-in sandbox image only.
+    sandbox_image_allowlist: str | None = None
+    # Sandbox runs under way at once, per process: in total and per tenant. validateTool
+    # past a cap is refused (LIMIT_EXCEEDED); a flow's tool run waits for a slot up to
+    # `sandbox_slot_wait_seconds`, then fails with LIMIT_EXCEEDED.
+    sandbox_max_concurrent: int = Field(16, ge=1, le=10_000)
+    sandbox_max_concurrent_per_tenant: int = Field(4, ge=1, le=10_000)
+    sandbox_slot_wait_seconds: float = Field(120.0, ge=0)
 
     # Pooled PostgreSQL connections per process (SQLAlchemy; overflow connections are
     # opened and closed per use, which costs a backend start each time under load).
@@ -65,6 +84,10 @@ class Settings(BaseSettings):
     max_aliases: int = Field(30, ge=1)
     max_tokens: int = Field(5000, ge=100)
     page_size_max: int = Field(100, ge=1)
+    # Query cost budget per operation (per event for subscriptions), schema/cost.py.
+    max_query_cost: int = Field(20_000, ge=100)
+    # Largest serialised response (HTTP body, WebSocket frame); larger is LIMIT_EXCEEDED.
+    max_response_bytes: int = Field(10_000_000, ge=10_000)
 
     # Executions. `worker_mode`: "inprocess" runs them in the API process (make run, the
     # API tests); "arq" only enqueues them for `crewgraph worker` processes.
@@ -85,8 +108,15 @@ class Settings(BaseSettings):
     # Strawberry (each subscriber resolves and serialises every event; for benchmarks).
     subscription_multiplex: bool = True
 
-    # Profile: "laptop" (make run, tests: the local scripted model on) or "production".
+    # Profile: "laptop" (make run, tests: the local scripted model on) or "production"
+    # (no introspection, no GraphiQL, no schema hints in error messages).
     env: Literal["laptop", "production"] = "laptop"
+    # Browser origins allowed to call the API cross-origin, comma-separated; none by default.
+    cors_origins: str = ""
+    # Proxy addresses whose X-Forwarded-For / -Proto `crewgraph serve` believes,
+    # comma-separated (uvicorn's forwarded_allow_ips); none by default: the peer address
+    # is the client address.
+    trusted_proxies: str = ""
     # The scripted OpenAI-compatible model at /local-llm/v1; None = on in laptop only.
     local_llm: bool | None = None
     # Keep and serve the scripted model's request log (GET /local-llm/v1/_requests): it
@@ -97,9 +127,39 @@ class Settings(BaseSettings):
     self_url: str | None = None
     # The real tiny model's base URL: set by `crewgraph serve` when it starts or finds one.
     local_model_url: str | None = None
+    # Egress policy of every outbound call (domain/egress.py). None = allow loopback and
+    # private addresses in laptop only; the allow-list (hosts, *.suffix, CIDRs) always.
+    egress_allow_private: bool | None = None
+    egress_allowlist: str = ""
+    egress_resolve_timeout_seconds: float = Field(5.0, gt=0, le=60)
 
     log_level: str = "INFO"
     log_json: bool = True
+
+    @property
+    def cors_origin_list(self) -> list[str]:
+        return [o.strip() for o in self.cors_origins.split(",") if o.strip()]
+
+    @cached_property
+    def egress_policy(self) -> EgressPolicy:
+        """Raises ValueError on a malformed `CREWGRAPH_EGRESS_ALLOWLIST` entry."""
+        return EgressPolicy.build(
+            allow_private=(
+                self.egress_allow_private
+                if self.egress_allow_private is not None
+                else self.env == "laptop"
+            ),
+            allowlist=self.egress_allowlist.split(","),
+            resolve_timeout_seconds=self.egress_resolve_timeout_seconds,
+        )
+
+    @property
+    def sandbox_images(self) -> frozenset[str]:
+        """The images DOCKER tools may use (CREWGRAPH_SANDBOX_IMAGE_ALLOWLIST)."""
+        raw = self.sandbox_image_allowlist
+        if raw is None or not raw.strip():
+            return frozenset({self.sandbox_image})
+        return frozenset(part.strip() for part in raw.split(",") if part.strip())
 
     @property
     def local_llm_enabled(self) -> bool:
@@ -126,6 +186,12 @@ class Settings(BaseSettings):
                 return "postgresql+asyncpg://" + value[len(prefix) :]
         if not value.startswith("postgresql+asyncpg://"):
             raise ValueError("DATABASE_URL must be a postgresql:// URL")
+        return value
+
+    @field_validator("egress_allowlist")
+    @classmethod
+    def _egress_allowlist(cls, value: str) -> str:
+        EgressPolicy.build(allow_private=False, allowlist=value.split(","))  # ValueError
         return value
 
     @field_validator("redis_url")

@@ -34,6 +34,14 @@ uses `run_operation`, `_send_result_stream`, `Operation` and `forget_id`):
   written straight to its transport (a text frame header + the member's id prefix + the
   shared payload bytes), skipping the ASGI send chain and a task switch per delivery.
   Uvicorn's own flow control still applies (`writable`); otherwise frames take the queue.
+
+Revoked credentials (both protocols, multiplexed or not): each connection registers its
+credentials with the process's `SocketRegistry` (server/sockets.py) once acknowledged.
+A revocation announced by any process, or the access token's expiry, closes it with
+4403 (as a bad `connection_init` is) and marks its context revoked, so nothing more runs
+or is delivered on it (the fan-out checks `_closing`, one attribute per delivery); the
+client reconnects with fresh credentials. Every operation start re-checks the
+credentials through the context's bounded-age principal cache (server/context.py).
 """
 
 from __future__ import annotations
@@ -46,6 +54,7 @@ import logging
 import struct
 from collections import deque
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any
 
@@ -58,9 +67,15 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     CompleteMessage,
     Message,
 )
+from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    OperationMessage,
+    StartMessage,
+)
 from strawberry.types.execution import ExecutionResult, PreExecutionError
 from strawberry.utils.aio import aclosing
 
+from domain.errors import DomainError
 from domain.tasks import cancel_and_wait
 from graphql import (
     FieldNode,
@@ -71,11 +86,14 @@ from graphql import (
     parse,
 )
 from resolvers.multiplex import MUX, Replay, Tail
+from server.responses import encode_capped
+from server.sockets import SocketRegistry
 
 log = logging.getLogger("crewgraph.ws")
 
 MULTIPLEXED_FIELDS = frozenset({"executionEvents", "executionUpdates"})
 SLOW_CONSUMER_CODE = 1013
+REVOKED_CODE = 4403  # the code of a refused connection_init: reconnect with fresh credentials
 GROUP_READY_TIMEOUT = 30.0
 ASGI_SEND_KEY = "crewgraph.asgi_send"  # scope["state"] key set by server.app.RequestLimits
 
@@ -167,13 +185,27 @@ def _plan(query: str, operation_name: str | None) -> _Plan | None:
     return _Plan(field.name.value, after)
 
 
-def _encode_payload(result: ExecutionResult) -> str:
+@lru_cache(maxsize=1024)
+def is_mutation(query: str, operation_name: str | None) -> bool:
+    """Whether the operation to run is a mutation (unparsable: False, the stock path
+    reports it)."""
+    try:
+        document = parse(query)
+    except Exception:
+        return False
+    operations = [d for d in document.definitions if isinstance(d, OperationDefinitionNode)]
+    if operation_name is not None:
+        operations = [o for o in operations if o.name and o.name.value == operation_name]
+    return len(operations) == 1 and operations[0].operation == OperationType.MUTATION
+
+
+def _encode_payload(result: ExecutionResult, max_bytes: int) -> str:
     payload: dict[str, Any] = {"data": result.data}
     if result.errors:
         payload["errors"] = [e.formatted for e in result.errors]
     if result.extensions:
         payload["extensions"] = result.extensions
-    return json.dumps(payload, separators=(",", ":"))
+    return encode_capped(payload, max_bytes)  # a frame over the cap: LIMIT_EXCEEDED instead
 
 
 class _Member:
@@ -292,7 +324,7 @@ class _Group:
                     ):
                         self.failed = "the shared subscription could not start"
                         break
-                    payload = _encode_payload(result).encode()
+                    payload = _encode_payload(result, self.mux.max_frame_bytes).encode()
                     self.mux.encoded += 1
                     sequence = tail.sequences.popleft() if tail.sequences else 0
                     for member in self.pending:
@@ -339,9 +371,12 @@ class _Group:
 class Multiplexer:
     """The groups of one process (one per GraphQL view)."""
 
-    def __init__(self, schema: Any, queue_size: int = 1000) -> None:
+    def __init__(
+        self, schema: Any, queue_size: int = 1000, max_frame_bytes: int = 10_000_000
+    ) -> None:
         self.schema = schema
         self.queue_size = queue_size
+        self.max_frame_bytes = max_frame_bytes
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.encoded = 0  # results encoded (once per group per event)
         self.delivered = 0  # frames handed to connections
@@ -367,7 +402,10 @@ class Multiplexer:
         if group is None or group.done:
             # The group's own context: same principal (tenant and role are in the key),
             # fresh loaders, no reference to the first subscriber's socket.
-            group_context = dataclasses.replace(context, request=None, response=None, _loaders=None)
+            # Pinned: members' credentials are checked (and revoked) one by one instead.
+            group_context = dataclasses.replace(
+                context, request=None, response=None, _loaders=None, principal_max_age=None
+            )
             group = _Group(self, key, operation, group_context, root_value)
             self.groups[key] = group
             group.start()
@@ -385,7 +423,135 @@ class Multiplexer:
             member.group.leave(member)
 
 
-class MultiplexingHandler(BaseGraphQLTransportWSHandler[Any, Any]):
+class _Revocable:
+    """What both protocol handlers do about revoked or expiring credentials."""
+
+    view: Any
+    websocket: Any
+    context: Any
+    _revoked: str | None = None
+    _registry: SocketRegistry | None = None
+    _expiry: asyncio.TimerHandle | None = None
+
+    async def _register(self) -> None:
+        """Once the connection is acknowledged: hear revocations, end at token expiry."""
+        principal = getattr(self.context, "cached_principal", None)
+        if principal is None or self._registry is not None or self._revoked is not None:
+            return
+        registry = getattr(self.view, "sockets", None)
+        if isinstance(registry, SocketRegistry):
+            await registry.start()  # listens from the first socket of the process on
+            if self._revoked is not None:
+                return
+            self._registry = registry
+            registry.add(self, principal.revocation_keys())
+        if principal.expires_at is not None:
+            delay = (principal.expires_at - datetime.now(UTC)).total_seconds()
+            self._expiry = asyncio.get_running_loop().call_later(
+                max(0.0, delay), self.revoke, "access token expired"
+            )
+
+    def _unregister(self) -> None:
+        if self._expiry is not None:
+            self._expiry.cancel()
+            self._expiry = None
+        if self._registry is not None:
+            self._registry.remove(self)
+            self._registry = None
+
+    def revoke(self, reason: str) -> None:
+        """Close with 4403; nothing more runs or is sent on this connection."""
+        if self._revoked is not None:
+            return
+        self._revoked = reason
+        revoke_context = getattr(self.context, "revoke", None)
+        if revoke_context is not None:
+            revoke_context(reason)
+        self._unregister()
+        self._stop_sending()
+        log.info("closing a WebSocket: %s", reason)
+        task = asyncio.create_task(self.websocket.close(code=REVOKED_CODE, reason=reason[:120]))
+        task.add_done_callback(_ignore_result)
+
+    def _stop_sending(self) -> None:
+        pass
+
+    async def recheck(self) -> None:
+        """Check the credentials now (a revocation signal may have been missed)."""
+        if self._revoked is not None:
+            return
+        self.context.expire_principal()
+        try:
+            await self.context.principal()
+        except DomainError as exc:
+            self.revoke(exc.message)
+
+    async def _admit(self, query: str = "", operation_name: str | None = None) -> bool:
+        """At each operation start: are the credentials (still) good? A mutation checks
+        them afresh (it may mint keys, ...); others trust a principal seconds old."""
+        if self._revoked is not None:
+            return False
+        if query and is_mutation(query, operation_name):
+            self.context.expire_principal()
+        try:
+            await self.context.principal()
+        except DomainError as exc:
+            self.revoke(exc.message)
+            return False
+        return True
+
+
+class RevocableTransportWSHandler(_Revocable, BaseGraphQLTransportWSHandler[Any, Any]):
+    """graphql-transport-ws, stock, ended when its credentials are revoked."""
+
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged:
+            await self._register()
+
+    async def run_operation(self, operation: Operation[Any, Any]) -> None:
+        if not await self._admit(operation.query, operation.operation_name):
+            self.operations.pop(operation.id, None)
+            return
+        await super().run_operation(operation)
+
+    async def send_message(self, message: Message) -> None:
+        if self._revoked is None:
+            await super().send_message(message)
+
+    async def shutdown(self) -> None:
+        self._unregister()
+        await super().shutdown()
+
+
+class RevocableLegacyWSHandler(_Revocable, BaseGraphQLWSHandler[Any, Any]):
+    """The legacy graphql-ws protocol, ended when its credentials are revoked."""
+
+    async def handle_connection_init(self, message: Any) -> None:
+        await super().handle_connection_init(message)
+        if self.connection_acknowledged:
+            await self._register()
+
+    async def handle_start(self, message: StartMessage) -> None:
+        payload = message.get("payload") or {}
+        query = payload.get("query") if isinstance(payload, dict) else None
+        name = payload.get("operationName") if isinstance(payload, dict) else None
+        if self.connection_acknowledged and not await self._admit(
+            query if isinstance(query, str) else "", name if isinstance(name, str) else None
+        ):
+            return
+        await super().handle_start(message)
+
+    async def send_message(self, message: OperationMessage) -> None:
+        if self._revoked is None:
+            await super().send_message(message)
+
+    async def cleanup(self) -> None:
+        self._unregister()
+        await super().cleanup()
+
+
+class MultiplexingHandler(RevocableTransportWSHandler):
     """graphql-transport-ws handler: one writer queue per connection, shared frames."""
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
@@ -410,7 +576,7 @@ class MultiplexingHandler(BaseGraphQLTransportWSHandler[Any, Any]):
             self._writer = asyncio.create_task(self._write(), name="ws-writer")
 
     async def _write(self) -> None:
-        send_text = self.websocket.ws.send_text  # type: ignore[attr-defined]
+        send_text = self.websocket.ws.send_text
         out = self._out
         while True:
             if not out:
@@ -468,6 +634,11 @@ class MultiplexingHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         self._wake.set()
         self._ensure_writer()
 
+    def _stop_sending(self) -> None:
+        self._closing = True
+        self._out.clear()
+        self._room.set()
+
     def _slow_consumer(self) -> None:
         self._closing = True
         self._out.clear()
@@ -497,6 +668,9 @@ class MultiplexingHandler(BaseGraphQLTransportWSHandler[Any, Any]):
         shape = plan(operation.query, operation.operation_name) if mux is not None else None
         if mux is None or shape is None:
             await super().run_operation(operation)
+            return
+        if not await self._admit():
+            self.operations.pop(operation.id, None)
             return
         try:
             principal = await self.context.principal()

@@ -65,6 +65,9 @@ def settings(services: TestServices, database: str) -> Any:
         database_url=database,
         redis_url=services.redis_url,
         jwt_secret=secrets.token_urlsafe(40),
+        # Any reuse of a rotated refresh token revokes its family at once here; the reuse
+        # window has its own server in tests/security/test_auth_attacks.py.
+        refresh_reuse_seconds=0.0,
         redis_prefix=f"cgtest{secrets.token_hex(4)}",
         log_json=True,
         log_level="WARNING",

@@ -23,6 +23,7 @@ from typing import Any, TypeVar
 from domain.errors import BadUserInput
 from domain.executions.ports import NodeContext
 from domain.flows.model import FlowNode, NodeKind
+from domain.json_schema import SchemaUnusable, instance_errors
 
 T = TypeVar("T")
 
@@ -94,18 +95,13 @@ async def run_input(node: FlowNode, ctx: NodeContext) -> Any:
 
 def validate_inputs(inputs: Mapping[str, Any], schema: Any) -> None:
     """Raise BadUserInput with one `fields` entry per violation (paths `inputs.a.0.b`)."""
-    import jsonschema  # type: ignore[import-untyped]  # no stubs; imported on first use
-
     try:
-        validator_cls = jsonschema.validators.validator_for(schema)
-        validator_cls.check_schema(schema)
-        validator = validator_cls(schema)
-    except jsonschema.SchemaError as exc:
+        errors = instance_errors(schema, dict(inputs), limit=100)
+    except SchemaUnusable as exc:
         raise BadUserInput(f"the flow's input schema is invalid: {exc.message}") from None
     fields: dict[str, str] = {}
-    for error in validator.iter_errors(dict(inputs)):
-        path = ".".join(["inputs", *(str(p) for p in error.absolute_path)])
-        fields.setdefault(path, str(error.message))
+    for path, message in errors:
+        fields.setdefault(".".join(["inputs", *(str(p) for p in path)]), message)
     if fields:
         raise BadUserInput("the execution inputs do not match the flow's input schema", fields)
 

@@ -21,9 +21,6 @@ from collections.abc import Set as AbstractSet
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from jsonschema.exceptions import SchemaError  # type: ignore[import-untyped]
-from jsonschema.validators import Draft202012Validator, validator_for  # type: ignore[import-untyped]
-
 from domain.errors import BadUserInput
 from domain.flows.expressions import (
     ALLOWED_ROOTS,
@@ -35,6 +32,7 @@ from domain.flows.expressions import (
     referenced_names,
 )
 from domain.flows.model import FlowEdge, FlowGraph, FlowNode, NodeKind
+from domain.json_schema import schema_problems
 
 __all__ = [
     "BRANCH_FALSE",
@@ -531,23 +529,9 @@ class _Validator:
             self.check_source(position, f"{path}.{name}", f"{label}.{name}", template, "template")
 
     def check_schema(self, path: str, label: str, value: object) -> None:
-        if not isinstance(value, (Mapping, bool)):
-            self.report.add(path, f"{label} must be a JSON Schema (an object)")
-            return
-        validator: Any = Draft202012Validator
-        if isinstance(value, Mapping) and "$schema" in value:
-            dialect = value["$schema"]
-            validator = validator_for(value, default=None) if isinstance(dialect, str) else None
-            if validator is None:
-                self.report.add(path, f"{label}: unknown $schema {dialect!r}")
-                return
-        try:
-            validator.check_schema(value)
-        except SchemaError as exc:
-            where = f" at {exc.json_path}" if list(exc.path) else ""
-            self.report.add(path, f"{label} is not a valid JSON Schema{where}: {exc.message}")
-        except RecursionError:
-            self.report.add(path, f"{label} is nested too deeply")
+        problems = schema_problems(value)
+        if problems:
+            self.report.add(path, f"{label} {'; '.join(problems)}")
 
     # -- structure ---------------------------------------------------------------------------
 

@@ -123,6 +123,15 @@ class SqlUsers:
         )
 
     async def count_admins(self, tenant_id: str) -> int:
+        # Serialise last-admin checks per tenant: the second waits for the first to commit
+        # and then counts what it left (READ COMMITTED takes a fresh snapshot per statement).
+        # FOR NO KEY UPDATE does not block inserts of rows referencing the tenant.
+        lock = (
+            sa.select(t.tenants.c.id)
+            .where(t.tenants.c.id == tenant_id)
+            .with_for_update(key_share=True)
+        )
+        await self._conn.execute(lock)
         stmt = sa.select(sa.func.count()).where(
             t.users.c.tenant_id == tenant_id,
             t.users.c.role == Role.ADMIN.value,

@@ -8,6 +8,7 @@ from tests.conftest import Team, member_token
 from tests.support import builders as b
 from tests.support import flows as f
 from tests.support.client import GQL, error_code
+from tests.support.services import free_port
 
 
 def _types(events: list[dict]) -> list[tuple[str, str | None]]:
@@ -91,9 +92,9 @@ async def test_oversized_inputs_name_the_limit(gql: GQL, team: Team) -> None:
 
 
 async def test_an_unreachable_provider_fails_its_node_clearly(gql: GQL, team: Team) -> None:
-    # The world's provider is OpenAI with a made-up key: with or without a network the
-    # call fails (unreachable or refused), and the run says which node and provider.
-    world = await b.world(gql, team.token)
+    # A provider at a closed local port: refused at once, whatever network the machine has;
+    # the run says which node and provider failed, and never shows the key.
+    world = await b.world(gql, team.token, baseUrl=f"http://127.0.0.1:{free_port()}/v1")
     run = await f.execute(gql, team.token, world["flow"]["id"], {"topic": "deep"})
     done = await f.wait_status(gql, team.token, run["id"])
     assert done["status"] == "FAILED"

@@ -191,7 +191,10 @@ async def test_pagination_search_and_kind_filters(gql: GQL, team: Team) -> None:
         gql,
         team.token,
         kind="DOCKER",
-        config={"image": "python:3.12-slim", "command": ["python3", "-c", "print(1)"]},
+        config={
+            "image": "crewgraph/sandbox-python:1",
+            "command": ["python3", "-c", "print(1)"],
+        },
     )
     await b.tool(gql, team.token)
     kinds = {

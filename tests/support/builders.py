@@ -100,9 +100,9 @@ async def flow(
     return await _create(gql, token, "CreateFlow", "flow", data)
 
 
-async def world(gql: GQL, token: str) -> dict[str, Any]:
+async def world(gql: GQL, token: str, **provider_over: Any) -> dict[str, Any]:
     """A provider, a tool, two agents, a crew and a flow that uses them."""
-    p = await provider(gql, token)
+    p = await provider(gql, token, **provider_over)
     t = await tool(gql, token)
     a = await agent(gql, token, llmProviderId=p["id"], toolIds=[t["id"]])
     b = await agent(gql, token)
