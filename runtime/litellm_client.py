@@ -135,7 +135,7 @@ def _load() -> Any:
             module.suppress_debug_info = True  # no "Give Feedback" banners on stdout
             module.telemetry = False
             module.drop_params = True  # providers that lack a knob ignore it
-            pass  # _guard_httpx()
+            _guard_httpx()
             for name in ("LiteLLM", "LiteLLM Router", "LiteLLM Proxy"):
                 logging.getLogger(name).setLevel(logging.WARNING)
             _litellm = module
