@@ -1,6 +1,6 @@
 """Attacks on identity: races, leaks, the production profile and brute-force limits.
 
-Each test failed on the code before issue 11 was fixed and guards the fix since."""
+Each test failed on the code before these holes were closed and keeps them closed."""
 
 from __future__ import annotations
 

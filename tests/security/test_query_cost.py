@@ -1,5 +1,6 @@
-"""Query cost budget and response-size cap (issue 11: "No cost or response-size limit"),
-and the error contract for a too-deep JSON body and a non-JSON `json_transform` result."""
+"""Query cost budget and response-size cap (a 339-byte query once produced a 384 MB
+response), and the error contract for a too-deep JSON body and a non-JSON
+`json_transform` result."""
 
 from __future__ import annotations
 

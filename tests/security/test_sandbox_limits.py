@@ -1,4 +1,4 @@
-"""Sandbox resource limits (issue 11, "Sandbox resource leaks"): dry runs leave no
+"""Sandbox resource limits: dry runs leave no
 scratch behind, orphaned scratch is swept at start-up, concurrent sandbox runs are
 capped per tenant and in total, a tool flooding its output is stopped at once, and
 DOCKER tools may only use allow-listed images."""

@@ -1,9 +1,8 @@
 """Test-only node executors: `build_container(..., wrap_executors=wrap)` in tests, and
 `python -m tests.support.cli serve|worker` for subprocesses.
 
-Until the LLM issue brings the scripted-slow model, INPUT / CONDITION / OUTPUT are the
-only real node kinds and they finish in microseconds. To watch a run mid-flight (cancel
-it, kill its worker) the tests use TOOL nodes whose config carries `testSleepSeconds`:
+INPUT / CONDITION / OUTPUT finish in microseconds and model nodes need a model; to watch
+a run mid-flight without either (cancel it, kill its worker) the tests use TOOL nodes whose config carries `testSleepSeconds`:
 such a node sleeps that long (after `testLogEvents` LOG events, if set) and returns
 {"node", "slept", "pid"}. Every other TOOL node
 goes to the real TOOL executor (or fails NOT_CONFIGURED without one), so this hook
