@@ -28,7 +28,7 @@ schema: install  ## re-export graphql/schema.graphql after changing the schema
 
 # The real tiny model (SmolLM2-135M on llama.cpp) in its own venv under the data dir;
 # `crewgraph serve` starts it when present. The first build compiles llama.cpp (~6 min
-# on 2 cores); uv caches the wheel, so later installs take seconds.
+# on 2 cores, once per clone); reinstalling into the same directory takes seconds.
 local-model: install  ## the real tiny local model, from the lock's local-model group
 	bash scripts/install-local-model.sh
 

