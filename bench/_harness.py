@@ -81,6 +81,8 @@ async def server(svc: TestServices, *, worker: bool = False, **env: str) -> Asyn
         "CREWGRAPH_DATA_DIR": str(ROOT / ".crewgraph" / "bench"),
         "CREWGRAPH_MAX_CONCURRENT_EXECUTIONS": "500",
         "CREWGRAPH_WORKER_CONCURRENCY": "500",
+        # Benchmarks drive one user far past the default per-caller limits.
+        "CREWGRAPH_RATE_LIMITS": "off",
         **env,
     }
     runner = os.environ.get("BENCH_SERVER_RUNNER")  # e.g. a profiling wrapper script

@@ -10,6 +10,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
+from domain import audit
+from domain.audit import NO_AUDIT, AuditRecorder
 from domain.errors import BadUserInput, Conflict, Forbidden, NotFound, Unauthenticated
 from domain.identity import ApiKey, Principal, RefreshToken, Tenant, User
 from domain.ports import (
@@ -81,6 +83,8 @@ class IdentityService:
     # Seconds in which a just-rotated refresh token may come back (two tabs refreshing at
     # once) and get a fresh pair of the same family instead of revoking it as stolen.
     refresh_reuse_seconds: float = 0.0
+    # Sign-ins, token reuse, user and API key changes go to the tenant's audit log.
+    audit: AuditRecorder = NO_AUDIT
 
     # -- sessions -----------------------------------------------------------
 
@@ -121,11 +125,12 @@ class IdentityService:
                 candidates = await uow.users.by_email(email)
             # A deactivated account answers as a wrong password does (verified all the
             # same, so the timing matches too): a correct password must not tell more.
-            matches = [
+            verified = [
                 u
                 for u in candidates[:_MAX_LOGIN_CANDIDATES]
-                if self.hasher.verify(u.password_hash, password) and u.active
+                if self.hasher.verify(u.password_hash, password)
             ]
+            matches = [u for u in verified if u.active]
             if not candidates:
                 self.hasher.verify(None, password)  # same cost as a wrong password
             if len(matches) > 1:
@@ -134,11 +139,22 @@ class IdentityService:
                     {"tenantSlug": "is required for this email"},
                 )
             if not matches:
+                reason = (
+                    "account deactivated"
+                    if verified
+                    else ("wrong password" if candidates else "unknown email")
+                )
+                tenants = [tenant_id] if tenant_id else [u.tenant_id for u in candidates]
+                for failed_in in dict.fromkeys(tenants[:_MAX_LOGIN_CANDIDATES]):
+                    self.audit.record(
+                        failed_in, audit.LOGIN_FAILED, actor=email, data={"reason": reason}
+                    )
                 raise Unauthenticated("invalid email or password")
             user = matches[0]
             await uow.audit.record(user.tenant_id, user.id, "user.login")
             session = await self._open_session(uow, user, family_id=None)
             await uow.commit()
+        self.audit.record(user.tenant_id, audit.LOGIN, actor=user.email, target=user.id)
         return session
 
     async def refresh(self, token: str) -> Session:
@@ -158,7 +174,15 @@ class IdentityService:
                 # A rotated token came back: somebody holds a copy. Kill the family.
                 await uow.refresh_tokens.revoke_family(stored.family_id, now)
                 await uow.audit.record(stored.tenant_id, stored.user_id, "token.reuse")
+                owner = await uow.users.get(stored.tenant_id, stored.user_id)
                 await uow.commit()
+                self.audit.record(
+                    stored.tenant_id,
+                    audit.REFRESH_TOKEN_REUSED,
+                    actor=owner.email if owner else None,
+                    target=stored.user_id,
+                    data={"session": stored.family_id},
+                )
                 await self._end_session(stored, "session revoked: refresh token reuse")
                 raise Unauthenticated("refresh token was already used; session revoked")
             if stored.expires_at <= now:
@@ -233,6 +257,7 @@ class IdentityService:
             user_id=user.id,
             session_id=claims.session_id,
             expires_at=claims.expires_at,
+            actor_name=user.email,
         )
 
     async def authenticate_api_key(self, secret: str) -> Principal:
@@ -241,7 +266,9 @@ class IdentityService:
             tenant = await uow.tenants.get(key.tenant_id) if key else None
         if key is None or key.revoked_at is not None or tenant is None:
             raise Unauthenticated("invalid API key")
-        return Principal(tenant.id, tenant.schema_name, key.role, api_key_id=key.id)
+        return Principal(
+            tenant.id, tenant.schema_name, key.role, api_key_id=key.id, actor_name=key.name
+        )
 
     # -- reads ----------------------------------------------------------------
 
@@ -298,6 +325,13 @@ class IdentityService:
             await uow.users.add(user)
             await uow.audit.record(principal.tenant_id, _actor(principal), "user.create", user.id)
             await uow.commit()
+        self.audit.record(
+            principal.tenant_id,
+            audit.USER_CREATED,
+            principal=principal,
+            target=user.id,
+            data={"email": user.email, "role": user.role.value},
+        )
         return user
 
     async def update_user_role(self, principal: Principal, user_id: str, role: Role) -> User:
@@ -307,10 +341,19 @@ class IdentityService:
             if user.role is Role.ADMIN and role is not Role.ADMIN:
                 await self._keep_an_admin(uow, principal)
             changed = user.role is not role
+            previous = user.role
             user.role = role
             await uow.users.update(user)
             await uow.audit.record(principal.tenant_id, _actor(principal), "user.role", user.id)
             await uow.commit()
+        if changed:
+            self.audit.record(
+                principal.tenant_id,
+                audit.USER_ROLE_CHANGED,
+                principal=principal,
+                target=user.id,
+                data={"email": user.email, "from": previous.value, "to": role.value},
+            )
         if changed:  # open connections of the user end; they reconnect with the new role
             await self._announce(Revocation(user.tenant_id, user_id=user.id, reason="role changed"))
         return user
@@ -328,6 +371,13 @@ class IdentityService:
                 principal.tenant_id, _actor(principal), "user.deactivate", user.id
             )
             await uow.commit()
+        self.audit.record(
+            principal.tenant_id,
+            audit.USER_DEACTIVATED,
+            principal=principal,
+            target=user.id,
+            data={"email": user.email},
+        )
         await self._announce(Revocation(user.tenant_id, user_id=user.id, reason="user deactivated"))
         return user
 
@@ -358,6 +408,13 @@ class IdentityService:
             await uow.api_keys.add(key)
             await uow.audit.record(principal.tenant_id, _actor(principal), "apikey.create", key.id)
             await uow.commit()
+        self.audit.record(
+            principal.tenant_id,
+            audit.APIKEY_CREATED,
+            principal=principal,
+            target=key.id,
+            data={"name": key.name, "role": key.role.value},
+        )
         return key, secret
 
     async def revoke_api_key(self, principal: Principal, key_id: str) -> bool:
@@ -372,6 +429,13 @@ class IdentityService:
                     principal.tenant_id, _actor(principal), "apikey.revoke", key.id
                 )
                 await uow.commit()
+                self.audit.record(
+                    principal.tenant_id,
+                    audit.APIKEY_REVOKED,
+                    principal=principal,
+                    target=key.id,
+                    data={"name": key.name},
+                )
         # Announced again for a key revoked before: a signal may have been missed.
         await self._announce(Revocation(key.tenant_id, api_key_id=key.id, reason="API key revoked"))
         return True

@@ -63,6 +63,7 @@ class Principal:
     api_key_id: str | None = None
     session_id: str | None = None  # the login session of a user token (`sid`)
     expires_at: datetime | None = None  # when the credentials stop working by themselves
+    actor_name: str | None = None  # the user's email or the API key's name (audit log)
 
     def revocation_keys(self) -> list[str]:
         """The names under which these credentials can be revoked."""

@@ -8,7 +8,15 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
+from domain.audit import (
+    NO_AUDIT,
+    PROVIDER_CREATED,
+    PROVIDER_DELETED,
+    PROVIDER_UPDATED,
+    AuditRecorder,
+)
 from domain.egress import EgressPolicy, EgressRefused
 from domain.errors import BadUserInput, NotFound
 from domain.identity import Principal
@@ -177,11 +185,17 @@ class ProviderService(ResourceService[LlmProvider]):
     kind = "LLM provider"
     repo_attr = "providers"
     write_action = Action.MANAGE_PROVIDERS
+    audit_deleted = PROVIDER_DELETED
 
     def __init__(
-        self, uow: TenantUnitOfWorkFactory, box: SecretBox, *, egress: EgressPolicy | None = None
+        self,
+        uow: TenantUnitOfWorkFactory,
+        box: SecretBox,
+        *,
+        egress: EgressPolicy | None = None,
+        audit: AuditRecorder = NO_AUDIT,
     ) -> None:
-        super().__init__(uow)
+        super().__init__(uow, audit)
         self._box = box
         # What can be judged without DNS is refused when saved; the call-time check in the
         # runtime adapter (after resolving the name) is the one that counts.
@@ -232,6 +246,13 @@ class ProviderService(ResourceService[LlmProvider]):
             await _check_fallbacks(uow.providers, ident, provider.fallback_ids)
             await uow.providers.add(provider)
             await uow.commit()
+        self._audit.record(
+            p.tenant_id,
+            PROVIDER_CREATED,
+            principal=p,
+            target=provider.id,
+            data=_audit_data(provider, keySet=provider.has_api_key),
+        )
         return provider
 
     async def update(
@@ -277,11 +298,40 @@ class ProviderService(ResourceService[LlmProvider]):
             current.updated_at = datetime.now(UTC)
             await uow.providers.update(current)
             await uow.commit()
+        self._audit.record(
+            p.tenant_id,
+            PROVIDER_UPDATED,
+            principal=p,
+            target=current.id,
+            data=_audit_data(current, keyChanged=data.api_key is not None),
+        )
         return current
 
     def reveal_key(self, p: Principal, provider: LlmProvider) -> str | None:
         """For runtime adapters only; never reaches an API response or a log."""
         return reveal(self._box, p.tenant_id, provider)
+
+
+def _audit_data(provider: LlmProvider, **flags: bool) -> dict[str, object]:
+    """What the audit log keeps of a provider change: never the key, only whether one
+    was set or changed."""
+    return {
+        "name": provider.name,
+        "provider": provider.provider,
+        "model": provider.model,
+        "baseUrl": _without_secrets(provider.base_url),
+        "version": provider.version,
+        **flags,
+    }
+
+
+def _without_secrets(url: str | None) -> str | None:
+    """A base URL without user info, query or fragment (where credentials could hide)."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    host = parts.netloc.rsplit("@", 1)[-1]
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
 def local_provider(now: datetime) -> LlmProvider:

@@ -24,11 +24,13 @@ _RANK = {Role.VIEWER: 1, Role.MEMBER: 2, Role.ADMIN: 3}
 class Action(enum.StrEnum):
     READ = "read"  # any resource of the tenant
     WRITE = "write"  # agents, crews, tools, flows, chat
-    RUN = "run"  # execute flows, test crews, cancel executions, validate tools
+    RUN = "run"  # execute flows, test crews, cancel executions, answer approvals, validate tools
     MANAGE_USERS = "manage_users"
     MANAGE_API_KEYS = "manage_api_keys"
     MANAGE_PROVIDERS = "manage_providers"
     MANAGE_TENANT = "manage_tenant"
+    READ_AUDIT_LOG = "read_audit_log"
+    MANAGE_WEBHOOKS = "manage_webhooks"
 
 
 POLICY: dict[Action, Role] = {
@@ -39,6 +41,8 @@ POLICY: dict[Action, Role] = {
     Action.MANAGE_API_KEYS: Role.ADMIN,
     Action.MANAGE_PROVIDERS: Role.ADMIN,
     Action.MANAGE_TENANT: Role.ADMIN,
+    Action.READ_AUDIT_LOG: Role.ADMIN,
+    Action.MANAGE_WEBHOOKS: Role.ADMIN,
 }
 
 

@@ -6,6 +6,7 @@ from collections.abc import Awaitable, Callable, Sequence
 from datetime import UTC, datetime
 from typing import ClassVar, Generic, Protocol, TypeVar
 
+from domain.audit import NO_AUDIT, AuditRecorder
 from domain.auth import is_uuid
 from domain.errors import Conflict, NotFound
 from domain.identity import Principal
@@ -73,9 +74,24 @@ class ResourceService(Generic[E]):
     kind: ClassVar[str]  # for messages: "agent"
     repo_attr: ClassVar[str]  # unit-of-work attribute: "agents"
     write_action: ClassVar[Action] = Action.WRITE
+    # Audit-log actions recorded after a successful create / update / delete; None: none.
+    audit_created: ClassVar[str | None] = None
+    audit_updated: ClassVar[str | None] = None
+    audit_deleted: ClassVar[str | None] = None
 
-    def __init__(self, uow: TenantUnitOfWorkFactory) -> None:
+    def __init__(self, uow: TenantUnitOfWorkFactory, audit: AuditRecorder = NO_AUDIT) -> None:
         self._uow = uow
+        self._audit = audit
+
+    def _audited(self, p: Principal, action: str | None, entity: E) -> None:
+        if action is not None:
+            self._audit.record(
+                p.tenant_id,
+                action,
+                principal=p,
+                target=entity.id,
+                data={"name": entity.name, "version": entity.version},
+            )
 
     def _repo(self, uow: TenantUnitOfWork) -> ResourceRepository[E]:
         repo: ResourceRepository[E] = getattr(uow, self.repo_attr)
@@ -117,6 +133,7 @@ class ResourceService(Generic[E]):
             await repo.add(entity)
             await self._stored(uow, p, entity)
             await uow.commit()
+        self._audited(p, self.audit_created, entity)
         return entity
 
     async def _modify(
@@ -142,6 +159,7 @@ class ResourceService(Generic[E]):
             await repo.update(current)
             await self._stored(uow, p, current)
             await uow.commit()
+        self._audited(p, self.audit_updated, current)
         return current
 
     async def delete(self, p: Principal, ident: str) -> bool:
@@ -156,4 +174,5 @@ class ResourceService(Generic[E]):
                 raise still_referenced(self.kind, current.name, referrers)
             await repo.delete(ident)
             await uow.commit()
+        self._audited(p, self.audit_deleted, current)
         return True

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.audit import NO_AUDIT, TOOL_CREATED, TOOL_DELETED, TOOL_UPDATED, AuditRecorder
 from domain.identity import Principal
 from domain.json_schema import schema_problems
 from domain.ports import Page, TenantUnitOfWork, TenantUnitOfWorkFactory
@@ -187,11 +188,17 @@ def _validate(data: ToolInput, allowed_images: Collection[str] | None = None) ->
 class ToolService(ResourceService[Tool]):
     kind = "tool"
     repo_attr = "tools"
+    audit_created = TOOL_CREATED
+    audit_updated = TOOL_UPDATED
+    audit_deleted = TOOL_DELETED
 
     def __init__(
-        self, uow: TenantUnitOfWorkFactory, allowed_images: Collection[str] | None = None
+        self,
+        uow: TenantUnitOfWorkFactory,
+        allowed_images: Collection[str] | None = None,
+        audit: AuditRecorder = NO_AUDIT,
     ) -> None:
-        super().__init__(uow)
+        super().__init__(uow, audit)
         #: images DOCKER tools may use (the operator's allow-list); None = any
         self.allowed_images = None if allowed_images is None else frozenset(allowed_images)
 

@@ -304,6 +304,40 @@ flow_refs = sa.Table(
 )
 
 
+# -- chat (tenant) ---------------------------------------------------------
+# A session is bound to one LLM provider or one agent (SET NULL when that is deleted: the
+# session stays readable, sending is refused). `message_count` counts its messages (kept
+# here: counting the message store is slow); `last_seq` numbers them. `reply_id` is the
+# reply being generated (the lock against a second send), claimed by `reply_owner` until
+# `reply_expires_at`. Messages live in MongoDB.
+
+chat_sessions = sa.Table(
+    "chat_sessions",
+    metadata,
+    _id(),
+    sa.Column("title", sa.Text),
+    sa.Column("llm_provider_id", UUID, _tenant_fk("llm_providers.id", ondelete="SET NULL")),
+    sa.Column("agent_id", UUID, _tenant_fk("agents.id", ondelete="SET NULL")),
+    sa.Column("system_prompt", sa.Text),
+    sa.Column("message_limit", sa.Integer, nullable=False),
+    sa.Column("message_count", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("last_seq", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("reply_id", UUID),
+    sa.Column("reply_owner", sa.Text),
+    sa.Column("reply_expires_at", sa.DateTime(timezone=True)),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("created_by", sa.Text),
+    _ts("created_at"),
+    sa.CheckConstraint(
+        "llm_provider_id IS NULL OR agent_id IS NULL", name="chat_sessions_one_target"
+    ),
+    sa.Index("chat_sessions_created_idx", "created_at", "id"),
+    sa.Index("chat_sessions_llm_provider_idx", "llm_provider_id"),
+    sa.Index("chat_sessions_agent_idx", "agent_id"),
+    schema=TENANT,
+)
+
+
 # -- executions (tenant) ---------------------------------------------------
 # One row per run of a flow (pinned to a flow version) or of a crew (`graph`
 # holds the one-node graph). PostgreSQL is the source of truth: the worker that
@@ -332,6 +366,11 @@ executions = sa.Table(
     _ts("created_at"),
     _ts("started_at", nullable=True),
     _ts("finished_at", nullable=True),
+    # Waiting at APPROVAL nodes: since when, how long before (not counted toward the flow
+    # timeout), and whether the next claim is the resume after an answer (no new attempt).
+    _ts("waiting_since", nullable=True),
+    sa.Column("waited_seconds", sa.Float, nullable=False, server_default="0"),
+    sa.Column("resume_pending", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.ForeignKeyConstraint(
         ["flow_id", "flow_version"],
         [f"{TENANT}.flow_versions.flow_id", f"{TENANT}.flow_versions.version"],
@@ -376,11 +415,37 @@ execution_events = sa.Table(
     schema=TENANT,
 )
 
+# One row per APPROVAL node a run reached: the request (prompt rendered with the run's
+# data), then its one answer (`answered_at` set by a conditional update: first wins).
+approvals = sa.Table(
+    "approvals",
+    metadata,
+    sa.Column(
+        "execution_id", UUID, _tenant_fk("executions.id", ondelete="CASCADE"), primary_key=True
+    ),
+    sa.Column("node_id", sa.Text, primary_key=True),
+    sa.Column("prompt", sa.Text, nullable=False),
+    sa.Column("input_schema", JSONB),
+    sa.Column("on_timeout", sa.Text, nullable=False),
+    sa.Column("requested_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Column("expires_at", sa.DateTime(timezone=True)),
+    sa.Column("approved", sa.Boolean),
+    sa.Column("input", JSONB),
+    sa.Column("comment", sa.Text),
+    sa.Column("answered_by", sa.Text),
+    sa.Column("answered_at", sa.DateTime(timezone=True)),
+    sa.Column("timed_out", sa.Boolean, nullable=False, server_default=sa.false()),
+    schema=TENANT,
+)
+
 # -- active executions (public) -----------------------------------------------
 # One row per PENDING or RUNNING execution of any tenant, written in the same
 # transaction as the tenant row and deleted when the execution ends. The sweeper
 # finds expired leases and stale PENDING runs here with one indexed query, and the
-# per-tenant concurrency limit counts RUNNING rows here.
+# per-tenant concurrency limit counts RUNNING rows here. A WAITING execution (at
+# APPROVAL nodes) keeps its row with status WAITING and no lease; there
+# `lease_expires_at` is the earliest deadline of its unanswered approvals (NULL: none),
+# which the sweeper's timeout scan reads.
 
 active_executions = sa.Table(
     "active_executions",
@@ -399,5 +464,118 @@ active_executions = sa.Table(
     _ts("created_at"),
     sa.Index("active_executions_lease_idx", "status", "lease_expires_at"),
     sa.Index("active_executions_tenant_idx", "tenant_id", "status", "created_at"),
+    schema="public",
+)
+
+
+# -- schedules and outgoing webhooks (tenant) -----------------------------------
+# A schedule runs its flow at the times of a five-field cron expression in an IANA
+# timezone; `next_run_at` is mirrored into public.schedule_due while the schedule is
+# enabled, so one query finds the due schedules of every tenant.
+
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    _id(),
+    sa.Column("flow_id", UUID, _tenant_fk("flows.id", ondelete="CASCADE"), nullable=False),
+    sa.Column("cron", sa.Text, nullable=False),
+    sa.Column("timezone", sa.Text, nullable=False),
+    sa.Column("inputs", JSONB, nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("next_run_at", sa.DateTime(timezone=True)),
+    sa.Column("last_execution_id", UUID, _tenant_fk("executions.id", ondelete="SET NULL")),
+    sa.Column("created_by", sa.Text),
+    _ts("created_at"),
+    _ts("updated_at"),
+    sa.Index("schedules_flow_idx", "flow_id"),
+    schema=TENANT,
+)
+
+# Endpoints that hear about execution events; the signing secret is sealed like
+# provider keys (server/crypto.py).
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    _id(),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("events", sa.ARRAY(sa.Text), nullable=False),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("secret_ciphertext", sa.LargeBinary, nullable=False),
+    sa.Column("secret_key_id", sa.Text, nullable=False),
+    _ts("created_at"),
+    _ts("updated_at"),
+    schema=TENANT,
+)
+
+# The outbox: one row per (webhook, execution event), written by the statement that
+# stores the event (persistence/repositories/execution_events.py), so a delivery
+# exists exactly when its event does. Pending rows are mirrored in public.webhook_outbox.
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    _id(),
+    sa.Column("webhook_id", UUID, _tenant_fk("webhooks.id", ondelete="CASCADE"), nullable=False),
+    sa.Column(
+        "execution_id", UUID, _tenant_fk("executions.id", ondelete="CASCADE"), nullable=False
+    ),
+    sa.Column("event", sa.Text, nullable=False),
+    sa.Column("payload", JSONB, nullable=False),
+    sa.Column("status", sa.Text, nullable=False),
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("response_status", sa.Integer),
+    sa.Column("error", sa.Text),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True)),
+    _ts("created_at"),
+    _ts("delivered_at", nullable=True),
+    sa.Index("webhook_deliveries_webhook_idx", "webhook_id", "created_at", "id"),
+    sa.Index("webhook_deliveries_execution_idx", "execution_id"),
+    # Each event once per run and webhook (EXECUTION_STARTED is stored again when a run
+    # resumes elsewhere); a run may wait at several approvals.
+    sa.Index(
+        "webhook_deliveries_once_idx",
+        "webhook_id",
+        "execution_id",
+        "event",
+        unique=True,
+        postgresql_where=sa.text("event <> 'EXECUTION_WAITING'"),
+    ),
+    schema=TENANT,
+)
+
+
+# -- due schedules and pending webhook deliveries (public) ------------------------
+# Cross-tenant indexes like active_executions, written in the tenant row's transaction:
+# the scheduler and the delivery loop of every process claim rows here with
+# FOR UPDATE SKIP LOCKED.
+
+schedule_due = sa.Table(
+    "schedule_due",
+    metadata,
+    sa.Column("schedule_id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column(
+        "tenant_id",
+        sa.Uuid(as_uuid=False),
+        sa.ForeignKey("public.tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("tenant_schema", sa.Text, nullable=False),
+    sa.Column("next_run_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("schedule_due_next_idx", "next_run_at"),
+    schema="public",
+)
+
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("delivery_id", sa.Uuid(as_uuid=False), primary_key=True),
+    sa.Column(
+        "tenant_id",
+        sa.Uuid(as_uuid=False),
+        sa.ForeignKey("public.tenants.id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    sa.Column("tenant_schema", sa.Text, nullable=False),
+    sa.Column("next_attempt_at", sa.DateTime(timezone=True), nullable=False),
+    sa.Index("webhook_outbox_next_idx", "next_attempt_at"),
     schema="public",
 )

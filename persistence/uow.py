@@ -24,6 +24,8 @@ from persistence.repositories.resources import (
     SqlProviders,
     SqlTools,
 )
+from persistence.repositories.schedules import SqlSchedules
+from persistence.repositories.webhooks import SqlWebhooks
 
 
 class SqlUnitOfWork:
@@ -60,6 +62,8 @@ class SqlUnitOfWork:
         self.crews = SqlCrews(conn)
         self.flows = SqlFlows(conn)
         self.executions = SqlExecutions(conn, self._schema)
+        self.schedules = SqlSchedules(conn, self._schema)
+        self.webhooks = SqlWebhooks(conn)
 
     async def commit(self) -> None:
         await self.conn.commit()

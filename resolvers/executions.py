@@ -56,6 +56,21 @@ async def cancel_execution(info: Info, id: strawberry.ID) -> Execution:
     return Execution.from_domain(await info.context.services.executions.cancel(p, id))
 
 
+async def resolve_approval(
+    info: Info,
+    execution_id: strawberry.ID,
+    node_id: str,
+    approved: bool,
+    input: JSON | None = None,
+    comment: str | None = None,
+) -> Execution:
+    p = await info.context.principal()
+    found = await info.context.services.executions.resolve_approval(
+        p, execution_id, node_id, approved, input, comment
+    )
+    return Execution.from_domain(found)
+
+
 async def execution_events(
     info: Info, execution_id: strawberry.ID, after_sequence: int | None = 0
 ) -> AsyncGenerator[ExecutionEvent, None]:

@@ -13,17 +13,22 @@ from typing import TYPE_CHECKING, Protocol, TypeAlias
 import strawberry
 
 from domain.agents import AgentService
+from domain.audit import AuditService
 from domain.auth import IdentityService
+from domain.chat.service import ChatService
 from domain.crews import CrewService
 from domain.executions.service import ExecutionService
+from domain.flow_documents import FlowDocumentService
 from domain.flows.service import FlowService
 from domain.identity import Principal
 from domain.llm_calls import LlmService
 from domain.ports import RateLimiter
 from domain.providers import ProviderService
+from domain.schedules import ScheduleService
 from domain.tool_runs import ToolRunService
 from domain.tools import ToolService
 from domain.usage import UsageService
+from domain.webhooks import WebhookService
 
 if TYPE_CHECKING:
     from schema.loaders import Loaders
@@ -53,6 +58,11 @@ class Services:
     executions: ExecutionService
     llm: LlmService
     usage: UsageService
+    schedules: ScheduleService
+    webhooks: WebhookService
+    flow_documents: FlowDocumentService
+    chat: ChatService
+    audit: AuditService
 
     @classmethod
     def pick(cls, source: object) -> Services:

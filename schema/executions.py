@@ -7,6 +7,7 @@ from datetime import datetime
 import strawberry
 from strawberry.scalars import JSON
 
+from domain.executions import approvals as ap
 from domain.executions import events as ev
 from domain.executions import records as rec
 from domain.executions import state as st
@@ -60,6 +61,29 @@ class ExecutionEvent:
         return from_record(cls, e)
 
 
+@strawberry.type(description="An APPROVAL node of a run, waiting for an answer.")
+class PendingApproval:
+    node_id: str
+    prompt: str = strawberry.field(description="The node's prompt, rendered with the run's data.")
+    input_schema: JSON | None = strawberry.field(
+        description="JSON Schema of the answer's `input`, when the node asks for data."
+    )
+    requested_at: datetime
+    expires_at: datetime | None = strawberry.field(
+        description="When it is answered by its `onTimeout` rule; null: never."
+    )
+
+    @classmethod
+    def from_domain(cls, a: ap.Approval) -> PendingApproval:
+        return cls(
+            node_id=a.node_id,
+            prompt=a.prompt,
+            input_schema=JSON(a.input_schema) if a.input_schema is not None else None,
+            requested_at=a.requested_at,
+            expires_at=a.expires_at,
+        )
+
+
 @strawberry.type(description="One run of a flow version or of a crew.")
 class Execution:
     id: strawberry.ID
@@ -101,6 +125,12 @@ class Execution:
     async def node_runs(self, info: Info) -> list[NodeRun]:
         runs = await info.context.loaders.node_runs.load(self.domain.id)
         return [NodeRun.from_domain(r, self.domain.id) for r in runs]
+
+    @described("The APPROVAL nodes waiting for an answer (`resolveApproval`), oldest first.")
+    async def pending_approvals(self, info: Info) -> list[PendingApproval]:
+        p = await info.context.principal()
+        found = await info.context.services.executions.pending_approvals(p, self.domain)
+        return [PendingApproval.from_domain(a) for a in found]
 
     @described("Tokens and cost of every LLM call of this execution (zeros when none).")
     async def usage(self, info: Info) -> Usage:

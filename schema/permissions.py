@@ -47,3 +47,7 @@ class CanManageApiKeys(_Requires):
 
 class CanManageProviders(_Requires):
     action = Action.MANAGE_PROVIDERS
+
+
+class CanManageWebhooks(_Requires):
+    action = Action.MANAGE_WEBHOOKS

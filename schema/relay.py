@@ -16,6 +16,9 @@ N = TypeVar("N")
 class PageInfo:
     has_next_page: bool
     end_cursor: str | None
+    # Backward pagination (`last`/`before`); forward connections report no previous page.
+    has_previous_page: bool = False
+    start_cursor: str | None = None
 
 
 @strawberry.type
@@ -33,5 +36,9 @@ class Connection(Generic[N]):
 def connection(page: Page[Any], to_node: Callable[[Any], N]) -> Connection[N]:
     return Connection(
         edges=[Edge(node=to_node(item), cursor=cursor) for item, cursor in page.items],
-        page_info=PageInfo(has_next_page=page.has_next_page, end_cursor=page.end_cursor),
+        page_info=PageInfo(
+            has_next_page=page.has_next_page,
+            end_cursor=page.end_cursor,
+            start_cursor=page.items[0][1] if page.items else None,
+        ),
     )

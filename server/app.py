@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import structlog
-from cross_web import HTTPException
+from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
@@ -19,36 +19,49 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
+from strawberry.http import GraphQLRequestData
+from strawberry.http.base import BaseRequestProtocol
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
 
+from domain.audit import bind_origin
 from domain.errors import DomainError
+from server.access_log import (
+    AccessLog,
+    LoggedLegacyHandler,
+    LoggedMultiplexingHandler,
+    LoggedTransportHandler,
+)
 from server.bootstrap import Container
 from server.context import Context, Credentials, authenticate
 from server.graphql_schema import build_schema
+from server.lifecycle import Lifecycle
+from server.persisted_queries import PersistedQueries, PersistedQueryError, RedisDocumentStore
 from server.responses import encode_capped
-from server.ws import (
-    Multiplexer,
-    MultiplexingHandler,
-    RevocableLegacyWSHandler,
-    RevocableTransportWSHandler,
-)
+from server.ws import Multiplexer
 
 log = structlog.get_logger("crewgraph.http")
 
 
-def _error_body(message: str, code: str) -> dict[str, Any]:
-    return {"data": None, "errors": [{"message": message, "extensions": {"code": code}}]}
+def _error_body(message: str, code: str, request_id: str | None = None) -> dict[str, Any]:
+    extensions = {"code": code, **({"requestId": request_id} if request_id else {})}
+    return {"data": None, "errors": [{"message": message, "extensions": extensions}]}
+
+
+def _request_id(scope: Scope) -> str | None:
+    """The id `RequestLimits` gave this request (its `X-Request-ID` response header)."""
+    rid = (scope.get("state") or {}).get("request_id")
+    return rid if isinstance(rid, str) else None
 
 
 class CrewgraphGraphQL(GraphQL[Context, None]):
     # Execution subscriptions are multiplexed: one upstream per identical subscription.
     graphql_transport_ws_handler_class: type[BaseGraphQLTransportWSHandler[Context, None]] = (
-        MultiplexingHandler
+        LoggedMultiplexingHandler
     )
     # Both protocols end a connection whose credentials are revoked (server/sockets.py).
-    graphql_ws_handler_class = RevocableLegacyWSHandler
+    graphql_ws_handler_class = LoggedLegacyHandler
 
     def __init__(self, container: Container, **kwargs: Any) -> None:
         s = container.settings
@@ -67,6 +80,18 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         )
         self.container = container
         self.services = container.services()
+        self.persisted_queries = PersistedQueries(
+            RedisDocumentStore(
+                container.redis,
+                s.redis_prefix,
+                s.persisted_query_ttl_seconds,
+                s.persisted_query_max_entries,
+            )
+            if s.persisted_queries
+            else None,
+            trusted=s.trusted_document_map,
+            max_bytes=s.persisted_query_max_bytes,
+        )
         self.multiplexer = Multiplexer(
             self.schema,
             queue_size=s.subscription_queue_size,
@@ -75,7 +100,7 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         container.extras["multiplexer"] = self.multiplexer  # counters for tests and benches
         self.sockets = container.sockets
         if not s.subscription_multiplex:
-            self.graphql_transport_ws_handler_class = RevocableTransportWSHandler
+            self.graphql_transport_ws_handler_class = LoggedTransportHandler
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -88,8 +113,28 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             code = "BAD_USER_INPUT" if exc.status_code == 400 else "NOT_FOUND"
             if exc.status_code == 405:
                 code = "BAD_USER_INPUT"
-            response = JSONResponse(_error_body(exc.reason, code), status_code=exc.status_code)
+            response = JSONResponse(
+                _error_body(exc.reason, code, _request_id(scope)), status_code=exc.status_code
+            )
+        except PersistedQueryError as exc:
+            body = {"data": None, "errors": [exc.error(_request_id(scope))]}
+            response = JSONResponse(body, status_code=exc.status)
         await response(scope, receive, send)
+
+    def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
+        # A GET carrying only a persisted-query hash is an operation, not a browser visit.
+        params = request.query_params
+        return super().should_render_graphql_ide(request) and params.get("extensions") is None
+
+    async def parse_http_body(
+        self, request: AsyncHTTPRequestAdapter
+    ) -> GraphQLRequestData | list[GraphQLRequestData]:
+        # The document a persisted-query hash stands for (or the refusal), before parsing.
+        parsed = await super().parse_http_body(request)
+        for data in parsed if isinstance(parsed, list) else [parsed]:
+            query = await self.persisted_queries.resolve(data.query, data.extensions)
+            data.query = query if isinstance(query, str) else None
+        return parsed
 
     def decode_json(self, data: str | bytes) -> object:
         try:
@@ -109,6 +154,8 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             if isinstance(request, WebSocket)
             else Credentials.from_headers(request.headers)
         )
+        # Audit entries recorded by this request's use cases carry where it came from.
+        bind_origin(request.client.host if request.client else None, rid)
         return Context(
             services=self.services,
             request=request,
@@ -124,7 +171,9 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         try:
             context.set_principal(await authenticate(self.services, context.credentials))
         except DomainError as exc:
-            raise ConnectionRejectionError({"message": exc.message, "code": exc.code})
+            raise ConnectionRejectionError(
+                {"message": exc.message, "code": exc.code, "requestId": context.request_id}
+            )
         return None
 
 
@@ -147,11 +196,26 @@ class RequestLimits:
         if scope["type"] == "websocket":
             # The server's own send: server/ws.py writes shared frames through it.
             scope["state"]["crewgraph.asgi_send"] = send
-            await self.app(scope, receive, send)
+
+            async def accept_with_id(message: Message) -> None:
+                if message["type"] == "websocket.accept":
+                    message["headers"] = [
+                        *message.get("headers", ()),
+                        (b"x-request-id", rid.encode()),
+                    ]
+                await send(message)
+
+            await self.app(scope, receive, accept_with_id)
             return
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
+            await send(message)
+
         declared = headers.get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.max_bytes:
-            await self._too_large(scope, receive, send)
+            await self._too_large(scope, receive, send_with_id)
             return
         received = 0
 
@@ -164,18 +228,15 @@ class RequestLimits:
                     raise _BodyTooLarge
             return message
 
-        async def send_with_id(message: Message) -> None:
-            if message["type"] == "http.response.start":
-                message.setdefault("headers", []).append((b"x-request-id", rid.encode()))
-            await send(message)
-
         try:
             await self.app(scope, limited_receive, send_with_id)
         except _BodyTooLarge:
-            await self._too_large(scope, receive, send)
+            await self._too_large(scope, receive, send_with_id)
 
     async def _too_large(self, scope: Scope, receive: Receive, send: Send) -> None:
-        body = _error_body(f"request body larger than {self.max_bytes} bytes", "LIMIT_EXCEEDED")
+        body = _error_body(
+            f"request body larger than {self.max_bytes} bytes", "LIMIT_EXCEEDED", _request_id(scope)
+        )
         await JSONResponse(body, status_code=413)(scope, receive, send)
 
 
@@ -223,13 +284,19 @@ def create_app(
     *,
     on_startup: Callable[[], Awaitable[None]] | None = None,
     on_shutdown: Callable[[], Awaitable[None]] | None = None,
+    lifecycle: Lifecycle | None = None,
 ) -> ASGIApp:
+    """`lifecycle`: the draining state `crewgraph serve` switches on at SIGTERM / SIGINT
+    (server/lifecycle.py); a fresh one, never draining, when not given."""
+    lifecycle = lifecycle or Lifecycle()
     graphql = CrewgraphGraphQL(container, keep_alive=True, keep_alive_interval=15)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
 
     async def readyz(_: Request) -> Response:
+        if lifecycle.draining:  # shutting down: send new work elsewhere
+            return JSONResponse({"status": "draining"}, 503)
         checks: dict[str, str] = {}
         try:
             await container.db.ping()
@@ -241,6 +308,13 @@ def create_app(
             checks["redis"] = "ok"
         except Exception as exc:
             checks["redis"] = f"error: {type(exc).__name__}"
+        if container.mongo.configured:
+            try:
+                await container.mongo.ping()
+                checks["mongodb"] = "ok"
+            except Exception as exc:
+                cause = exc.__cause__ or exc
+                checks["mongodb"] = f"error: {type(cause).__name__}"
         ok = all(v == "ok" for v in checks.values())
         return JSONResponse(
             {"status": "ok" if ok else "unavailable", "checks": checks}, 200 if ok else 503
@@ -288,4 +362,8 @@ def create_app(
             allow_headers=["authorization", "content-type", "x-api-key", "x-request-id"],
             max_age=600,
         )
-    return RequestLimits(guarded, container.settings.max_request_bytes)
+    # Inside RequestLimits: refused requests get a request id, and a WebSocket's `send`
+    # there is still the server's own (server/ws.py writes shared frames through it).
+    guarded = lifecycle.guard(guarded)
+    limited = RequestLimits(guarded, container.settings.max_request_bytes)
+    return AccessLog(limited, enabled=container.settings.access_log)

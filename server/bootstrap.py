@@ -10,35 +10,56 @@ from dataclasses import dataclass, field
 from functools import partial
 
 import redis.asyncio as aioredis
+import structlog
+from beanie import Document
 
 from domain.agents import AgentService
+from domain.audit import AuditService, disabled_audit
 from domain.auth import IdentityService
+from domain.chat.model import ChatLimits
+from domain.chat.ports import ReplyDispatcher
+from domain.chat.replies import ChatReplier, ChatRunner
+from domain.chat.service import ChatService
 from domain.crew_runs import crew_executors
 from domain.crews import CrewService
 from domain.executions.ports import Dispatcher, NodeExecutor, RunFinished
 from domain.executions.records import ExecutionRef
 from domain.executions.service import ExecutionLimits, ExecutionService
 from domain.executions.worker import ExecutionRunner, Sweeper
+from domain.flow_documents import FlowDocumentService
 from domain.flows.service import FlowService
 from domain.llm_calls import LlmService
 from domain.llm_node import LlmNodeExecutor
 from domain.ports import RateLimiter
 from domain.providers import ProviderService, local_provider
 from domain.sandbox import Sandbox
+from domain.schedules import ScheduleService
+from domain.secrets import SecretBox
+from domain.tasks import cancel_and_wait
 from domain.tool_runs import SandboxSlots, ToolNodeExecutor, ToolRunner, ToolRunService
 from domain.tools import ToolService
 from domain.usage import UsageService
+from domain.webhooks import RetryPolicy, WebhookDeliverer, WebhookService
+from persistence.audit import AuditEntryDocument, MongoAuditLog
 from persistence.bus import RedisBus
+from persistence.chat_messages import ChatMessageDocument, MongoChatMessages
+from persistence.chat_tokens import RedisChatTokens
 from persistence.db import Database
+from persistence.mongo import MongoStore
 from persistence.rate_limits import RedisRateLimiter
+from persistence.repositories.chat_sessions import SqlChatSessions
 from persistence.repositories.execution_leases import SqlLeases
 from persistence.repositories.execution_runs import SqlRunStore
+from persistence.repositories.schedules import SqlScheduleIndex
 from persistence.repositories.usage import SqlUsageStore
+from persistence.repositories.webhooks import SqlOutbox
 from persistence.revocations import RedisRevocations
 from persistence.seed import ProviderFactory, provider_seed
 from persistence.uow import SqlUnitOfWorkFactory
+from runtime.context_windows import context_window
 from runtime.crew_runtime import CrewAiRuntime
 from runtime.litellm_client import LiteLlmClient
+from runtime.webhook_sender import EgressResolver, HttpWebhookTransport
 from sandbox import create_sandbox
 from sandbox.builtins import HostBuiltins
 from sandbox.lazy import LazySandbox
@@ -46,10 +67,11 @@ from schema.context import Services
 from server.crypto import box_from_settings
 from server.local_model_provider import local_model_provider
 from server.security import Argon2Hasher, JwtCodec
-from server.settings import DEFAULT_RATE_LIMITS, Settings
+from server.settings import Settings
 from server.sockets import SocketRegistry
 from server.workers import (
     ArqDispatcher,
+    ArqReplyDispatcher,
     ExecutionRuntime,
     InProcessDispatcher,
     process_owner,
@@ -110,11 +132,28 @@ class Container:
     llm: LlmService
     usage: UsageService
     crew_runtime: CrewAiRuntime
+    flow_documents: FlowDocumentService
     executors: dict[str, NodeExecutor] = field(default_factory=dict)  # what the runner uses
     extras: dict[str, object] = field(default_factory=dict)
     builtins: HostBuiltins | None = None  # owns the scratch directories
     # This process's open WebSockets, closed when their credentials are revoked.
     sockets: SocketRegistry = field(default_factory=lambda: SocketRegistry(None))
+    # MongoDB (chat messages, audit entries); connects on first use.
+    mongo: MongoStore = field(default_factory=lambda: MongoStore(None))
+    # The tenants' audit log (`audit.record(...)` from any use case or operator command);
+    # its MongoDB writer, when MongoDB is configured.
+    audit: AuditService = field(default_factory=disabled_audit)
+    audit_log: MongoAuditLog | None = None
+    # Chat use cases, and where replies run when this process generates them (set by
+    # build_container once the runtimes they use exist).
+    chat: ChatService = field(init=False)
+    chat_runner: ChatRunner | None = field(init=False, default=None)
+    # Schedules and outgoing webhooks, with their loops (set by `_wire_automation`).
+    schedules: ScheduleService = field(init=False)
+    webhooks: WebhookService = field(init=False)
+    webhook_deliverer: WebhookDeliverer = field(init=False)
+    webhook_transport: HttpWebhookTransport | None = field(init=False, default=None)
+    automation_tasks: list[asyncio.Task[None]] = field(default_factory=list)
 
     def services(self) -> Services:
         """What a request may call: the use cases, never the adapters."""
@@ -139,6 +178,45 @@ class Container:
         """Start this process's background work (sweeper; the runner when in-process)."""
         await self.sweep_scratch()
         await self.runtime.start()
+        self._start_automation()
+        if self.chat_runner is not None:
+            self.chat_runner.start()
+        await self._mongo_ready()
+        if self.audit_log is not None:
+            await self.audit_log.start()
+
+    async def _mongo_ready(self) -> None:
+        """Bind the documents and create their indexes now rather than on the first
+        request; a MongoDB that is down only delays that to first use."""
+        if not self.mongo.configured:
+            return
+        try:
+            await self.mongo.ready()
+        except Exception as exc:
+            structlog.get_logger("crewgraph.mongo").warning(
+                "mongodb not ready at start", error=str(exc)
+            )
+
+    def _start_automation(self) -> None:
+        """The scheduler and the webhook delivery loop (every API and worker process)."""
+        if self.automation_tasks:
+            return
+        s = self.settings
+        self.automation_tasks = [
+            asyncio.create_task(
+                self.schedules.run_forever(s.schedule_tick_seconds), name="scheduler"
+            ),
+            asyncio.create_task(
+                self.webhook_deliverer.run_forever(s.webhook_poll_seconds), name="webhooks"
+            ),
+        ]
+
+    async def _stop_automation(self) -> None:
+        tasks, self.automation_tasks = self.automation_tasks, []
+        for task in tasks:
+            await cancel_and_wait(task)
+        if self.webhook_transport is not None:
+            await self.webhook_transport.aclose()
 
     async def sweep_scratch(self) -> int:
         """Remove scratch directories a previous process left behind (it ended mid-run).
@@ -151,10 +229,32 @@ class Container:
 
     async def aclose(self) -> None:
         await self.sockets.stop()
+        if self.chat_runner is not None:
+            await self.chat_runner.stop()
+        await self._stop_automation()
         await self.runtime.stop()
         await self.sandbox.close()
+        if self.audit_log is not None:
+            await self.audit_log.aclose()  # what is buffered, written if MongoDB answers
+        await self.mongo.aclose()
         await self.redis.aclose()
         await self.db.dispose()
+
+
+def mongo_documents() -> list[type[Document]]:
+    """Every beanie document class, bound to the MongoDB database at first use. An
+    adapter that stores documents adds its classes here."""
+    return [ChatMessageDocument, AuditEntryDocument]
+
+
+def build_mongo(settings: Settings) -> MongoStore:
+    return MongoStore(
+        settings.mongodb_url,
+        settings.mongodb_database,
+        timeout=settings.mongodb_timeout_seconds,
+        socket_timeout=settings.mongodb_socket_timeout_seconds,
+        documents=mongo_documents(),
+    )
 
 
 def _seeded_providers(settings: Settings) -> list[ProviderFactory]:
@@ -220,6 +320,7 @@ def _execution_runtime(
             max_attempts=settings.max_execution_attempts,
             max_parallel=settings.worker_concurrency,
             on_finished=on_finished,
+            approval_poll=settings.approval_poll_seconds,
         )
         if isinstance(dispatcher, InProcessDispatcher):
             dispatcher.runner = runner
@@ -233,6 +334,88 @@ def _execution_runtime(
     return dispatcher, ExecutionRuntime(bus, dispatcher, sweeper, runner)
 
 
+def _wire_chat(container: Container, dispatcher: Dispatcher) -> None:
+    """Chat over PostgreSQL (sessions), MongoDB (messages) and Redis (tokens). Replies run
+    where executions run: in this process, or on `crewgraph worker` via arq."""
+    settings = container.settings
+    sessions = SqlChatSessions(container.db)
+    messages = MongoChatMessages(container.mongo)
+    tokens = RedisChatTokens(container.bus)
+    limits = ChatLimits(
+        default_message_limit=settings.chat_default_message_limit,
+        max_message_limit=settings.chat_max_message_limit,
+        max_content_chars=settings.chat_max_message_chars,
+        reply_lease_seconds=settings.chat_reply_lease_seconds,
+        default_context_tokens=settings.chat_context_tokens,
+    )
+    reply_dispatcher: ReplyDispatcher
+    if container.runtime.runner is not None:
+        runner = ChatRunner(
+            ChatReplier(
+                container.uow,
+                sessions,
+                messages,
+                tokens,
+                container.llm,
+                limits,
+                owner=container.runtime.runner.owner,
+                windows=context_window,
+                crew_runtime=container.crew_runtime,
+                tools=container.tool_runs.runner,
+            ),
+            tokens,
+        )
+        container.chat_runner = runner
+        reply_dispatcher = runner
+    else:
+        assert isinstance(dispatcher, ArqDispatcher)
+        reply_dispatcher = ArqReplyDispatcher(dispatcher)
+    container.chat = ChatService(
+        container.uow,
+        sessions,
+        messages,
+        tokens,
+        lambda: reply_dispatcher,
+        limits,
+        remove_workspace=container.crew_runtime.remove_workspace,
+    )
+
+
+def _wire_automation(container: Container, box: SecretBox) -> None:
+    """Schedules (runs through the execution use cases) and webhooks (secrets sealed like
+    provider keys, URLs judged by the egress policy when written and when sent)."""
+    settings, db, uow = container.settings, container.db, container.uow
+    resolver = EgressResolver(settings.egress_policy)
+    transport = HttpWebhookTransport(resolver, timeout_seconds=settings.webhook_timeout_seconds)
+    container.webhook_transport = transport
+    container.schedules = ScheduleService(
+        uow,
+        container.executions,
+        SqlScheduleIndex(db),
+        max_schedules=settings.max_schedules_per_tenant,
+    )
+    container.webhooks = WebhookService(
+        uow,
+        box,
+        resolver,
+        egress=settings.egress_policy,
+        max_webhooks=settings.max_webhooks_per_tenant,
+        audit=container.audit,
+    )
+    container.webhook_deliverer = WebhookDeliverer(
+        SqlOutbox(db),
+        transport,
+        box,
+        retry=RetryPolicy(
+            settings.webhook_retry_base_seconds,
+            settings.webhook_retry_max_delay_seconds,
+            settings.webhook_retry_window_seconds,
+        ),
+        concurrency=settings.webhook_concurrency,
+        lease_seconds=2 * settings.webhook_timeout_seconds + 10,
+    )
+
+
 def build_container(
     settings: Settings,
     *,
@@ -242,13 +425,24 @@ def build_container(
 ) -> Container:
     """Everything wired. Executions run in this process when `settings.worker_mode` is
     "inprocess" (or `with_runner`, as `crewgraph worker` does). `rate_limits` replaces
-    the default rules ({} turns limiting off); `wrap_executors` adjusts the node executors
+    the configured rules (`CREWGRAPH_RATE_LIMITS` over the defaults; {} turns limiting off); `wrap_executors` adjusts the node executors
     (tests only)."""
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before wiring")
     persistence = build_persistence(settings)
     db, uow = persistence.db, persistence.uow
     redis = aioredis.Redis.from_url(settings.redis_url, decode_responses=False)
+    mongo = build_mongo(settings)
+    audit_log = (
+        MongoAuditLog(
+            mongo,
+            retention_days=settings.audit_retention_days,
+            capacity=settings.audit_buffer_size,
+        )
+        if mongo.configured
+        else None
+    )
+    audit = AuditService(audit_log, audit_log) if audit_log else disabled_audit()
     bus = RedisBus(redis, settings.redis_prefix)
     revocations = RedisRevocations(redis, bus, settings.redis_prefix)
     identity = IdentityService(
@@ -259,11 +453,12 @@ def build_container(
         seed_tenant=provider_seed(_seeded_providers(settings)),
         revocations=revocations,
         refresh_reuse_seconds=settings.refresh_reuse_seconds,
+        audit=audit,
     )
     limiter = RedisRateLimiter(
         settings.redis_url,
         settings.redis_prefix,
-        DEFAULT_RATE_LIMITS if rate_limits is None else rate_limits,
+        settings.rate_limit_rules if rate_limits is None else rate_limits,
     )
     sandbox = _sandbox(settings)
     data_dir = settings.data_dir.resolve()
@@ -306,11 +501,11 @@ def build_container(
         identity=identity,
         limiter=limiter,
         uow=uow,
-        providers=ProviderService(uow, box, egress=settings.egress_policy),
-        tools=ToolService(uow, allowed_images=settings.sandbox_images),
+        providers=ProviderService(uow, box, egress=settings.egress_policy, audit=audit),
+        tools=ToolService(uow, allowed_images=settings.sandbox_images, audit=audit),
         agents=AgentService(uow),
         crews=CrewService(uow),
-        flows=FlowService(uow, settings.max_nodes_per_flow),
+        flows=FlowService(uow, settings.max_nodes_per_flow, audit=audit),
         sandbox=sandbox,
         tool_runs=ToolRunService(uow, runner, remove_scratch=builtins.remove_scratch),
         bus=bus,
@@ -329,12 +524,23 @@ def build_container(
             lambda: settings.local_llm_url,
         ),
         usage=UsageService(usage_store),
+        flow_documents=FlowDocumentService(
+            uow,
+            FlowService(uow, settings.max_nodes_per_flow),
+            max_bytes=settings.flow_document_max_bytes,
+            allowed_images=settings.sandbox_images,
+        ),
         crew_runtime=CrewAiRuntime(storage_dir=data_dir / "crewai", workspace_root=scratch),
         executors=executors,
         builtins=builtins,
         sockets=SocketRegistry(revocations.listen),
+        mongo=mongo,
+        audit=audit,
+        audit_log=audit_log,
     )
     on_finished.append(container.remove_workspace)
+    _wire_automation(container, box)
+    _wire_chat(container, dispatcher)
     own = container.node_executors()
     executors.update(wrap_executors(own) if wrap_executors else own)
     return container

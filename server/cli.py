@@ -14,20 +14,28 @@ from server.local_model_cli import commands as local_model_commands
 from server.settings import Settings
 
 if TYPE_CHECKING:
+    from persistence.embedded import EmbeddedServices
     from server.bootstrap import WrapExecutors
 
 console = Console(stderr=True)
 
 
-def resolve_services(settings: Settings, *, embedded_ok: bool = True) -> Settings:
-    """Fill DATABASE_URL / REDIS_URL with embedded servers when they are not set."""
-    from persistence.embedded import EmbeddedServices, start_postgres, start_redis
+def resolve_services(
+    settings: Settings,
+    *,
+    embedded_ok: bool = True,
+    mongo: bool = False,
+    services: EmbeddedServices | None = None,
+) -> Settings:
+    """Fill DATABASE_URL / REDIS_URL (and MONGODB_URL when `mongo`) with embedded servers
+    when they are not set. They stop at exit, or earlier with `services.stop()`."""
+    from persistence.embedded import EmbeddedServices, start_mongo, start_postgres, start_redis
 
-    if settings.database_url and settings.redis_url:
+    if settings.database_url and settings.redis_url and (settings.mongodb_url or not mongo):
         return settings
     if not embedded_ok:
         raise typer.BadParameter("DATABASE_URL and REDIS_URL are required")
-    services = EmbeddedServices()
+    services = services if services is not None else EmbeddedServices()
     atexit.register(services.stop)
     updates: dict[str, str] = {}
     data = settings.data_dir.resolve()
@@ -37,6 +45,12 @@ def resolve_services(settings: Settings, *, embedded_ok: bool = True) -> Setting
     if not settings.redis_url:
         console.print(f"[dim]starting embedded Redis in {data / 'redis'}[/dim]")
         updates["redis_url"] = start_redis(data / "redis", services)
+    if mongo and not settings.mongodb_url:
+        updates["mongodb_url"] = start_mongo(data, services)
+        console.print(
+            f"[dim]embedded MongoDB (nx-27017) at {updates['mongodb_url']}, "
+            f"data in {data / 'mongo'}[/dim]"
+        )
     return settings.model_copy(update=updates)
 
 
@@ -65,14 +79,40 @@ def uvicorn_options(settings: Settings) -> dict[str, Any]:
     CREWGRAPH_TRUSTED_PROXIES (uvicorn otherwise trusts them from loopback, which let any
     local client pick its address and dodge per-address limits)."""
     trusted = ",".join(p.strip() for p in settings.trusted_proxies.split(",") if p.strip())
-    return {
+    options: dict[str, Any] = {
         "host": settings.host,
         "port": settings.port,
         "log_level": "warning",
+        "log_config": None,  # uvicorn's lines go through our JSON logging (server/logging.py)
         "ws_per_message_deflate": False,
         "proxy_headers": bool(trusted),
         "forwarded_allow_ips": trusted,
     }
+    if settings.ssl_certfile or settings.ssl_keyfile:
+        options["ssl_certfile"] = str(settings.ssl_certfile) if settings.ssl_certfile else None
+        options["ssl_keyfile"] = str(settings.ssl_keyfile) if settings.ssl_keyfile else None
+    return options
+
+
+def _check_tls(settings: Settings) -> None:
+    """A certificate needs its key (unless the certificate file holds both), and both
+    must be readable; said before anything starts rather than as a uvicorn traceback."""
+    if settings.ssl_keyfile and not settings.ssl_certfile:
+        raise typer.BadParameter("--ssl-keyfile needs --ssl-certfile")
+    for path in (settings.ssl_certfile, settings.ssl_keyfile):
+        if path is not None and not path.is_file():
+            raise typer.BadParameter(f"{path}: no such file")
+
+
+def _exit_on_sigterm() -> None:
+    """Until the server handles signals itself: SIGTERM ends the process like Ctrl-C
+    does (through exit handlers), so embedded services started meanwhile are stopped."""
+    import signal
+
+    def stop(signum: int, frame: object) -> None:
+        raise SystemExit(128 + signum)
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
@@ -86,24 +126,47 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
     def serve(
         host: str | None = typer.Option(None, help="defaults to CREWGRAPH_HOST"),
         port: int | None = typer.Option(None, help="defaults to CREWGRAPH_PORT"),
+        ssl_certfile: Path | None = typer.Option(
+            None, help="serve HTTPS with this PEM certificate (CREWGRAPH_SSL_CERTFILE)"
+        ),
+        ssl_keyfile: Path | None = typer.Option(
+            None, help="the certificate's PEM private key (CREWGRAPH_SSL_KEYFILE)"
+        ),
     ) -> None:
-        """Migrate, then serve the API (GraphiQL at /graphql)."""
-        import uvicorn
-
-        from persistence.migrate import upgrade_all
-        from server.app import create_app
-        from server.bootstrap import build_container
-        from server.local_model_cli import start_for_serve
+        """Migrate, then serve the API (GraphiQL at /graphql) until SIGTERM or SIGINT,
+        which drain it (server/lifecycle.py)."""
+        from persistence.embedded import EmbeddedServices
         from server.logging import configure_logging
 
+        _exit_on_sigterm()
         settings = Settings()
         # The options win over the environment, also for how this server reaches itself
         # (the scripted model's provider resolves to host:port at call time).
         settings = settings.model_copy(
-            update={"host": host or settings.host, "port": port or settings.port}
+            update={
+                "host": host or settings.host,
+                "port": port or settings.port,
+                "ssl_certfile": ssl_certfile or settings.ssl_certfile,
+                "ssl_keyfile": ssl_keyfile or settings.ssl_keyfile,
+            }
         )
+        _check_tls(settings)
         configure_logging(settings.log_level, settings.log_json)
-        settings = resolve_services(_local_settings(settings))
+        embedded = EmbeddedServices()
+        try:
+            _serve(settings, embedded)
+        finally:
+            embedded.stop()  # after the application's own shutdown
+
+    def _serve(settings: Settings, embedded: EmbeddedServices) -> None:
+        from persistence.migrate import upgrade_all
+        from server.app import create_app
+        from server.bootstrap import build_container
+        from server.lifecycle import Lifecycle
+        from server.lifecycle import serve as serve_until_signal
+        from server.local_model_cli import start_for_serve
+
+        settings = resolve_services(_local_settings(settings), mongo=True, services=embedded)
         # The real tiny model, when `make local-model` installed it (laptop profile).
         local_model = start_for_serve(settings)
         if local_model is not None:
@@ -114,10 +177,23 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
             async with container.db.engine.begin() as conn:
                 await upgrade_all(conn)
 
-        application = create_app(container, on_startup=startup)
+        lifecycle = Lifecycle()
+        sweeper = container.runtime.sweeper
+
+        def stop_sweeping() -> None:
+            # Executions another process hands back meanwhile go to a process that stays.
+            sweeper.paused = True
+
+        lifecycle.on_drain(stop_sweeping)
+        application = create_app(container, on_startup=startup, lifecycle=lifecycle)
         h, p = settings.host, settings.port
-        console.print(f"[bold green]Crewgraph[/bold green] GraphiQL at http://{h}:{p}/graphql")
-        uvicorn.run(application, **uvicorn_options(settings))
+        scheme = "https" if settings.ssl_certfile else "http"
+        console.print(f"[bold green]Crewgraph[/bold green] GraphiQL at {scheme}://{h}:{p}/graphql")
+        server = serve_until_signal(
+            application, uvicorn_options(settings), lifecycle, settings.shutdown_grace_seconds
+        )
+        if not server.started:
+            raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the port is taken, ...
 
     @cli.command()
     def migrate() -> None:
@@ -139,6 +215,7 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
 
         Put the old key(s) in CREWGRAPH_PREVIOUS_SECRET_KEYS while this runs."""
         from domain.providers import rotate_keys
+        from domain.webhooks import rotate_webhook_secrets
         from server.bootstrap import open_persistence
         from server.crypto import AesGcmBox, box_from_settings
 
@@ -155,7 +232,8 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
             async with open_persistence(settings) as persistence:
                 async with persistence.uow() as uow:
                     tenants = [(t.id, t.schema_name) for t in await uow.tenants.all()]
-                return await rotate_keys(persistence.uow, box, tenants)
+                keys = await rotate_keys(persistence.uow, box, tenants)
+                return keys + await rotate_webhook_secrets(persistence.uow, box, tenants)
 
         count = asyncio.run(run())
         console.print(f"re-encrypted {count} secret(s) under key {box.current_key_id}")
@@ -176,6 +254,8 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         configure_logging(settings.log_level, settings.log_json)
         if not settings.database_url or not settings.redis_url:
             raise typer.BadParameter("a worker needs DATABASE_URL and REDIS_URL")
+        # Without MONGODB_URL: the data dir's embedded server (the API's, when it runs).
+        settings = resolve_services(settings, mongo=True)
         run_worker(settings, burst=burst, wrap_executors=wrap_executors)
 
     @cli.command("export-schema")

@@ -15,25 +15,35 @@ from strawberry.scalars import JSON
 from strawberry.types import ExecutionContext
 
 from resolvers import agents as agents_r
+from resolvers import audit as audit_r
 from resolvers import auth as auth_r
+from resolvers import chat as chat_r
 from resolvers import crews as crews_r
 from resolvers import executions as executions_r
+from resolvers import flow_documents as flow_documents_r
 from resolvers import flows as flows_r
 from resolvers import providers as providers_r
+from resolvers import schedules as schedules_r
 from resolvers import subscriptions as sub_r
 from resolvers import tools as tools_r
 from resolvers import usage as usage_r
 from resolvers import users as users_r
+from resolvers import webhooks as webhooks_r
 from schema.agents import Agent
+from schema.audit import AuditEntry, CanReadAuditLog
 from schema.auth import ApiKey, ApiKeyPayload, AuthPayload
+from schema.automation import CreateWebhookPayload, Schedule, Webhook
+from schema.chat import ChatMessage, ChatSession, ChatToken
 from schema.crews import Crew
 from schema.executions import Execution, ExecutionEvent
 from schema.extensions import default_extensions
+from schema.flow_documents import FlowTemplate, ImportFlowPayload
 from schema.flows import Flow, FlowValidation
 from schema.permissions import (
     CanManageApiKeys,
     CanManageProviders,
     CanManageUsers,
+    CanManageWebhooks,
     CanRead,
     CanRun,
     CanWrite,
@@ -44,6 +54,7 @@ from schema.relay import Connection
 from schema.tools import Tool, ToolValidation
 from schema.usage import UsageDay
 from schema.users import Tenant, User
+from server.access_log import AccessRecorder
 
 
 @strawberry.type
@@ -78,6 +89,18 @@ class Query:
     validate_flow: FlowValidation = strawberry.field(
         resolver=flows_r.validate_flow, permission_classes=[CanRead]
     )
+    export_flow: JSON = strawberry.field(
+        resolver=flow_documents_r.export_flow,
+        permission_classes=[CanRead],
+        description="The flow's current version with the agents, crews and tools it uses, "
+        'as a self-contained document ({"format": "crewgraph.flow/v1", ...}); LLM '
+        "providers by name and model only, never keys.",
+    )
+    flow_templates: list[FlowTemplate] = strawberry.field(
+        resolver=flow_documents_r.flow_templates,
+        permission_classes=[CanRead],
+        description="Shipped flow templates, each an export document for importFlow.",
+    )
     executions: Connection[Execution] = strawberry.field(
         resolver=executions_r.executions,
         permission_classes=[CanRead],
@@ -86,11 +109,41 @@ class Query:
     execution: Execution | None = strawberry.field(
         resolver=executions_r.execution, permission_classes=[CanRead]
     )
+    chat_sessions: Connection[ChatSession] = strawberry.field(
+        resolver=chat_r.chat_sessions,
+        permission_classes=[CanRead],
+        description="Chat sessions of the team, oldest first.",
+    )
+    chat_session: ChatSession | None = strawberry.field(
+        resolver=chat_r.chat_session, permission_classes=[CanRead]
+    )
+    audit_log: Connection[AuditEntry] = strawberry.field(
+        resolver=audit_r.audit_log,
+        permission_classes=[CanReadAuditLog],
+        description="The team's audit log, newest first (admins). `action` keeps one kind "
+        'of entry, e.g. "auth.login_failed". Entries appear within about a second.',
+    )
     usage: list[UsageDay] = strawberry.field(
         resolver=usage_r.usage,
         permission_classes=[CanRead],
         description="LLM usage of the team per UTC day, newest first, for the last `days` "
         "days (1 to 366).",
+    )
+    schedules: Connection[Schedule] = strawberry.field(
+        resolver=schedules_r.schedules,
+        permission_classes=[CanRead],
+        description="Schedules of the team (of one flow with flowId), oldest first.",
+    )
+    schedule: Schedule | None = strawberry.field(
+        resolver=schedules_r.schedule, permission_classes=[CanRead]
+    )
+    webhooks: Connection[Webhook] = strawberry.field(
+        resolver=webhooks_r.webhooks,
+        permission_classes=[CanManageWebhooks],
+        description="Outgoing webhooks of the team, oldest first (admins).",
+    )
+    webhook: Webhook | None = strawberry.field(
+        resolver=webhooks_r.webhook, permission_classes=[CanManageWebhooks]
     )
 
 
@@ -174,6 +227,12 @@ class Mutation:
     delete_flow: bool = strawberry.mutation(
         resolver=flows_r.delete_flow, permission_classes=[CanWrite]
     )
+    import_flow: ImportFlowPayload = strawberry.mutation(
+        resolver=flow_documents_r.import_flow,
+        permission_classes=[CanWrite],
+        description="Recreate an exported flow document in this team, in one transaction. "
+        "Providers bind by providerMap, else by name.",
+    )
     execute_flow: Execution = strawberry.mutation(
         resolver=executions_r.execute_flow,
         permission_classes=[CanRun],
@@ -187,6 +246,59 @@ class Mutation:
     cancel_execution: Execution = strawberry.mutation(
         resolver=executions_r.cancel_execution, permission_classes=[CanRun]
     )
+    resolve_approval: Execution = strawberry.mutation(
+        resolver=executions_r.resolve_approval,
+        permission_classes=[CanRun],
+        description="Answer an APPROVAL node of a run: approve or reject, with `input` "
+        "matching its inputSchema. A waiting run resumes; a second answer is CONFLICT.",
+    )
+
+    create_schedule: Schedule = strawberry.mutation(
+        resolver=schedules_r.create_schedule, permission_classes=[CanWrite]
+    )
+    update_schedule: Schedule = strawberry.mutation(
+        resolver=schedules_r.update_schedule,
+        permission_classes=[CanWrite],
+        description="Null optional fields keep their stored values.",
+    )
+    delete_schedule: bool = strawberry.mutation(
+        resolver=schedules_r.delete_schedule, permission_classes=[CanWrite]
+    )
+    create_webhook: CreateWebhookPayload = strawberry.mutation(
+        resolver=webhooks_r.create_webhook,
+        permission_classes=[CanManageWebhooks],
+        description="The signing secret is in the payload, and only there.",
+    )
+    rotate_webhook_secret: CreateWebhookPayload = strawberry.mutation(
+        resolver=webhooks_r.rotate_webhook_secret,
+        permission_classes=[CanManageWebhooks],
+        description="A new signing secret; the old one stops signing at once.",
+    )
+    update_webhook: Webhook = strawberry.mutation(
+        resolver=webhooks_r.update_webhook, permission_classes=[CanManageWebhooks]
+    )
+    delete_webhook: bool = strawberry.mutation(
+        resolver=webhooks_r.delete_webhook, permission_classes=[CanManageWebhooks]
+    )
+
+    create_chat_session: ChatSession = strawberry.mutation(
+        resolver=chat_r.create_chat_session, permission_classes=[CanWrite]
+    )
+    send_chat_message: ChatMessage = strawberry.mutation(
+        resolver=chat_r.send_chat_message,
+        permission_classes=[CanWrite],
+        description="Stores the user message and returns it at once; the reply streams on "
+        "chatTokens. CONFLICT while a reply streams, LIMIT_EXCEEDED when the session is full.",
+    )
+    cancel_chat_reply: ChatMessage | None = strawberry.mutation(
+        resolver=chat_r.cancel_chat_reply,
+        permission_classes=[CanWrite],
+        description="Stops the streaming reply; returns it stored CANCELLED (null when "
+        "nothing streams).",
+    )
+    delete_chat_session: bool = strawberry.mutation(
+        resolver=chat_r.delete_chat_session, permission_classes=[CanWrite]
+    )
 
 
 @strawberry.type
@@ -199,6 +311,12 @@ class Subscription:
         permission_classes=[CanRead],
         description="Stored events after afterSequence, then live ones, each exactly once "
         "and in order; completes after the terminal event.",
+    )
+    chat_tokens: AsyncGenerator[ChatToken, None] = strawberry.subscription(
+        resolver=chat_r.chat_tokens,
+        permission_classes=[CanRead],
+        description="Reply tokens of the session, from the reply under way (if any) on; "
+        "stays open across replies until the client unsubscribes.",
     )
     execution_updates: AsyncGenerator[Execution, None] = strawberry.subscription(
         resolver=executions_r.execution_updates,
@@ -247,6 +365,8 @@ def build_schema(
     )
     if not introspection:
         extensions = [*extensions, DisableIntrospection, NoSchemaHints]
+    # First, so it leaves each operation last and logs the final error codes.
+    extensions = [AccessRecorder, *extensions]
     return CrewgraphSchema(
         query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
     )

@@ -22,16 +22,26 @@ _RESULT_MESSAGES = ("next", "data")
 _ERROR_MESSAGES = ("error",)
 
 
+def _request_id() -> dict[str, str]:
+    """`{"requestId": ...}` of the request being answered (bound by server.app.RequestLimits
+    for the request's, or the WebSocket connection's, tasks), or nothing."""
+    rid = structlog.contextvars.get_contextvars().get("request_id")
+    return {"requestId": rid} if isinstance(rid, str) else {}
+
+
 def too_large_error(size: int, cap: int) -> dict[str, Any]:
     return {
         "message": f"response of {size} bytes exceeds the limit of {cap} bytes; ask for fewer "
         "items (smaller `first`) or fewer fields",
-        "extensions": {"code": "LIMIT_EXCEEDED", "size": size, "limit": cap},
+        "extensions": {"code": "LIMIT_EXCEEDED", "size": size, "limit": cap, **_request_id()},
     }
 
 
 def _internal_error() -> dict[str, Any]:
-    return {"message": INTERNAL_MESSAGE, "extensions": {"code": "INTERNAL_SERVER_ERROR"}}
+    return {
+        "message": INTERNAL_MESSAGE,
+        "extensions": {"code": "INTERNAL_SERVER_ERROR", **_request_id()},
+    }
 
 
 def _dumps(data: object) -> str:

@@ -13,15 +13,31 @@ from pydantic import AliasChoices, Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from domain.egress import EgressPolicy
+from persistence.rate_limits import parse_rules
+from server.persisted_queries import load_manifest
 
-# Attempts per client address in a moving window, counted in Redis; `login` counts per
-# account (email, from any address), `login_ip` per client address (over all emails).
+# Moving windows counted in Redis (persistence/rate_limits.py); `CREWGRAPH_RATE_LIMITS`
+# overrides any of them. `login` counts per account (email, from any address), `login_ip`,
+# `register` and `refresh` per client address. Operations count once each: `query`,
+# `mutation`, `subscribe` per caller (a user, an API key on its own, or an anonymous client
+# address) and `tenant_*` per team over all its callers; `validate_tool` / `execute_flow`
+# count each such root field besides the mutation itself.
 DEFAULT_RATE_LIMITS: Mapping[str, str] = MappingProxyType(
     {
         "login": "20/minute",
         "login_ip": "30/minute",
         "register": "30/hour",
         "refresh": "120/minute",
+        "query": "1200/minute",
+        "tenant_query": "6000/minute",
+        "mutation": "300/minute",
+        "tenant_mutation": "1500/minute",
+        "subscribe": "300/minute",
+        "tenant_subscribe": "1500/minute",
+        "validate_tool": "60/minute",
+        "tenant_validate_tool": "300/minute",
+        "execute_flow": "120/minute",
+        "tenant_execute_flow": "600/minute",
     }
 )
 
@@ -42,6 +58,18 @@ class Settings(BaseSettings):
     mongodb_url: str | None = Field(
         None, validation_alias=AliasChoices("MONGODB_URL", "CREWGRAPH_MONGODB_URL")
     )
+    # The database Crewgraph's documents live in (chat messages, audit entries).
+    mongodb_database: str = Field("crewgraph", pattern=r"^[A-Za-z0-9_-]{1,63}$")
+    # Server selection and connect timeout: a MongoDB outage fails a request after this
+    # long with a clear error instead of hanging (pymongo's default is 30 s).
+    mongodb_timeout_seconds: float = Field(3.0, gt=0, le=60)
+    # A started operation that gets no answer for this long fails (a hung server).
+    mongodb_socket_timeout_seconds: float = Field(20.0, gt=0, le=600)
+    # Audit entries older than this are removed by MongoDB (a TTL index).
+    audit_retention_days: float = Field(90, gt=0, le=36500)
+    # Entries waiting to be written while MongoDB is slow or down; past this they are
+    # dropped (with a warning in the log) rather than slowing requests down.
+    audit_buffer_size: int = Field(10_000, ge=10, le=1_000_000)
 
     # Signs JWTs. When unset a random one is made per process (tokens die on
     # restart), except under `make run`, which keeps one in the data dir.
@@ -57,6 +85,9 @@ class Settings(BaseSettings):
     secret_key_file: Path | None = None
     previous_secret_keys: str | None = None  # comma-separated, still accepted for reading
     max_nodes_per_flow: int = Field(2000, ge=2)
+    # Largest flow document importFlow reads (its compact JSON), refused before it is
+    # parsed further; the request body limit (max_request_bytes) applies first.
+    flow_document_max_bytes: int = Field(1_000_000, ge=10_000)
 
     # Tool sandbox: auto = Docker when an engine answers (DOCKER_HOST), else bubblewrap.
     sandbox_backend: str = Field("auto", pattern="^(auto|docker|bubblewrap)$")
@@ -79,6 +110,19 @@ class Settings(BaseSettings):
     # Prefix for every Redis key and channel; tests give each run its own.
     redis_prefix: str = "cg"
 
+    # `name=rule,...` over DEFAULT_RATE_LIMITS, e.g. `login=5/minute,query=10/second;2000/hour`;
+    # a rule `off` drops that limit, the whole value `off` every limit (README: Security).
+    rate_limits: str = ""
+
+    # Persisted queries (server/persisted_queries.py): Apollo's APQ, documents kept in
+    # Redis for the TTL, at most `_max_entries` of at most `_max_bytes` each; or, with
+    # `trusted_documents` (a manifest file), only the manifest's operations run.
+    persisted_queries: bool = True
+    persisted_query_ttl_seconds: int = Field(86_400, ge=60)
+    persisted_query_max_entries: int = Field(2_000, ge=10)
+    persisted_query_max_bytes: int = Field(32_000, ge=1_000)
+    trusted_documents: Path | None = None
+
     max_request_bytes: int = Field(1_000_000, ge=1024)
     max_query_depth: int = Field(12, ge=2)
     max_aliases: int = Field(30, ge=1)
@@ -97,6 +141,9 @@ class Settings(BaseSettings):
     execution_lease_seconds: float = Field(30.0, ge=0.3, le=3600)
     sweep_interval_seconds: float = Field(5.0, ge=0.05, le=3600)
     redispatch_after_seconds: float = Field(30.0, ge=0.1)
+    # How often a run with an APPROVAL node waiting (while other branches still run)
+    # looks for its answer and its deadline; a run with nothing else to do stops instead.
+    approval_poll_seconds: float = Field(1.0, ge=0.05, le=60)
     flow_timeout_seconds: float = Field(3600.0, gt=0)
     max_execution_attempts: int = Field(5, ge=1, le=100)
     max_concurrent_executions: int = Field(20, ge=1)  # RUNNING per tenant; the rest wait
@@ -107,6 +154,31 @@ class Settings(BaseSettings):
     # Share one upstream per identical execution subscription (server/ws.py); off = stock
     # Strawberry (each subscriber resolves and serialises every event; for benchmarks).
     subscription_multiplex: bool = True
+
+    # Chat. A session holds at most its `messageLimit` messages (default below, at most
+    # `chat_max_message_limit` for every team); a reply's worker renews its claim every
+    # third of `chat_reply_lease_seconds` (an abandoned reply fails after it expires);
+    # `chat_context_tokens` is the context window assumed for models LiteLLM does not know.
+    chat_default_message_limit: int = Field(100, ge=2)
+    chat_max_message_limit: int = Field(1000, ge=2)
+    chat_max_message_chars: int = Field(32_000, ge=1, le=1_000_000)
+    chat_reply_lease_seconds: float = Field(30.0, ge=0.3, le=3600)
+    chat_context_tokens: int = Field(8192, ge=256)
+
+    # Schedules and outgoing webhooks (README: Schedules, Webhooks). Every API and worker
+    # process scans for due schedules every `schedule_tick_seconds` and for due webhook
+    # deliveries every `webhook_poll_seconds`; a delivery is retried with exponential
+    # backoff (from `webhook_retry_base_seconds`, at most `webhook_retry_max_delay_seconds`
+    # apart, with jitter) until `webhook_retry_window_seconds` after its event, then FAILED.
+    schedule_tick_seconds: float = Field(5.0, ge=0.05, le=60)
+    max_schedules_per_tenant: int = Field(200, ge=1)
+    max_webhooks_per_tenant: int = Field(25, ge=1)
+    webhook_poll_seconds: float = Field(1.0, ge=0.05, le=60)
+    webhook_timeout_seconds: float = Field(10.0, gt=0, le=60)
+    webhook_concurrency: int = Field(8, ge=1, le=200)  # deliveries in flight per process
+    webhook_retry_base_seconds: float = Field(10.0, gt=0)
+    webhook_retry_max_delay_seconds: float = Field(3600.0, gt=0)
+    webhook_retry_window_seconds: float = Field(86_400.0, gt=0)
 
     # Profile: "laptop" (make run, tests: the local scripted model on) or "production"
     # (no introspection, no GraphiQL, no schema hints in error messages).
@@ -135,6 +207,15 @@ class Settings(BaseSettings):
 
     log_level: str = "INFO"
     log_json: bool = True
+    # One JSON line per HTTP request and per WebSocket operation (server/access_log.py).
+    access_log: bool = True
+
+    # `crewgraph serve` on SIGTERM / SIGINT: how long in-flight requests may take to
+    # finish before the process stops anyway (server/lifecycle.py).
+    shutdown_grace_seconds: float = Field(20.0, ge=0, le=3600)
+    # TLS for `crewgraph serve` (also --ssl-certfile / --ssl-keyfile): PEM files.
+    ssl_certfile: Path | None = None
+    ssl_keyfile: Path | None = None
 
     @property
     def cors_origin_list(self) -> list[str]:
@@ -173,7 +254,8 @@ class Settings(BaseSettings):
         base = self.self_url
         if not base:
             host = "127.0.0.1" if self.host in ("0.0.0.0", "::", "") else self.host
-            base = f"http://{'[' + host + ']' if ':' in host else host}:{self.port}"
+            scheme = "https" if self.ssl_certfile else "http"
+            base = f"{scheme}://{'[' + host + ']' if ':' in host else host}:{self.port}"
         return base.rstrip("/") + "/local-llm/v1"
 
     @field_validator("database_url")
@@ -192,6 +274,40 @@ class Settings(BaseSettings):
     @classmethod
     def _egress_allowlist(cls, value: str) -> str:
         EgressPolicy.build(allow_private=False, allowlist=value.split(","))  # ValueError
+        return value
+
+    @field_validator("trusted_documents", mode="before")
+    @classmethod
+    def _trusted_documents(cls, value: object) -> object:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if isinstance(value, str | Path):
+            load_manifest(Path(value))  # ValueError naming the unreadable file or bad entry
+        return value
+
+    @property
+    def trusted_document_map(self) -> dict[str, str] | None:
+        """hash -> document of `CREWGRAPH_TRUSTED_DOCUMENTS`, or None (any document runs);
+        read from the file on each use (not cached: `model_copy` would carry a cached value
+        over to a copy with another file)."""
+        return None if self.trusted_documents is None else load_manifest(self.trusted_documents)
+
+    @field_validator("rate_limits")
+    @classmethod
+    def _rate_limits(cls, value: str) -> str:
+        parse_rules(value, DEFAULT_RATE_LIMITS)  # ValueError naming the bad entry
+        return value
+
+    @property
+    def rate_limit_rules(self) -> dict[str, str]:
+        """The rate limits in force: the defaults with `CREWGRAPH_RATE_LIMITS` applied."""
+        return parse_rules(self.rate_limits, DEFAULT_RATE_LIMITS)
+
+    @field_validator("mongodb_url")
+    @classmethod
+    def _mongodb_scheme(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("mongodb://", "mongodb+srv://")):
+            raise ValueError("MONGODB_URL must be a mongodb:// or mongodb+srv:// URL")
         return value
 
     @field_validator("redis_url")

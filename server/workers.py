@@ -19,6 +19,7 @@ import socket
 import uuid
 from typing import TYPE_CHECKING, Any
 
+from domain.chat.model import ReplyRef
 from domain.executions.ports import Dispatcher
 from domain.executions.records import ExecutionRef
 from domain.executions.worker import ExecutionRunner, Sweeper, listen_for_cancels
@@ -30,6 +31,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("crewgraph.workers")
 
 JOB_NAME = "run_execution"
+CHAT_JOB_NAME = "chat_reply"
 
 
 def process_owner() -> str:
@@ -88,6 +90,27 @@ class ArqDispatcher:
         if pool is not None:
             with contextlib.suppress(Exception):
                 await pool.aclose()
+
+
+class ArqReplyDispatcher:
+    """Enqueues `chat_reply(tenant_id, tenant_schema, session_id, message_id)` jobs on the
+    executions' queue (the same workers run both). A lost job leaves the reply pending
+    until its claim expires; it then fails visibly (domain/chat/replies.py)."""
+
+    def __init__(self, arq: ArqDispatcher) -> None:
+        self._arq = arq
+
+    async def dispatch(self, ref: ReplyRef) -> None:
+        pool = await self._arq._arq()
+        await pool.enqueue_job(
+            CHAT_JOB_NAME,
+            ref.tenant_id,
+            ref.tenant_schema,
+            ref.session_id,
+            ref.message_id,
+            _job_id=f"chat:{ref.message_id}",
+            _queue_name=self._arq.queue,
+        )
 
 
 class ExecutionRuntime:
@@ -162,6 +185,14 @@ def run_worker(
     async def run_execution(ctx: dict[str, Any], tenant_id: str, schema: str, ident: str) -> None:
         await runner.run(ExecutionRef(tenant_id, schema, ident))
 
+    chat_runner = container.chat_runner
+    assert chat_runner is not None
+
+    async def chat_reply(
+        ctx: dict[str, Any], tenant_id: str, schema: str, session_id: str, message_id: str
+    ) -> None:
+        await chat_runner.replier.run(ReplyRef(tenant_id, schema, session_id, message_id))
+
     async def startup(ctx: dict[str, Any]) -> None:
         await container.start()
         log.info("worker started", extra={"owner": runner.owner})
@@ -171,7 +202,11 @@ def run_worker(
 
     timeout = settings.flow_timeout_seconds + 4 * settings.execution_lease_seconds + 60
     worker = Worker(
-        functions=[func(run_execution, name=JOB_NAME, keep_result=0, timeout=timeout, max_tries=2)],
+        functions=[
+            func(run_execution, name=JOB_NAME, keep_result=0, timeout=timeout, max_tries=2),
+            # A reply is claimed once; a second try would find it claimed and do nothing.
+            func(chat_reply, name=CHAT_JOB_NAME, keep_result=0, timeout=timeout, max_tries=1),
+        ],
         queue_name=queue_name(settings.redis_prefix, settings.worker_queue),
         redis_settings=RedisSettings.from_dsn(settings.redis_url),
         on_startup=startup,

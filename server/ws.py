@@ -56,7 +56,7 @@ from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from functools import lru_cache
-from typing import Any
+from typing import Any, cast
 
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
@@ -65,9 +65,13 @@ from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
 )
 from strawberry.subscriptions.protocols.graphql_transport_ws.types import (
     CompleteMessage,
+    ErrorMessage,
     Message,
 )
 from strawberry.subscriptions.protocols.graphql_ws.handlers import BaseGraphQLWSHandler
+from strawberry.subscriptions.protocols.graphql_ws.types import (
+    ErrorMessage as LegacyErrorMessage,
+)
 from strawberry.subscriptions.protocols.graphql_ws.types import (
     OperationMessage,
     StartMessage,
@@ -86,6 +90,7 @@ from graphql import (
     parse,
 )
 from resolvers.multiplex import MUX, Replay, Tail
+from server.persisted_queries import PersistedQueries, PersistedQueryError
 from server.responses import encode_capped
 from server.sockets import SocketRegistry
 
@@ -486,6 +491,21 @@ class _Revocable:
         except DomainError as exc:
             self.revoke(exc.message)
 
+    async def _persisted_document(self, message: Any) -> dict[str, Any] | None:
+        """Put the document a persisted-query hash names into a subscribe / start payload
+        (server/persisted_queries.py); the GraphQL error instead when that is refused."""
+        payload = message.get("payload") if isinstance(message, dict) else None
+        queries = getattr(self.view, "persisted_queries", None)
+        if not isinstance(payload, dict) or not isinstance(queries, PersistedQueries):
+            return None
+        try:
+            query = await queries.resolve(payload.get("query"), payload.get("extensions"))
+        except PersistedQueryError as exc:
+            return exc.error(getattr(self.context, "request_id", None))
+        if isinstance(query, str):
+            payload["query"] = query
+        return None
+
     async def _admit(self, query: str = "", operation_name: str | None = None) -> bool:
         """At each operation start: are the credentials (still) good? A mutation checks
         them afresh (it may mint keys, ...); others trust a principal seconds old."""
@@ -508,6 +528,15 @@ class RevocableTransportWSHandler(_Revocable, BaseGraphQLTransportWSHandler[Any,
         await super().handle_connection_init(message)
         if self.connection_acknowledged:
             await self._register()
+
+    async def handle_subscribe(self, message: Any) -> None:
+        if self.connection_acknowledged and self._revoked is None:
+            error = await self._persisted_document(message)
+            if error is not None:
+                refused = ErrorMessage(id=message["id"], type="error", payload=[cast(Any, error)])
+                await self.send_message(refused)
+                return
+        await super().handle_subscribe(message)
 
     async def run_operation(self, operation: Operation[Any, Any]) -> None:
         if not await self._admit(operation.query, operation.operation_name):
@@ -533,6 +562,13 @@ class RevocableLegacyWSHandler(_Revocable, BaseGraphQLWSHandler[Any, Any]):
             await self._register()
 
     async def handle_start(self, message: StartMessage) -> None:
+        if self.connection_acknowledged and self._revoked is None:
+            error = await self._persisted_document(message)
+            if error is not None:
+                await self.send_message(
+                    LegacyErrorMessage(id=message["id"], type="error", payload=cast(Any, error))
+                )
+                return
         payload = message.get("payload") or {}
         query = payload.get("query") if isinstance(payload, dict) else None
         name = payload.get("operationName") if isinstance(payload, dict) else None

@@ -41,6 +41,18 @@ def services() -> Iterator[TestServices]:
     svc.stop()
 
 
+@pytest.fixture
+def mongo_server(services: TestServices) -> Iterator[Any]:
+    """The embedded MongoDB (nx-27017), for tests that stop and restart it; running again
+    after the test. Skipped when the tests use an external MongoDB (MONGODB_URL)."""
+    server = services.mongo_server
+    if server is None:
+        pytest.skip("MongoDB is external (MONGODB_URL): outage tests need the embedded one")
+    yield server
+    if not server.running:
+        server.start()
+
+
 @pytest.fixture(scope="session")
 async def database(services: TestServices) -> AsyncIterator[str]:
     from persistence.db import Database
@@ -64,6 +76,10 @@ def settings(services: TestServices, database: str) -> Any:
         secret_key=new_key_text(),
         database_url=database,
         redis_url=services.redis_url,
+        mongodb_url=services.mongo_url,
+        mongodb_database=services.mongo_database,
+        # A stopped MongoDB fails an operation within a second (outage tests).
+        mongodb_timeout_seconds=1.0,
         jwt_secret=secrets.token_urlsafe(40),
         # Any reuse of a rotated refresh token revokes its family at once here; the reuse
         # window has its own server in tests/security/test_auth_attacks.py.
@@ -76,8 +92,18 @@ def settings(services: TestServices, database: str) -> Any:
         sweep_interval_seconds=0.5,
         redispatch_after_seconds=5.0,
         subscription_idle_poll_seconds=1.0,
+        # Chat: an abandoned reply expires (and fails) within seconds.
+        chat_reply_lease_seconds=3.0,
         # The scripted model's request log: tests prove with it what reached the model.
         local_llm_request_log=True,
+        # Schedules and webhooks: scheduler ticks and delivery retries in fractions of a
+        # second (a delivery gives up 4 s after its event).
+        schedule_tick_seconds=0.2,
+        webhook_poll_seconds=0.1,
+        webhook_timeout_seconds=2.0,
+        webhook_retry_base_seconds=0.2,
+        webhook_retry_max_delay_seconds=1.0,
+        webhook_retry_window_seconds=4.0,
     )
 
 

@@ -5,45 +5,29 @@ into `FlowEngine(executors=...)`; `missing_executor_message` names what is missi
 one is not.
 
 Templates and expressions (`domain.flows.expressions`) are bounded in time (up to a few
-seconds for hostile input) but synchronous, so the built-ins run them on a small dedicated
-thread pool: the event loop keeps serving other nodes and runs, and a cancel still stops
-the run within a second. Other executors can use `render_value_async` / `evaluate_async`.
+seconds for hostile input) but synchronous, so the built-ins run them on a small thread
+pool shared fairly between tenants (`domain.flows.expressions.pool`): the event loop keeps
+serving other nodes and runs, a cancel still stops the run within a second, and no tenant
+holds every thread. Other executors can use `render_value_async` / `evaluate_async`.
 """
 
 from __future__ import annotations
 
-import asyncio
-import functools
 import re
-import threading
 from collections.abc import Callable, Mapping
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
 from domain.errors import BadUserInput
 from domain.executions.ports import NodeContext
+from domain.flows.expressions.pool import EXPRESSION_POOL
 from domain.flows.model import FlowNode, NodeKind
 from domain.json_schema import SchemaUnusable, instance_errors
 
 T = TypeVar("T")
 
-EXPRESSION_THREADS = 4
-_pool: ThreadPoolExecutor | None = None
-_pool_lock = threading.Lock()
-
-
-def _expression_pool() -> ThreadPoolExecutor:
-    global _pool
-    if _pool is None:
-        with _pool_lock:
-            if _pool is None:
-                _pool = ThreadPoolExecutor(EXPRESSION_THREADS, thread_name_prefix="flow-expr")
-    return _pool
-
 
 async def _off_loop(func: Callable[..., T], *args: Any) -> T:
-    loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_expression_pool(), functools.partial(func, *args))
+    return await EXPRESSION_POOL.run(func, *args)  # the running execution's tenant's share
 
 
 async def render_value_async(value: Any, scope: Mapping[str, Any]) -> Any:

@@ -5,11 +5,14 @@ A worker asks to run an execution; the lease store reads the row under its lock,
 back what changed, which the runner then publishes. Keeping the rule here means every
 store (PostgreSQL, the in-memory fakes of the unit tests) ends runs the same way:
 
+- WAITING (at APPROVAL nodes): SKIP; it stays in the active index, where the sweeper
+  finds its approval deadlines, and an answer makes it PENDING again;
 - gone, or no longer PENDING / RUNNING: FORGET (drop it from the active index);
 - RUNNING under a live lease: SKIP (someone runs it; a duplicate dispatch is harmless);
 - cancel requested: END as CANCELLED with EXECUTION_CANCELLED {"cancelledNodes": []};
 - already started `max_attempts` times: END as FAILED ("gave up after N attempts"), so a
-  run that kills its worker every time does not loop forever;
+  run that kills its worker every time does not loop forever; a `wake` (the run resumes
+  after an approval) is not a new attempt and is not counted;
 - the tenant already runs `max_running` others: SKIP when PENDING (it waits, and is
   dispatched again when a slot frees up), REQUEUE when its lease expired (back to PENDING);
 - otherwise START: RUNNING under the claimer's lease, one more attempt; `resume` when the
@@ -46,6 +49,7 @@ class ClaimState:
     cancel_requested: bool = False
     attempts: int = 0
     running_elsewhere: int = 0  # other RUNNING executions of the tenant
+    wake: bool = False  # PENDING again after an approval was answered (or expired)
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +60,7 @@ class ClaimDecision:
     event: EventType | None = None  # END: the terminal event to append
     event_data: dict[str, Any] | None = None
     resume: bool = False  # START / REQUEUE: the previous worker's RUNNING nodes run again
+    wake: bool = False  # START: resumed after an approval (attempts unchanged)
 
 
 @dataclass(frozen=True, slots=True)
@@ -65,6 +70,8 @@ class ClaimPolicy:
 
     def decide(self, state: ClaimState) -> ClaimDecision:
         status = state.status
+        if status == ExecutionStatus.WAITING:
+            return ClaimDecision(ClaimAction.SKIP)
         if status not in (ExecutionStatus.PENDING, ExecutionStatus.RUNNING):
             return ClaimDecision(ClaimAction.FORGET)
         resume = status == ExecutionStatus.RUNNING
@@ -77,7 +84,7 @@ class ClaimPolicy:
                 event=EventType.EXECUTION_CANCELLED,
                 event_data={"cancelledNodes": []},
             )
-        if state.attempts >= self.max_attempts:
+        if state.attempts >= self.max_attempts and not (state.wake and not resume):
             error = give_up_message(state.attempts)
             return ClaimDecision(
                 ClaimAction.END,
@@ -88,7 +95,7 @@ class ClaimPolicy:
             )
         if state.running_elsewhere >= self.max_running:
             return ClaimDecision(ClaimAction.REQUEUE if resume else ClaimAction.SKIP, resume=resume)
-        return ClaimDecision(ClaimAction.START, resume=resume)
+        return ClaimDecision(ClaimAction.START, resume=resume, wake=state.wake and not resume)
 
 
 def give_up_message(attempts: int) -> str:

@@ -56,12 +56,29 @@ Ending a run (the terminal event is always the last event of the run)
     `RunOutcome.outputs` (returned, and recorded by `finish`) always maps each OUTPUT node reached
     (COMPLETED) to its value, also on failure and cancel (possibly `{}`).
 
+APPROVAL nodes (approvals.py)
+    An APPROVAL node renders its `prompt`, stores its request (`request_approval`: once;
+    a resumed run gets the stored one back) and, unless it is answered already, WAITS:
+    NODE_STARTED, then NODE_WAITING {"prompt", "inputSchema", "requestedAt",
+    "expiresAt"}, node status WAITING. Other branches keep running; every `approval_poll`
+    seconds meanwhile the run reads the answers (`approval_answers`) and answers the
+    expired requests as the system (`expire_approval`). An answer completes the node
+    (NODE_COMPLETED, output `{approved, input, comment, by, at}`; out-edges with `branch`
+    "true" / "false" are taken by `approved`, like a CONDITION's); a request that
+    expired with `"onTimeout": "fail"` fails it (NODE_FAILED, code TIMEOUT).
+    When nothing runs and only unanswered approvals are left, the run `suspend`s: the
+    store makes the execution WAITING and appends EXECUTION_WAITING in one step, and
+    `run` returns a WAITING outcome (nothing is cancelled, `finish` is not called). An
+    answer makes it PENDING again; the next `run` is passed `wake=True` and emits no
+    EXECUTION_STARTED (the answer's EXECUTION_RESUMED is in the log already).
+
 Resume
     `run` first loads the checkpoints (`load_node_results`: COMPLETED / SKIPPED nodes).
     Those nodes are not run again and their events are not re-emitted: their outputs feed
     their successors and OUTPUT values, and a checkpointed CONDITION prunes as before.
     A node that was RUNNING when the previous worker died runs again from its first
-    attempt. EXECUTION_STARTED is emitted on every run, with data
+    attempt; an APPROVAL node that was WAITING waits on (no second NODE_STARTED /
+    NODE_WAITING). EXECUTION_STARTED is emitted on every run but a `wake`, with data
     {"resumed": <any checkpoint found>, "checkpointedNodes": <how many>}, so the event
     log shows each (re)start.
 
@@ -83,8 +100,10 @@ from types import MappingProxyType
 from typing import Any, Final, TypeVar
 
 from domain.errors import BadUserInput, DomainError, NotConfigured
+from domain.executions.approvals import Approval, request_for
 from domain.executions.builtins import (
     missing_executor_message,
+    render_value_async,
     run_condition,
     run_input,
     run_output,
@@ -103,6 +122,8 @@ from domain.executions.ports import (
     SystemClock,
 )
 from domain.executions.state import ExecutionStatus, NodeStatus
+from domain.flows.expressions import build_scope
+from domain.flows.expressions.pool import evaluation_tenant
 from domain.flows.graph import predecessors, successors
 from domain.flows.model import FlowEdge, FlowGraph, FlowNode, NodeKind
 
@@ -113,6 +134,7 @@ DEFAULT_RETRY_BACKOFF: Final = 1.0
 MAX_RETRIES: Final = 10
 MAX_BACKOFF_SECONDS: Final = 300.0
 CANCEL_GRACE_SECONDS: Final = 0.5
+APPROVAL_POLL_SECONDS: Final = 1.0
 
 _KNOWN_KINDS: Final = frozenset(k.value for k in NodeKind)
 _NOT_RETRIED: Final = (BadUserInput, NotConfigured)
@@ -141,6 +163,7 @@ class FlowEngine:
         *,
         max_concurrency: int | None = None,
         cancel_grace: float = CANCEL_GRACE_SECONDS,
+        approval_poll: float = APPROVAL_POLL_SECONDS,
     ) -> None:
         if max_concurrency is not None and max_concurrency < 1:
             raise ValueError("max_concurrency must be at least 1")
@@ -156,6 +179,7 @@ class FlowEngine:
         self.flow_timeout = _positive(flow_timeout)
         self.max_concurrency = max_concurrency
         self.cancel_grace = cancel_grace
+        self.approval_poll = max(approval_poll, 0.01)
         # Node tasks that ignored cancellation past the grace period: referenced until they
         # end so they are not garbage-collected mid-flight; their results are discarded.
         self._abandoned: set[asyncio.Task[Any]] = set()
@@ -170,17 +194,21 @@ class FlowEngine:
         *,
         budget: float | None = None,
         tenant_schema: str = "",
+        wake: bool = False,
     ) -> RunOutcome:
         """Run (or resume) one execution to a terminal status; see the module docstring.
 
         `budget` (seconds) overrides `flow_timeout` for this run, e.g. the time left of
         the flow timeout when resuming; 0 or less times out at once. `tenant_schema` is
-        passed on to executors (`NodeContext.tenant_schema`).
+        passed on to executors (`NodeContext.tenant_schema`). `wake`: the run resumes
+        after an approval (no EXECUTION_STARTED).
         """
         limit = self.flow_timeout if budget is None else budget
         run = _Run(self, execution_id, tenant_id, graph, inputs, cancel or CancelSignal(), limit)
         run.tenant_schema = tenant_schema
-        return await run.execute()
+        run.wake = wake
+        with evaluation_tenant(tenant_id):  # templates and expressions use its pool share
+            return await run.execute()
 
     def _abandon(self, task: asyncio.Task[Any]) -> None:
         self._abandoned.add(task)
@@ -256,6 +284,20 @@ class _Crash:
     error: Exception
 
 
+@dataclass(slots=True)
+class _Parked:
+    """An APPROVAL node whose request is stored and unanswered."""
+
+    approval: Approval
+
+
+class _Tick:
+    """Time to look for answers (and expiries) of the waiting APPROVAL nodes."""
+
+
+_TICK: Final = _Tick()
+
+
 class _Wake:
     """Cancel signal or flow deadline: re-check the flags."""
 
@@ -327,7 +369,8 @@ class _Run:
         self.timed_out = False
         self.closed = False
 
-        self.queue: asyncio.Queue[_Done | _Crash | _Wake] = asyncio.Queue()
+        self.wake = False
+        self.queue: asyncio.Queue[_Done | _Crash | _Wake | _Parked | _Tick] = asyncio.Queue()
         self.running: dict[str, asyncio.Task[None]] = {}
         self.inflight: set[asyncio.Task[Any]] = set()
         self.ready: deque[str] = deque()
@@ -340,6 +383,8 @@ class _Run:
         self.skips: list[tuple[str, str | None]] = []  # to persist: (node id, condition id)
         self.settled: deque[str] = deque()
         self.checkpoint: dict[str, NodeResult] = {}
+        self.waiting_before: dict[str, NodeResult] = {}  # APPROVAL nodes asked earlier
+        self.parked: dict[str, Approval] = {}  # APPROVAL nodes waiting in this run
         self.unresolved = 0
 
         # filled by _prepare
@@ -381,15 +426,26 @@ class _Run:
             for nid, res in loaded.items()
             if nid in plan.nodes and NodeStatus(res.status) in _CHECKPOINT_STATUSES
         }
-        await self.emit(
-            EventType.EXECUTION_STARTED,
-            None,
-            {"resumed": bool(self.checkpoint), "checkpointedNodes": len(self.checkpoint)},
-        )
+        self.waiting_before = {
+            nid: res
+            for nid, res in loaded.items()
+            if nid in plan.nodes
+            and NodeStatus(res.status) == NodeStatus.WAITING
+            and plan.nodes[nid].kind == NodeKind.APPROVAL
+        }
+        if not self.wake:
+            await self.emit(
+                EventType.EXECUTION_STARTED,
+                None,
+                {"resumed": bool(self.checkpoint), "checkpointedNodes": len(self.checkpoint)},
+            )
         self._prepare(plan)
 
         loop = asyncio.get_running_loop()
         watcher = loop.create_task(self._watch_cancel())
+        ticker = None
+        if any(n.kind == NodeKind.APPROVAL for n in plan.nodes.values()):
+            ticker = loop.create_task(self._tick())
         deadline = (
             None
             if self.timeout is None
@@ -399,6 +455,8 @@ class _Run:
             return await self._loop()
         finally:
             watcher.cancel()
+            if ticker is not None:
+                ticker.cancel()
             if deadline is not None:
                 deadline.cancel()
             for task in self.running.values():  # only left on an exception / outer cancel
@@ -411,6 +469,12 @@ class _Run:
         await self.cancel.wait()
         self.queue.put_nowait(_WAKE)
 
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self.engine.approval_poll)
+            if self.parked and self.running:  # with nothing running the loop suspends
+                self.queue.put_nowait(_TICK)
+
     def _on_deadline(self) -> None:
         self.timed_out = True
         self.queue.put_nowait(_WAKE)
@@ -420,7 +484,8 @@ class _Run:
             if self.skips:
                 await self._flush_skips()
             if self.cancel.is_set():
-                return await self._end(ExecutionStatus.CANCELLED, None, None, list(self.running))
+                interrupted = [*self.running, *self.parked]
+                return await self._end(ExecutionStatus.CANCELLED, None, None, interrupted)
             if self.timed_out:
                 assert self.timeout is not None
                 error = f"flow timed out after {max(self.timeout, 0.0):g} s"
@@ -432,6 +497,11 @@ class _Run:
                     continue
                 if self.unresolved == 0:
                     return await self._end(ExecutionStatus.COMPLETED, None, None, [])
+                if self.parked:
+                    outcome = await self._suspend()
+                    if outcome is not None:
+                        return outcome
+                    continue
                 stuck = sorted(n for n in self.plan.nodes if n not in self.status)
                 error = "flow graph cannot complete: nodes on a cycle or behind one: " + ", ".join(
                     stuck
@@ -443,6 +513,13 @@ class _Run:
                 if msg.error is not None:
                     return await self._node_failed(msg)
                 await self._node_completed(msg)
+            elif isinstance(msg, _Parked):
+                del self.running[msg.approval.node_id]
+                await self._park(msg.approval)
+            elif isinstance(msg, _Tick):
+                outcome = await self._check_parked(None)
+                if outcome is not None:
+                    return outcome
             elif isinstance(msg, _Crash):
                 raise msg.error
 
@@ -484,6 +561,9 @@ class _Run:
         taken = None
         if node.kind == NodeKind.CONDITION:
             taken = "true" if output else "false"
+        elif node.kind == NodeKind.APPROVAL:
+            approved = isinstance(output, Mapping) and output.get("approved") is True
+            taken = "true" if approved else "false"
         for edge in self.plan.out_edges[nid]:
             branch = edge.branch
             if taken is not None and branch is not None and branch.lower() != taken:
@@ -529,6 +609,13 @@ class _Run:
             nid = ready.popleft()
             node = self.plan.nodes[nid]
             self.status[nid] = NodeStatus.RUNNING
+            asked = self.waiting_before.get(nid)
+            if asked is not None:  # waiting since an earlier run: no second NODE_STARTED
+                self.started_at[nid] = asked.started_at or self.clock.now()
+                self.running[nid] = asyncio.create_task(
+                    self._approval_task(node), name=f"node:{nid}"
+                )
+                continue
             started = self.started_at[nid] = self.clock.now()
             await store.save_node_result(
                 self.execution_id,
@@ -540,7 +627,90 @@ class _Run:
                 nid,
                 {"kind": node.kind, "name": node.name},
             )
-            self.running[nid] = asyncio.create_task(self._node_task(node), name=f"node:{nid}")
+            body = (
+                self._approval_task(node)
+                if node.kind == NodeKind.APPROVAL
+                else self._node_task(node)
+            )
+            self.running[nid] = asyncio.create_task(body, name=f"node:{nid}")
+
+    # ---- approvals
+
+    async def _approval_task(self, node: FlowNode) -> None:
+        try:
+            msg = await self._ask(node)
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:  # the store failed: the run cannot go on
+            self.queue.put_nowait(_Crash(exc))
+            return
+        self.queue.put_nowait(msg)
+
+    async def _ask(self, node: FlowNode) -> _Done | _Parked:
+        """Store the node's request (once) and return its answer, or park the node."""
+        try:
+            scope = build_scope(self.inputs, self.upstream)
+            prompt = await render_value_async(node.config.get("prompt") or "", scope)
+        except Exception as exc:
+            return _Done(node.id, None, exc, 1)
+        request = request_for(node.id, dict(node.config), prompt, self.clock.now())
+        approval = await self.write(self.store.request_approval(self.execution_id, request))
+        if approval.answered:
+            return _answered(approval)
+        return _Parked(approval)
+
+    async def _park(self, approval: Approval) -> None:
+        nid = approval.node_id
+        self.parked[nid] = approval
+        self.status[nid] = NodeStatus.WAITING
+        if nid in self.waiting_before:
+            return  # stored and announced by an earlier run
+        await self.store.save_node_result(
+            self.execution_id,
+            NodeResult(nid, NodeStatus.WAITING, started_at=self.started_at.get(nid), attempts=1),
+        )
+        await self.emit(
+            EventType.NODE_WAITING,
+            nid,
+            {
+                "prompt": approval.prompt,
+                "inputSchema": approval.input_schema,
+                "requestedAt": approval.requested_at.isoformat(),
+                "expiresAt": approval.expires_at.isoformat() if approval.expires_at else None,
+            },
+        )
+
+    async def _expire_due(self) -> None:
+        now = self.clock.now()
+        for nid, approval in list(self.parked.items()):
+            if approval.expires_at is not None and approval.expires_at <= now:
+                await self.store.expire_approval(self.execution_id, nid)
+
+    async def _check_parked(self, answered: list[Approval] | None) -> RunOutcome | None:
+        """Complete (or fail) the parked nodes that got an answer; `answered` None: read
+        them from the store, expiring the due ones first."""
+        if answered is None:
+            await self._expire_due()
+            answered = await self.store.approval_answers(self.execution_id, list(self.parked))
+        for approval in answered:
+            nid = approval.node_id
+            if self.parked.pop(nid, None) is None:
+                continue
+            self.status[nid] = NodeStatus.RUNNING
+            done = _answered(approval)
+            if done.error is not None:
+                return await self._node_failed(done)
+            await self._node_completed(done)
+        return None
+
+    async def _suspend(self) -> RunOutcome | None:
+        """Only unanswered approvals are left: stop as WAITING, unless answers arrived."""
+        await self._expire_due()
+        answered = await self.store.suspend(self.execution_id, sorted(self.parked))
+        if answered:
+            return await self._check_parked(answered)
+        self.closed = True
+        return RunOutcome(ExecutionStatus.WAITING, dict(self.outputs))
 
     async def _node_task(self, node: FlowNode) -> None:
         try:
@@ -745,6 +915,12 @@ class _Run:
                 EventType.EXECUTION_FAILED, failed_node, {"error": error, "nodeId": failed_node}
             )
         return outcome
+
+
+def _answered(approval: Approval) -> _Done:
+    if approval.fails_run:
+        return _Done(approval.node_id, None, approval.timeout_error(), 1)
+    return _Done(approval.node_id, approval.output(), None, 1)
 
 
 def error_message(error: BaseException) -> str:

@@ -21,7 +21,15 @@ EXECUTION_STARTED with data {"resumed": true, ...} to the same sequence.
     LOG                  {"message": str, "level": str, ...extra}
     EXECUTION_COMPLETED  {"outputs": {output node id: value}}
     EXECUTION_FAILED     {"error": str, "nodeId": str | None}   (event node_id = failed node)
-    EXECUTION_CANCELLED  {"cancelledNodes": [ids of nodes that were running]}
+    EXECUTION_CANCELLED  {"cancelledNodes": [ids of nodes that were running or waiting]}
+    NODE_WAITING         {"prompt": str, "inputSchema": dict | None, "requestedAt": str,
+                          "expiresAt": str | None}      (an APPROVAL node waits for an answer)
+    EXECUTION_WAITING    {"waitingNodes": [ids]}        (nothing else can progress: the run
+                                                         stops and holds no worker or lease)
+    EXECUTION_RESUMED    {"nodeIds": [ids], "reason": "answered" | "timeout", ...}
+                                                        (an answer arrived; the run is
+                                                         dispatched again; no second
+                                                         EXECUTION_STARTED follows)
 """
 
 from __future__ import annotations
@@ -40,6 +48,9 @@ class EventType(enum.StrEnum):
     NODE_SKIPPED = "NODE_SKIPPED"
     TOKEN = "TOKEN"
     LOG = "LOG"
+    NODE_WAITING = "NODE_WAITING"
+    EXECUTION_WAITING = "EXECUTION_WAITING"
+    EXECUTION_RESUMED = "EXECUTION_RESUMED"
     EXECUTION_COMPLETED = "EXECUTION_COMPLETED"
     EXECUTION_FAILED = "EXECUTION_FAILED"
     EXECUTION_CANCELLED = "EXECUTION_CANCELLED"

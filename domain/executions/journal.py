@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
+from domain.executions.approvals import Approval, ApprovalRequest
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
 from domain.executions.ports import (
     Clock,
@@ -102,6 +103,32 @@ class RunJournal:
                 await self._write(execution_id, tokens)
             record = await self._store.finish(execution_id, outcome)
         await publish_status(self._bus, self._tenant_id, record)
+
+    async def request_approval(self, execution_id: str, request: ApprovalRequest) -> Approval:
+        self._raise_failure()
+        return await self._store.request_approval(execution_id, request)
+
+    async def approval_answers(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+        return await self._store.approval_answers(execution_id, node_ids)
+
+    async def expire_approval(self, execution_id: str, node_id: str) -> None:
+        await self._store.expire_approval(execution_id, node_id)
+
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+        """Stop the run as WAITING (tokens stored first), or the answers that arrived."""
+        self._raise_failure()
+        async with self._lock:
+            tokens = self._take_tokens(execution_id)
+            if tokens:
+                await self._write(execution_id, tokens)
+            done = await self._store.suspend(execution_id, node_ids)
+        if done.answered:
+            return done.answered
+        if done.execution is not None:
+            await publish_status(self._bus, self._tenant_id, done.execution)
+        if done.event is not None:
+            await publish_event(self._bus, self._tenant_id, done.event)
+        return []
 
     async def close(self) -> None:
         """The run is over (or abandoned): stop the timer; unstored tokens are dropped."""

@@ -6,11 +6,12 @@ contract on PostgreSQL + Redis.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field, replace
 from typing import Any
 
-from domain.errors import NotFound
+from domain.errors import Conflict, NotFound
+from domain.executions.approvals import SYSTEM, Approval, ApprovalRequest, timeout_comment
 from domain.executions.events import EventType, ExecutionEvent
 from domain.executions.ports import Clock, NodeResult, RunOutcome, SystemClock
 from domain.executions.state import ExecutionStatus, NodeStatus, transition
@@ -30,6 +31,7 @@ class InMemoryExecutionStore:
         self.clock: Clock = clock or SystemClock()
         self.executions: dict[str, StoredExecution] = {}
         self.listeners: list[Callable[[ExecutionEvent], None]] = []
+        self.approvals: dict[tuple[str, str], Approval] = {}
 
     # -- helpers for the worker side / tests
 
@@ -67,7 +69,7 @@ class InMemoryExecutionStore:
         return {
             nid: res
             for nid, res in record.nodes.items()
-            if res.status in (NodeStatus.COMPLETED, NodeStatus.SKIPPED)
+            if res.status in (NodeStatus.COMPLETED, NodeStatus.SKIPPED, NodeStatus.WAITING)
         }
 
     async def save_node_result(self, execution_id: str, result: NodeResult) -> None:
@@ -100,3 +102,77 @@ class InMemoryExecutionStore:
         record.status = transition(record.status, outcome.status)
         record.outputs = outcome.outputs
         record.error = outcome.error
+
+    # -- approvals (the ExecutionStore port), and answering them as a use case would
+
+    async def request_approval(self, execution_id: str, request: ApprovalRequest) -> Approval:
+        key = (execution_id, request.node_id)
+        if key not in self.approvals:
+            self.approvals[key] = Approval(
+                execution_id,
+                request.node_id,
+                request.prompt,
+                request.input_schema,
+                request.requested_at,
+                request.expires_at,
+                request.on_timeout,
+            )
+        return self.approvals[key]
+
+    async def approval_answers(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+        found = (self.approvals.get((execution_id, nid)) for nid in node_ids)
+        return [a for a in found if a is not None and a.answered]
+
+    async def expire_approval(self, execution_id: str, node_id: str) -> None:
+        approval = self.approvals.get((execution_id, node_id))
+        now = self.clock.now()
+        if approval is None or approval.answered or approval.expires_at is None:
+            return
+        if approval.expires_at <= now:
+            self.approvals[(execution_id, node_id)] = replace(
+                approval,
+                approved=False,
+                comment=timeout_comment(),
+                answered_by=SYSTEM,
+                answered_at=now,
+                timed_out=True,
+            )
+
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+        answered = await self.approval_answers(execution_id, node_ids)
+        if answered:
+            return answered
+        record = self.get(execution_id)
+        record.status = transition(record.status, ExecutionStatus.WAITING)
+        await self.append_event(
+            execution_id, EventType.EXECUTION_WAITING, None, {"waitingNodes": list(node_ids)}
+        )
+        return []
+
+    def answer(
+        self,
+        execution_id: str,
+        node_id: str,
+        approved: bool,
+        input: Any = None,
+        comment: str | None = None,
+        by: str = "someone",
+    ) -> Approval:
+        """Answer an approval (CONFLICT when answered); a WAITING run becomes PENDING."""
+        approval = self.approvals.get((execution_id, node_id))
+        if approval is None:
+            raise NotFound("approval of node", node_id)
+        if approval.answered:
+            raise Conflict(f"the approval of node {node_id!r} was already answered")
+        approval = self.approvals[(execution_id, node_id)] = replace(
+            approval,
+            approved=approved,
+            input=input,
+            comment=comment,
+            answered_by=by,
+            answered_at=self.clock.now(),
+        )
+        record = self.get(execution_id)
+        if record.status == ExecutionStatus.WAITING:
+            record.status = transition(record.status, ExecutionStatus.PENDING)
+        return approval

@@ -38,6 +38,13 @@ Contract of the store, as the engine uses it (see also engine.py):
 - Any exception raised by the store propagates out of `FlowEngine.run` (running nodes are
   cancelled first): the execution stays RUNNING and is resumed from its checkpoints once
   its lease expires.
+- APPROVAL nodes (approvals.py): `request_approval` stores the request once (a second call
+  returns the stored one, possibly answered); `approval_answers` reads the answered ones;
+  `expire_approval` answers an expired one as the system, unless someone answered first;
+  `suspend` is called when only unanswered approvals are left: it returns the answers
+  that arrived meanwhile (the run goes on), or, when there are none, stops the run in one
+  step (status WAITING, the lease given up, EXECUTION_WAITING appended) and returns [].
+  `load_node_results` also returns the WAITING nodes (approvals asked in an earlier run).
 """
 
 from __future__ import annotations
@@ -50,6 +57,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any, Protocol
 
+from domain.executions.approvals import Approval, ApprovalAnswer, ApprovalRequest
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
 from domain.executions.records import ClaimOutcome, Execution, ExecutionRef, LeaseState
 from domain.executions.state import ExecutionStatus, NodeStatus
@@ -113,6 +121,34 @@ class ExecutionStore(Protocol):
     ) -> ExecutionEvent | None: ...
 
     async def finish(self, execution_id: str, outcome: RunOutcome) -> None: ...
+
+    async def request_approval(self, execution_id: str, request: ApprovalRequest) -> Approval: ...
+
+    async def approval_answers(
+        self, execution_id: str, node_ids: Sequence[str]
+    ) -> list[Approval]: ...
+
+    async def expire_approval(self, execution_id: str, node_id: str) -> None: ...
+
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]: ...
+
+
+@dataclass(frozen=True, slots=True)
+class Suspension:
+    """What `RunStore.suspend` did: nothing but report `answered` approvals, or stopped
+    the run (`execution` is the WAITING record, `event` its EXECUTION_WAITING)."""
+
+    answered: list[Approval]
+    execution: Execution | None = None
+    event: ExecutionEvent | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Resumed:
+    """A WAITING execution made PENDING again (to dispatch), and its EXECUTION_RESUMED."""
+
+    execution: Execution
+    event: ExecutionEvent
 
 
 class Clock(Protocol):
@@ -304,6 +340,22 @@ class RunStore(Protocol):
         """RUNNING -> `status`; returns the final record."""
         ...
 
+    async def request_approval(self, execution_id: str, request: ApprovalRequest) -> Approval:
+        """Store the request unless one exists for the node; the stored one (fenced)."""
+        ...
+
+    async def approval_answers(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+        """The answered approvals among those nodes'."""
+        ...
+
+    async def expire_approval(self, execution_id: str, node_id: str) -> None:
+        """Answer it as the system (timed out) if it expired and nobody answered yet."""
+        ...
+
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> Suspension:
+        """RUNNING -> WAITING with EXECUTION_WAITING, unless one of the nodes was answered."""
+        ...
+
 
 class RunStoreFactory(Protocol):
     def __call__(self, ref: ExecutionRef, owner: str) -> RunStore: ...
@@ -342,6 +394,15 @@ class LeaseStore(Protocol):
         """The tenant's oldest PENDING executions."""
         ...
 
+    async def expired_approvals(self, limit: int) -> list[ExecutionRef]:
+        """WAITING executions with an approval past its expiry, oldest expiry first."""
+        ...
+
+    async def expire_waiting(self, ref: ExecutionRef) -> Resumed | None:
+        """Answer its expired approvals as the system and resume it (-> PENDING); None
+        when it is no longer WAITING or nothing expired (another process was first)."""
+        ...
+
 
 class ExecutionRepository(Protocol):
     """Executions of one tenant, inside the unit of work's transaction."""
@@ -378,7 +439,31 @@ class ExecutionRepository(Protocol):
         """Next sequence under the execution's row lock (the caller holds it)."""
         ...
 
-    async def count_active(self, tenant_id: str) -> int: ...
+    async def count_active(self, tenant_id: str) -> int:
+        """PENDING + RUNNING executions of the tenant (WAITING ones hold nothing)."""
+        ...
+
+    async def approvals(self, execution_id: str) -> list[Approval]:
+        """Every approval requested by the execution, oldest first."""
+        ...
+
+    async def answer_approval(
+        self, execution_id: str, node_id: str, answer: ApprovalAnswer
+    ) -> Approval | None:
+        """Write the answer if none was written yet (the caller holds the execution's row
+        lock); None when it was already answered."""
+        ...
+
+    async def resume(self, ident: str, data: dict[str, Any]) -> Resumed:
+        """WAITING -> PENDING (dispatched now; the next claim is not a new attempt), with
+        its EXECUTION_RESUMED event."""
+        ...
+
+    async def end_waiting(
+        self, ident: str, status: ExecutionStatus, error: str | None
+    ) -> Execution:
+        """A WAITING execution ends (its waiting node runs become CANCELLED)."""
+        ...
 
 
 class ExecutionBus(Protocol):

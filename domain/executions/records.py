@@ -53,8 +53,9 @@ class Claim:
     graph: FlowGraph
     inputs: dict[str, Any]
     attempt: int  # 1 on the first run, 2 on the first resume, ...
-    elapsed: float  # seconds since the execution first started (for the flow timeout)
+    elapsed: float  # seconds since the execution first started, waiting time excluded
     cancel_requested: bool = False
+    wake: bool = False  # resumed after an approval: not a new attempt, no EXECUTION_STARTED
 
 
 @dataclass(frozen=True, slots=True)

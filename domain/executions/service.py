@@ -9,9 +9,15 @@
 - `test_crew` does the same for a one-node flow: INPUT "input" -> CREW "crew" -> OUTPUT
   "output", the crew node's `inputs` mapping every execution input `k` to the template
   `{{ inputs.k }}` (so keys must be identifiers).
-- `cancel`: a PENDING execution is CANCELLED at once (with its EXECUTION_CANCELLED event);
-  a RUNNING one gets the persisted cancel flag plus a Redis signal, and its worker stops
-  it within a second; a finished one is returned as it is.
+- `cancel`: a PENDING or WAITING execution is CANCELLED at once (with its
+  EXECUTION_CANCELLED event); a RUNNING one gets the persisted cancel flag plus a Redis
+  signal, and its worker stops it within a second; a finished one is returned as it is.
+- `resolve_approval` answers an APPROVAL node (approvals.py): under the execution's row
+  lock, the answer's `input` checked against the request's input schema, written by a
+  conditional update (a second answer, or one racing it in another process, is
+  CONFLICT). A WAITING execution becomes PENDING with EXECUTION_RESUMED and is
+  dispatched; a RUNNING one (other branches still running) picks the answer up itself.
+  `pending_approvals` lists the unanswered requests of a run that is not finished.
 - `follow_events` / `updates` back the subscriptions (see `streams.py`).
 
 Every use case takes the caller's `Principal`; an id of another tenant is NOT_FOUND.
@@ -30,12 +36,13 @@ from datetime import UTC, datetime
 from typing import Any
 
 from domain.auth import is_uuid
-from domain.errors import BadUserInput, LimitExceeded, NotFound
+from domain.errors import BadUserInput, Conflict, LimitExceeded, NotFound
+from domain.executions.approvals import Approval, ApprovalAnswer, check_answer
 from domain.executions.builtins import validate_inputs
 from domain.executions.events import EventType, ExecutionEvent
 from domain.executions.ports import Dispatcher, ExecutionBus, ExecutionFilter, NodeResult
 from domain.executions.records import Execution, ExecutionRef
-from domain.executions.state import ExecutionStatus, transition
+from domain.executions.state import ExecutionStatus, is_terminal, transition
 from domain.executions.streams import (
     DEFAULT_IDLE_POLL,
     FeedInterrupted,
@@ -89,25 +96,51 @@ class ExecutionService:
         p.require(Action.RUN)
         clean = self._check_inputs(inputs)
         async with self._uow(p.tenant_schema) as uow:
-            flow = await uow.flows.get(require_id("flow", flow_id))
-            if flow is None:
-                raise NotFound("flow", flow_id)
-            if len(flow.nodes) > self.limits.max_nodes:
-                raise LimitExceeded(
-                    f"flow has {len(flow.nodes)} nodes; the limit (maxNodesPerFlow) is "
-                    f"{self.limits.max_nodes}",
-                    extensions={"limit": "maxNodesPerFlow", "max": self.limits.max_nodes},
-                )
-            refs = await reference_index(uow, flow.nodes)
-            _require_valid(validate_flow(flow.graph, refs), f"flow {flow.name!r}")
-            for node in flow.nodes:
-                if node.kind == NodeKind.INPUT and node.config.get("schema"):
-                    validate_inputs(clean, node.config["schema"])
-            await self._check_active(uow, p)
-            execution = self._new(p, clean, flow_id=flow.id, flow_version=flow.version)
-            await uow.executions.add(execution, self._ref(p, execution), None)
+            execution = await self.add_flow_execution(uow, p, flow_id, clean)
             await uow.commit()
         await self._started(p, execution)
+        return execution
+
+    def check_inputs(self, inputs: object) -> dict[str, Any]:
+        """Inputs as every run takes them: a plain JSON object within the size limit."""
+        return self._check_inputs(inputs)
+
+    async def announce(self, p: Principal, execution: Execution) -> None:
+        """After the commit of `add_flow_execution`: publish and dispatch the run."""
+        await self._started(p, execution)
+
+    async def add_flow_execution(
+        self,
+        uow: UnitOfWork,
+        p: Principal,
+        flow_id: str,
+        inputs: object,
+        *,
+        created_by: str | None = None,
+    ) -> Execution:
+        """Check the flow and the inputs and store a PENDING run in the caller's
+        transaction (a schedule advances in the same one); the caller commits, then
+        `announce`s it. Refusals are raised before anything is written."""
+        clean = self._check_inputs(inputs)
+        flow = await uow.flows.get(require_id("flow", flow_id))
+        if flow is None:
+            raise NotFound("flow", flow_id)
+        if len(flow.nodes) > self.limits.max_nodes:
+            raise LimitExceeded(
+                f"flow has {len(flow.nodes)} nodes; the limit (maxNodesPerFlow) is "
+                f"{self.limits.max_nodes}",
+                extensions={"limit": "maxNodesPerFlow", "max": self.limits.max_nodes},
+            )
+        refs = await reference_index(uow, flow.nodes)
+        _require_valid(validate_flow(flow.graph, refs), f"flow {flow.name!r}")
+        for node in flow.nodes:
+            if node.kind == NodeKind.INPUT and node.config.get("schema"):
+                validate_inputs(clean, node.config["schema"])
+        await self._check_active(uow, p)
+        execution = self._new(p, clean, flow_id=flow.id, flow_version=flow.version)
+        if created_by is not None:
+            execution.created_by = created_by
+        await uow.executions.add(execution, self._ref(p, execution), None)
         return execution
 
     async def test_crew(self, p: Principal, crew_id: str, inputs: object) -> Execution:
@@ -208,6 +241,18 @@ class ExecutionService:
                     ident, EventType.EXECUTION_CANCELLED, None, {"cancelledNodes": []}
                 )
                 await uow.commit()
+            elif execution.status == ExecutionStatus.WAITING:
+                asked = await uow.executions.approvals(ident)
+                cancelled = [a.node_id for a in asked if not a.answered]
+                transition(execution.status, ExecutionStatus.CANCELLED)
+                execution = await uow.executions.end_waiting(
+                    ident, ExecutionStatus.CANCELLED, "cancelled while waiting for approval"
+                )
+                event = await uow.executions.append_event(
+                    ident, EventType.EXECUTION_CANCELLED, None, {"cancelledNodes": cancelled}
+                )
+                execution.last_sequence = event.sequence
+                await uow.commit()
             elif execution.status == ExecutionStatus.RUNNING:
                 if not execution.cancel_requested:
                     await uow.executions.request_cancel(ident)
@@ -224,6 +269,75 @@ class ExecutionService:
             # The flag is persisted: the worker's heartbeat reads it.
             log.exception("publishing a cancel failed")
         return execution
+
+    # ---- approvals
+
+    async def resolve_approval(
+        self,
+        p: Principal,
+        ident: str,
+        node_id: str,
+        approved: bool,
+        input: Any = None,
+        comment: str | None = None,
+    ) -> Execution:
+        p.require(Action.RUN)
+        if not isinstance(node_id, str) or not node_id or len(node_id) > 128:
+            raise BadUserInput("nodeId must be a node id", {"nodeId": "must be a node id"})
+        by = p.actor_name or p.user_id or p.api_key_id
+        resumed = None
+        async with self._uow(p.tenant_schema) as uow:
+            execution = await uow.executions.get(require_id("execution", ident), for_update=True)
+            if execution is None:
+                raise NotFound("execution", ident)
+            approval = _find(await uow.executions.approvals(ident), node_id)
+            if approval is None:
+                raise NotFound("approval of node", node_id)
+            if approval.answered:
+                raise Conflict(
+                    f"the approval of node {node_id!r} was already answered",
+                    extensions={"nodeId": node_id},
+                )
+            if is_terminal(execution.status):
+                raise Conflict(
+                    f"the execution is {execution.status.value}; its approvals can no "
+                    "longer be answered",
+                    extensions={"status": execution.status.value},
+                )
+            check_answer(approval, input, comment, self.limits.max_input_bytes)
+            answer = ApprovalAnswer(bool(approved), input, comment, by)
+            if await uow.executions.answer_approval(ident, node_id, answer) is None:
+                raise Conflict(f"the approval of node {node_id!r} was already answered")
+            if execution.status == ExecutionStatus.WAITING:
+                data = {"nodeIds": [node_id], "reason": "answered", "approved": bool(approved)}
+                resumed = await uow.executions.resume(ident, data)
+                execution = resumed.execution
+            await uow.commit()
+        if resumed is not None:
+            try:
+                await self._bus.publish_status(p.tenant_id, execution)
+                await self._bus.publish_event(p.tenant_id, resumed.event)
+            except Exception:
+                log.exception("publishing a resume failed")
+            if self.dispatcher is not None:
+                try:
+                    await self.dispatcher.dispatch(self._ref(p, execution))
+                except Exception:
+                    log.exception("dispatch failed; the sweeper will retry")
+        return execution
+
+    async def pending_approvals(
+        self, p: Principal, execution: Execution
+    ) -> builtins.list[Approval]:
+        """The unanswered approvals of a run that can still be answered."""
+        p.require(Action.READ)
+        if is_terminal(execution.status) or execution.status == ExecutionStatus.PENDING and (
+            execution.started_at is None
+        ):
+            return []
+        async with self._uow(p.tenant_schema) as uow:
+            found = await uow.executions.approvals(execution.id)
+        return [a for a in found if not a.answered]
 
     # ---- reads
 
@@ -370,6 +484,10 @@ def crew_graph(crew_id: str, inputs: Mapping[str, Any]) -> FlowGraph:
         ),
         edges=(FlowEdge("input", "crew"), FlowEdge("crew", "output")),
     )
+
+
+def _find(approvals: Sequence[Approval], node_id: str) -> Approval | None:
+    return next((a for a in approvals if a.node_id == node_id), None)
 
 
 def _require_valid(result: Any, what: str) -> None:

@@ -4,14 +4,19 @@ Execution::
 
     PENDING ──> RUNNING ──> COMPLETED | FAILED | CANCELLED
        │           │
-       │           └──> PENDING   (the worker's lease expired; the sweeper re-dispatches)
+       │           ├──> PENDING   (the worker's lease expired; the sweeper re-dispatches)
+       │           └──> WAITING   (only APPROVAL nodes are left, unanswered: no worker, no lease)
+       │                  ├──> PENDING     (answered or timed out: dispatched again)
+       │                  └──> CANCELLED   (cancelled while waiting)
        └──> CANCELLED | FAILED    (cancelled before a worker picked it up / could not start)
 
 Node (one row per node of an execution)::
 
     PENDING ──> RUNNING ──> COMPLETED | FAILED | CANCELLED
        │           │
-       │           └──> PENDING   (the node was running on a worker that died; it runs again)
+       │           ├──> PENDING   (the node was running on a worker that died; it runs again)
+       │           └──> WAITING   (an APPROVAL node waits for its answer)
+       │                  └──> COMPLETED | FAILED | CANCELLED
        └──> SKIPPED | CANCELLED   (branch not taken / the execution ended before it started)
 
 Terminal states are final: any transition out of one raises `IllegalTransition`, and so
@@ -33,6 +38,7 @@ class ExecutionStatus(enum.StrEnum):
     COMPLETED = "COMPLETED"
     FAILED = "FAILED"
     CANCELLED = "CANCELLED"
+    WAITING = "WAITING"
 
 
 class NodeStatus(enum.StrEnum):
@@ -42,6 +48,7 @@ class NodeStatus(enum.StrEnum):
     FAILED = "FAILED"
     SKIPPED = "SKIPPED"
     CANCELLED = "CANCELLED"
+    WAITING = "WAITING"
 
 
 EXECUTION_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
@@ -54,8 +61,10 @@ EXECUTION_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
             ExecutionStatus.FAILED,
             ExecutionStatus.CANCELLED,
             ExecutionStatus.PENDING,
+            ExecutionStatus.WAITING,
         }
     ),
+    ExecutionStatus.WAITING: frozenset({ExecutionStatus.PENDING, ExecutionStatus.CANCELLED}),
     ExecutionStatus.COMPLETED: frozenset(),
     ExecutionStatus.FAILED: frozenset(),
     ExecutionStatus.CANCELLED: frozenset(),
@@ -64,7 +73,16 @@ EXECUTION_TRANSITIONS: Mapping[ExecutionStatus, frozenset[ExecutionStatus]] = {
 NODE_TRANSITIONS: Mapping[NodeStatus, frozenset[NodeStatus]] = {
     NodeStatus.PENDING: frozenset({NodeStatus.RUNNING, NodeStatus.SKIPPED, NodeStatus.CANCELLED}),
     NodeStatus.RUNNING: frozenset(
-        {NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.CANCELLED, NodeStatus.PENDING}
+        {
+            NodeStatus.COMPLETED,
+            NodeStatus.FAILED,
+            NodeStatus.CANCELLED,
+            NodeStatus.PENDING,
+            NodeStatus.WAITING,
+        }
+    ),
+    NodeStatus.WAITING: frozenset(
+        {NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.CANCELLED}
     ),
     NodeStatus.COMPLETED: frozenset(),
     NodeStatus.FAILED: frozenset(),

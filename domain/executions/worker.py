@@ -23,6 +23,13 @@ PostgreSQL is the source of truth; the task queue only says "look at execution X
   sweeper and `RunJournal` publish what changed through the `ExecutionBus`.
 - When a run ends, the runner dispatches the tenant's oldest PENDING executions, which
   may have been waiting for the slot.
+- A run that reaches only unanswered APPROVAL nodes returns WAITING (engine.py): the store
+  made it WAITING and gave the lease up, so it holds no slot here and no lease; it is not
+  "finished" (its workspace stays). An answer makes it PENDING and dispatches it; that
+  claim is a `wake` (not a new attempt, no EXECUTION_STARTED; waiting time is not counted
+  toward the flow timeout). The sweeper also answers, as the system, the approvals of
+  WAITING executions that expired, and dispatches those runs (`expire_waiting`: one
+  process wins per execution).
 """
 
 from __future__ import annotations
@@ -55,6 +62,7 @@ from domain.executions.ports import (
     RunStoreFactory,
 )
 from domain.executions.records import Claim, ClaimOutcome, ExecutionRef
+from domain.executions.state import ExecutionStatus
 from domain.executions.streams import FeedInterrupted
 
 log = logging.getLogger("crewgraph.executions")
@@ -92,6 +100,7 @@ class ExecutionRunner:
         token_batch: int = DEFAULT_TOKEN_BATCH,
         token_delay: float = DEFAULT_TOKEN_DELAY,
         on_finished: Sequence[RunFinished] = (),
+        approval_poll: float = 1.0,
     ) -> None:
         self.leases = leases
         self.stores = stores
@@ -106,6 +115,7 @@ class ExecutionRunner:
         self.policy = ClaimPolicy(max_running=max_running_per_tenant, max_attempts=max_attempts)
         self.token_batch = token_batch
         self.token_delay = token_delay
+        self.approval_poll = approval_poll
         self._slots = asyncio.Semaphore(max_parallel)
         self._active: dict[str, _ActiveRun] = {}
         self._submitted: set[asyncio.Task[RunOutcome | None]] = set()
@@ -145,7 +155,7 @@ class ExecutionRunner:
             if claimed.claim is None:
                 return None
             outcome = await self._run_claimed(claimed.claim)
-        if outcome is not None:
+        if outcome is not None and outcome.status != ExecutionStatus.WAITING:
             await self._finished(ref)
         await self._dispatch_waiting(ref.tenant_id)
         return outcome
@@ -182,6 +192,7 @@ class ExecutionRunner:
             self.executors,
             default_node_timeout=self.default_node_timeout,
             flow_timeout=self.flow_timeout,
+            approval_poll=self.approval_poll,
         )
         budget = None if self.flow_timeout is None else self.flow_timeout - claim.elapsed
         active.task = asyncio.create_task(
@@ -193,6 +204,7 @@ class ExecutionRunner:
                 active.signal,
                 budget=budget,
                 tenant_schema=ref.tenant_schema,
+                wake=claim.wake,
             )
         )
         active.heartbeat = asyncio.create_task(self._heartbeat(active))
@@ -330,6 +342,18 @@ class Sweeper:
         for ref in await self.leases.stale_pending(self.redispatch_after, self.batch):
             if ref.execution_id not in known:
                 refs.append(ref)
+                known.add(ref.execution_id)
+        for ref in await self.leases.expired_approvals(self.batch):
+            try:
+                resumed = await self.leases.expire_waiting(ref)
+            except Exception:
+                log.exception("expiring an approval failed")
+                continue
+            if resumed is not None:  # else answered or expired by someone else meanwhile
+                await publish_status(self.bus, ref.tenant_id, resumed.execution)
+                await publish_event(self.bus, ref.tenant_id, resumed.event)
+                if ref.execution_id not in known:
+                    refs.append(ref)
         for ref in refs:
             await self.dispatcher.dispatch(ref)
         return refs

@@ -55,6 +55,8 @@ MAX_REFERENCE_ID_LENGTH = 200
 MAX_REPORTED_ERRORS = 100  # further problems are summarised in one last error
 MAX_LISTED_IDS = 10  # node ids spelled out in one message
 MAX_TIMEOUT_SECONDS = 86_400
+MAX_APPROVAL_TIMEOUT_SECONDS = 90 * 86_400  # a person may take weeks to answer
+APPROVAL_ON_TIMEOUT = ("reject", "fail")
 MAX_RETRIES = 10
 
 
@@ -191,6 +193,20 @@ _CONFIG_FIELDS: dict[NodeKind, tuple[_Field, ...]] = {
     NodeKind.TOOL: (
         _Field("toolId", "ref", required=True, ref="tool"),
         _Field("input", "map"),
+    ),
+    # An approval waits for a person, not for a runtime: its own timeout (how long the
+    # answer may take) replaces the engine's per-attempt options, and it is not retried.
+    NodeKind.APPROVAL: (
+        _Field("prompt", "template", required=True),
+        _Field("inputSchema", "schema"),
+        _Field(
+            "timeoutSeconds",
+            "number",
+            minimum=0,
+            exclusive_minimum=True,
+            maximum=MAX_APPROVAL_TIMEOUT_SECONDS,
+        ),
+        _Field("onTimeout", "string", choices=APPROVAL_ON_TIMEOUT),
     ),
 }
 
@@ -415,9 +431,19 @@ class _Validator:
                     f"edge {text} leaves a CONDITION node: branch must be "
                     f"{BRANCH_TRUE!r} or {BRANCH_FALSE!r}, not {edge.branch!r}",
                 )
+        elif self.kinds[source] is NodeKind.APPROVAL:
+            # Optional here: an unbranched edge is followed whatever the answer.
+            if branch is not None and branch not in (BRANCH_TRUE, BRANCH_FALSE):
+                self.report.add(
+                    path,
+                    f"edge {text} leaves an APPROVAL node: branch must be "
+                    f"{BRANCH_TRUE!r}, {BRANCH_FALSE!r} or absent, not {edge.branch!r}",
+                )
         elif branch is not None:
             self.report.add(
-                path, f"edge {text}: only edges leaving a CONDITION node can have a branch"
+                path,
+                f"edge {text}: only edges leaving a CONDITION node (or an APPROVAL node) can "
+                "have a branch",
             )
 
     def check_conditions(self, branches: dict[int, dict[str, int]]) -> None:
@@ -447,7 +473,8 @@ class _Validator:
             if not isinstance(config, Mapping):
                 self.report.add(path, f"{self.label(position)}: config must be an object")
                 continue
-            for spec in (*_CONFIG_FIELDS[kind], *_ENGINE_OPTIONS):
+            options = () if kind is NodeKind.APPROVAL else _ENGINE_OPTIONS
+            for spec in (*_CONFIG_FIELDS[kind], *options):
                 self.check_field(position, path, config, spec)
 
     def check_field(

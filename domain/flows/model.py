@@ -15,6 +15,7 @@ class NodeKind(enum.StrEnum):
     TOOL = "TOOL"
     LLM = "LLM"
     CONDITION = "CONDITION"
+    APPROVAL = "APPROVAL"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,7 +30,7 @@ class FlowNode:
 class FlowEdge:
     source: str
     target: str
-    branch: str | None = None  # "true" / "false" on edges leaving a CONDITION node
+    branch: str | None = None  # "true" / "false" on edges leaving a CONDITION / APPROVAL node
 
 
 @dataclass(frozen=True, slots=True)

@@ -8,6 +8,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
+from domain.audit import FLOW_DELETED, NO_AUDIT, AuditRecorder
 from domain.errors import BadUserInput, LimitExceeded, NotFound
 from domain.flows.graph import FlowValidation, ReferenceIndex, validate_flow
 from domain.flows.model import FlowEdge, FlowGraph, FlowNode
@@ -126,9 +127,15 @@ class FlowService(ResourceService[Flow]):
 
     kind = "flow"
     repo_attr = "flows"
+    audit_deleted = FLOW_DELETED
 
-    def __init__(self, uow: TenantUnitOfWorkFactory, max_nodes: int = DEFAULT_MAX_NODES) -> None:
-        super().__init__(uow)
+    def __init__(
+        self,
+        uow: TenantUnitOfWorkFactory,
+        max_nodes: int = DEFAULT_MAX_NODES,
+        audit: AuditRecorder = NO_AUDIT,
+    ) -> None:
+        super().__init__(uow, audit)
         self.max_nodes = max_nodes
 
     def _clean(self, data: FlowInput) -> FlowInput:

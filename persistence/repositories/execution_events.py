@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 from domain.auth import is_uuid
 from domain.executions.events import TERMINAL_EVENTS, ExecutionEvent, NewEvent
+from domain.webhooks import WEBHOOK_EVENT_TYPES
 from persistence.repositories.execution_rows import json_param, to_event
 from persistence.repositories.sql import Statements, in_schema
+from persistence.repositories.webhooks import OUTBOX_CTES
 
 _TERMINAL_TYPES = frozenset(e.value for e in TERMINAL_EVENTS)
 
@@ -32,6 +34,27 @@ FROM s, unnest($3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])
      WITH ORDINALITY AS e(type, node_id, at, data, n)
 RETURNING sequence
 """
+
+# The same insert when the batch holds an event webhooks hear about: the statement also
+# writes the outbox (persistence/repositories/webhooks.py), so a delivery exists exactly
+# when its event was committed.
+_APPEND_NOTIFY = (
+    """
+WITH s AS (
+    UPDATE {s}.executions SET last_sequence = last_sequence + cardinality($3::text[])
+    WHERE id = $1::uuid AND ($2::text IS NULL OR lease_owner = $2::text)
+    RETURNING id, last_sequence, flow_id, flow_version, crew_id, status
+), ev AS (
+    INSERT INTO {s}.execution_events (execution_id, sequence, type, node_id, at, data)
+    SELECT $1::uuid, (s.last_sequence - cardinality($3::text[]) + e.n)::int,
+           e.type, e.node_id, e.at, e.data
+    FROM s, unnest($3::text[], $4::text[], $5::timestamptz[], $6::jsonb[])
+         WITH ORDINALITY AS e(type, node_id, at, data, n)
+    RETURNING sequence, type, at, data
+)"""
+    + OUTBOX_CTES
+    + "SELECT sequence FROM ev"
+)
 
 _AFTER = """
 SELECT execution_id, sequence, type, node_id, at, data FROM {s}.execution_events
@@ -58,15 +81,19 @@ async def append(
     """Store `events` in order; None when the execution is gone or (with `owner`) the
     lease is not `owner`'s."""
     payloads = [json_param(e.data) for e in events]
-    rows = await sql.fetch(
-        in_schema(_APPEND, schema),
+    args: list[object] = [
         execution_id,
         owner,
         [e.type.value for e in events],
         [e.node_id for e in events],
         [e.at for e in events],
         payloads,
-    )
+    ]
+    template = _APPEND
+    if any(e.type.value in WEBHOOK_EVENT_TYPES for e in events):
+        template = _APPEND_NOTIFY
+        args.append(schema)
+    rows = await sql.fetch(in_schema(template, schema), *args)
     if not rows:
         return None
     first = min(r["sequence"] for r in rows)

@@ -13,6 +13,7 @@ from datetime import UTC, datetime, timedelta
 
 from domain.executions.claims import ClaimAction, ClaimPolicy, ClaimState
 from domain.executions.events import NewEvent
+from domain.executions.ports import Resumed
 from domain.executions.records import (
     Claim,
     ClaimOutcome,
@@ -22,7 +23,7 @@ from domain.executions.records import (
 )
 from domain.executions.state import ExecutionStatus
 from persistence.db import Database
-from persistence.repositories import execution_events
+from persistence.repositories import approvals, execution_events
 from persistence.repositories.execution_rows import graph_from, to_execution
 from persistence.repositories.executions import end
 from persistence.repositories.sql import (
@@ -38,7 +39,7 @@ _CLAIM_LOCK_NS = 0x6367  # pg_advisory_xact_lock(namespace, hashtext(tenant id))
 _LOCK_TENANT = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
 
 _STATE = """
-SELECT x.status, x.cancel_requested, x.attempts,
+SELECT x.status, x.cancel_requested, x.attempts, x.resume_pending,
        coalesce(x.lease_expires_at > now(), false) AS lease_live,
        (SELECT count(*) FROM public.active_executions a
         WHERE a.tenant_id = $2::uuid AND a.status = 'RUNNING' AND a.execution_id <> x.id)
@@ -56,9 +57,10 @@ WITH n AS (
 ), x AS (
     UPDATE {s}.executions
     SET status = 'RUNNING', lease_owner = $2, lease_expires_at = now() + $3::interval,
-        attempts = attempts + 1, started_at = coalesce(started_at, now())
+        attempts = attempts + CASE WHEN $5::bool THEN 0 ELSE 1 END,
+        resume_pending = false, started_at = coalesce(started_at, now())
     WHERE id = $1::uuid
-    RETURNING *, extract(epoch FROM now() - started_at)::float8 AS elapsed
+    RETURNING *, extract(epoch FROM now() - started_at)::float8 - waited_seconds AS elapsed
 ), a AS (
     UPDATE public.active_executions
     SET status = 'RUNNING', lease_expires_at = (SELECT lease_expires_at FROM x)
@@ -98,7 +100,7 @@ WITH cur AS (
 ), d AS (
     DELETE FROM public.active_executions
     WHERE execution_id = $1::uuid
-      AND NOT EXISTS (SELECT 1 FROM cur WHERE status IN ('PENDING', 'RUNNING'))
+      AND NOT EXISTS (SELECT 1 FROM cur WHERE status IN ('PENDING', 'RUNNING', 'WAITING'))
 ), u AS (
     UPDATE public.active_executions a SET lease_expires_at = cur.lease_expires_at
     FROM cur WHERE a.execution_id = $1::uuid AND cur.status = 'RUNNING'
@@ -136,6 +138,13 @@ WHERE execution_id IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING execution_id, tenant_id, tenant_schema, created_at
+"""
+
+# WAITING executions with an approval past its deadline (see tables.active_executions).
+_EXPIRED_APPROVALS = """
+SELECT execution_id, tenant_id, tenant_schema FROM public.active_executions
+WHERE status = 'WAITING' AND lease_expires_at < now()
+ORDER BY lease_expires_at LIMIT $1
 """
 
 _NEXT_PENDING = """
@@ -186,6 +195,7 @@ class SqlLeases:
                 owner,
                 timedelta(seconds=lease_seconds),
                 decision.resume,
+                decision.wake,
             )
             assert claimed is not None  # the row is locked
             await conn.commit()
@@ -200,8 +210,9 @@ class SqlLeases:
                 graph=graph_from(nodes, edges),
                 inputs=dict(claimed["inputs"] or {}),
                 attempt=claimed["attempts"],
-                elapsed=float(claimed["elapsed"] or 0.0),
+                elapsed=max(float(claimed["elapsed"] or 0.0), 0.0),
                 cancel_requested=bool(claimed["cancel_requested"]),
+                wake=decision.wake,
             ),
             changed=to_execution(claimed),
         )
@@ -234,6 +245,30 @@ class SqlLeases:
         rows = await self._pool.fetch(_STALE_PENDING, timedelta(seconds=redispatch_after), limit)
         return [_ref(r) for r in sorted(rows, key=lambda r: r["created_at"])]
 
+    async def expired_approvals(self, limit: int) -> list[ExecutionRef]:
+        rows = await self._pool.fetch(_EXPIRED_APPROVALS, limit)
+        return [_ref(r) for r in rows]
+
+    async def expire_waiting(self, ref: ExecutionRef) -> Resumed | None:
+        """Under the execution's row lock (so one process wins): the system answers the
+        expired approvals of a WAITING execution, which resumes."""
+        schema = ref.tenant_schema
+        async with self.db.connect() as conn:
+            sql = ConnectionStatements(conn)
+            row = await approvals.lock_status(sql, schema, ref.execution_id)
+            if row is None or row["status"] != ExecutionStatus.WAITING.value:
+                return None
+            expired = await approvals.expire(sql, schema, ref.execution_id)
+            if not expired:
+                await approvals.next_deadline(sql, schema, ref.execution_id)
+                await conn.commit()
+                return None
+            resumed = await approvals.resume(
+                sql, schema, ref.execution_id, {"nodeIds": expired, "reason": "timeout"}
+            )
+            await conn.commit()
+        return resumed
+
     async def next_pending(self, tenant_id: str, limit: int) -> list[ExecutionRef]:
         rows = await self._pool.fetch(_NEXT_PENDING, tenant_id, limit)
         return [ExecutionRef(tenant_id, r["tenant_schema"], str(r["execution_id"])) for r in rows]
@@ -248,6 +283,7 @@ def _state(row: Row | None) -> ClaimState:
         cancel_requested=bool(row["cancel_requested"]),
         attempts=int(row["attempts"]),
         running_elsewhere=int(row["running"]),
+        wake=bool(row["resume_pending"]),
     )
 
 

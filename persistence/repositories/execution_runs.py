@@ -9,25 +9,27 @@ over), which is reported as `LeaseLost`. Nothing is published here: the domain's
 from __future__ import annotations
 
 from collections.abc import Sequence
+from datetime import UTC, datetime
 
-from domain.executions.events import ExecutionEvent, NewEvent
-from domain.executions.ports import LeaseLost, NodeResult, RunOutcome
+from domain.executions.approvals import Approval, ApprovalRequest
+from domain.executions.events import EventType, ExecutionEvent, NewEvent
+from domain.executions.ports import LeaseLost, NodeResult, RunOutcome, Suspension
 from domain.executions.records import Execution, ExecutionRef
-from domain.executions.state import NodeStatus
+from domain.executions.state import ExecutionStatus, NodeStatus
 from persistence.db import Database
-from persistence.repositories import execution_events
+from persistence.repositories import approvals, execution_events
 from persistence.repositories.execution_rows import (
     clean_text,
     json_param,
     to_execution,
     to_node_result,
 )
-from persistence.repositories.sql import PoolStatements, in_schema
+from persistence.repositories.sql import ConnectionStatements, PoolStatements, in_schema
 
 _LOAD_NODES = """
 SELECT node_id, status, output, error, attempts, started_at, finished_at
 FROM {s}.node_runs
-WHERE execution_id = $1::uuid AND status IN ('COMPLETED', 'SKIPPED')
+WHERE execution_id = $1::uuid AND status IN ('COMPLETED', 'SKIPPED', 'WAITING')
 """
 
 _SAVE_NODE = """
@@ -56,10 +58,31 @@ SELECT * FROM x
 """
 
 
+# The run stops at its approvals: no lease, no slot (the index row says WAITING, with the
+# earliest approval deadline for the sweeper).
+_SUSPEND = """
+WITH x AS (
+    UPDATE {s}.executions
+    SET status = 'WAITING', lease_owner = NULL, lease_expires_at = NULL, waiting_since = now()
+    WHERE id = $1::uuid
+    RETURNING *
+), a AS (
+    UPDATE public.active_executions
+    SET status = 'WAITING', dispatched_at = NULL, lease_expires_at = (
+        SELECT min(expires_at) FROM {s}.approvals
+        WHERE execution_id = $1::uuid AND answered_at IS NULL
+    )
+    WHERE execution_id IN (SELECT id FROM x)
+)
+SELECT * FROM x
+"""
+
+
 class SqlRunStore:
     """One run of one tenant, written as `owner` (the worker holding the lease)."""
 
     def __init__(self, db: Database, ref: ExecutionRef, owner: str) -> None:
+        self._db = db
         self._sql = PoolStatements(db)
         self.ref = ref
         self.owner = owner
@@ -109,3 +132,46 @@ class SqlRunStore:
         if row is None:
             raise LeaseLost(f"execution {execution_id}: lease lost")
         return to_execution(row)
+
+    # ---- approvals
+
+    async def request_approval(self, execution_id: str, request: ApprovalRequest) -> Approval:
+        stored = await approvals.request(
+            self._sql, self.ref.tenant_schema, execution_id, self.owner, request
+        )
+        if stored is None:
+            raise LeaseLost(f"execution {execution_id}: lease lost")
+        return stored
+
+    async def approval_answers(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+        return await approvals.answered(self._sql, self.ref.tenant_schema, execution_id, node_ids)
+
+    async def expire_approval(self, execution_id: str, node_id: str) -> None:
+        await approvals.expire(self._sql, self.ref.tenant_schema, execution_id, node_id)
+
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> Suspension:
+        """Under the execution's row lock: the answers that arrived, or WAITING."""
+        schema = self.ref.tenant_schema
+        async with self._db.connect() as conn:
+            sql = ConnectionStatements(conn)
+            row = await approvals.lock_status(sql, schema, execution_id)
+            if (
+                row is None
+                or row["lease_owner"] != self.owner
+                or row["status"] != ExecutionStatus.RUNNING.value
+            ):
+                raise LeaseLost(f"execution {execution_id}: lease lost")
+            answered = await approvals.answered(sql, schema, execution_id, node_ids)
+            if answered:
+                return Suspension(answered)
+            event = NewEvent(
+                EventType.EXECUTION_WAITING,
+                None,
+                datetime.now(UTC),
+                {"waitingNodes": list(node_ids)},
+            )
+            stored = await execution_events.append(sql, schema, execution_id, [event], self.owner)
+            waiting = await sql.fetchrow(self._q(_SUSPEND), execution_id)
+            assert stored is not None and waiting is not None  # the row is locked
+            await conn.commit()
+        return Suspension([], to_execution(waiting), stored[0])

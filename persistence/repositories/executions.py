@@ -16,14 +16,15 @@ from typing import Any
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.auth import is_uuid
+from domain.executions.approvals import Approval, ApprovalAnswer
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
-from domain.executions.ports import ExecutionFilter, LeaseLost, NodeResult
+from domain.executions.ports import ExecutionFilter, LeaseLost, NodeResult, Resumed
 from domain.executions.records import Execution, ExecutionRef
 from domain.executions.state import ExecutionStatus
 from domain.flows.model import FlowGraph
 from domain.ports import Page
 from persistence.pagination import decode_cursor, encode_cursor
-from persistence.repositories import execution_events
+from persistence.repositories import approvals, execution_events
 from persistence.repositories.execution_rows import (
     clean_text,
     graph_json,
@@ -57,7 +58,10 @@ ORDER BY execution_id, started_at ASC NULLS LAST, finished_at ASC NULLS LAST, no
 
 _REQUEST_CANCEL = "UPDATE {s}.executions SET cancel_requested = true WHERE id = $1::uuid"
 
-_COUNT_ACTIVE = "SELECT count(*) FROM public.active_executions WHERE tenant_id = $1::uuid"
+_COUNT_ACTIVE = """
+SELECT count(*) FROM public.active_executions
+WHERE tenant_id = $1::uuid AND status <> 'WAITING'
+"""
 
 # Ends an execution: its unfinished node runs become CANCELLED and it leaves the index.
 _END = """
@@ -69,7 +73,7 @@ WITH x AS (
     RETURNING *
 ), n AS (
     UPDATE {s}.node_runs SET status = 'CANCELLED', finished_at = now()
-    WHERE execution_id IN (SELECT id FROM x) AND status IN ('PENDING', 'RUNNING')
+    WHERE execution_id IN (SELECT id FROM x) AND status IN ('PENDING', 'RUNNING', 'WAITING')
 ), a AS (
     DELETE FROM public.active_executions WHERE execution_id IN (SELECT id FROM x)
 )
@@ -77,6 +81,7 @@ SELECT * FROM x
 """
 _END_ANY = _END.replace("{only}", "")
 _END_PENDING = _END.replace("{only}", "AND status = 'PENDING'")
+_END_WAITING = _END.replace("{only}", "AND status = 'WAITING'")
 
 
 async def end(
@@ -87,9 +92,10 @@ async def end(
     error: str | None,
     *,
     only_pending: bool = False,
+    only_waiting: bool = False,
 ) -> Execution | None:
     """The execution ends without (more) running; None when no row matched."""
-    template = _END_PENDING if only_pending else _END_ANY
+    template = _END_PENDING if only_pending else _END_WAITING if only_waiting else _END_ANY
     row = await sql.fetchrow(in_schema(template, schema), ident, status.value, clean_text(error))
     return to_execution(row) if row is not None else None
 
@@ -200,3 +206,29 @@ class SqlExecutions:
 
     async def count_active(self, tenant_id: str) -> int:
         return int(await self._sql.fetchval(_COUNT_ACTIVE, tenant_id))
+
+    # ---- approvals (persistence/repositories/approvals.py)
+
+    async def approvals(self, execution_id: str) -> list[Approval]:
+        if not is_uuid(execution_id):
+            return []
+        return await approvals.of_execution(self._sql, self._schema, execution_id)
+
+    async def answer_approval(
+        self, execution_id: str, node_id: str, answer: ApprovalAnswer
+    ) -> Approval | None:
+        return await approvals.answer(self._sql, self._schema, execution_id, node_id, answer)
+
+    async def resume(self, ident: str, data: dict[str, Any]) -> Resumed:
+        resumed = await approvals.resume(self._sql, self._schema, ident, data)
+        if resumed is None:
+            raise LeaseLost(f"execution {ident} is no longer WAITING")
+        return resumed
+
+    async def end_waiting(
+        self, ident: str, status: ExecutionStatus, error: str | None
+    ) -> Execution:
+        ended = await end(self._sql, self._schema, ident, status, error, only_waiting=True)
+        if ended is None:
+            raise LeaseLost(f"execution {ident} is no longer WAITING")
+        return ended

@@ -23,6 +23,7 @@ from domain.tools import Tool, ToolKind
 from persistence import tables as t
 from persistence.graphs import edges_from, edges_json, nodes_from, nodes_json
 from persistence.pagination import paginate
+from persistence.repositories.schedules import SqlSchedules
 
 E = TypeVar("E")
 
@@ -476,6 +477,9 @@ class SqlFlows(_SqlResource[Flow]):
             "created_at": e.created_at,
             "updated_at": e.updated_at,
         }
+
+    async def referrers(self, ident: str) -> list[str]:
+        return await SqlSchedules.flow_referrers(self._conn, ident)
 
     async def delete(self, ident: str) -> None:
         await self._conn.execute(t.flow_refs.delete().where(t.flow_refs.c.flow_id == ident))

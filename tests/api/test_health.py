@@ -7,7 +7,7 @@ async def test_health_and_readiness(gql: GQL) -> None:
     assert (await gql.http.get("/healthz")).json() == {"status": "ok"}
     ready = await gql.http.get("/readyz")
     assert ready.status_code == 200
-    assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok"}
+    assert ready.json()["checks"] == {"postgres": "ok", "redis": "ok", "mongodb": "ok"}
 
 
 async def test_graphiql_is_served_to_browsers(gql: GQL) -> None:

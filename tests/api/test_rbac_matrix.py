@@ -72,6 +72,7 @@ CASES: list[Case] = [
     Case("DeactivateUser", Action.MANAGE_USERS, lambda _: {"id": MISSING}),
     Case("CreateApiKey", Action.MANAGE_API_KEYS, lambda _: {"name": "k", "role": "VIEWER"}),
     Case("RevokeApiKey", Action.MANAGE_API_KEYS, lambda _: {"id": MISSING}),
+    Case("AuditLog", Action.READ_AUDIT_LOG, lambda _: {"first": 5}),
     *_resource(
         "LlmProvider",
         "provider",
@@ -126,6 +127,9 @@ CASES: list[Case] = [
         lambda f: {"name": _n(), **b.graph(f["w"]["agent"], f["w"]["crew"], f["w"]["tool"])},
     ),
     Case("FlowVersion", Action.READ, lambda f: {"id": f["w"]["flow"], "version": 1}),
+    Case("ExportFlow", Action.READ, lambda f: {"id": f["w"]["flow"]}),
+    Case("FlowTemplates", Action.READ),
+    Case("ImportFlow", Action.WRITE, lambda _: {"document": {"format": "crewgraph.flow/v0"}}),
     Case(
         "ValidateFlow",
         Action.READ,
@@ -136,6 +140,46 @@ CASES: list[Case] = [
     Case("ExecuteFlow", Action.RUN, lambda f: {"id": f["w"]["flow"], "inputs": {"topic": "x"}}),
     Case("TestCrew", Action.RUN, lambda f: {"id": f["w"]["crew"], "inputs": {"topic": "x"}}),
     Case("CancelExecution", Action.RUN, lambda _: {"id": MISSING}),
+    Case("ChatSessions", Action.READ),
+    Case("ChatSession", Action.READ, lambda _: {"id": MISSING}),
+    Case(
+        "CreateChatSession",
+        Action.WRITE,
+        lambda f: {"input": {"llmProviderId": f["w"]["provider"]}},
+    ),
+    Case("SendChatMessage", Action.WRITE, lambda _: {"sessionId": MISSING, "content": "hi"}),
+    Case("CancelChatReply", Action.WRITE, lambda _: {"sessionId": MISSING}),
+    Case("DeleteChatSession", Action.WRITE, lambda _: {"id": MISSING}),
+    Case("Schedules", Action.READ),
+    Case("Schedule", Action.READ, lambda _: {"id": MISSING}),
+    Case(
+        "CreateSchedule",
+        Action.WRITE,
+        lambda f: {"input": {"flowId": f["w"]["flow"], "cron": "0 0 1 1 *"}},
+    ),
+    Case(
+        "UpdateSchedule",
+        Action.WRITE,
+        lambda f: {"id": MISSING, "input": {"flowId": f["w"]["flow"], "cron": "0 0 1 1 *"}},
+    ),
+    Case("DeleteSchedule", Action.WRITE, lambda _: {"id": MISSING}),
+    Case("Webhooks", Action.MANAGE_WEBHOOKS),
+    Case("Webhook", Action.MANAGE_WEBHOOKS, lambda _: {"id": MISSING}),
+    Case(
+        "CreateWebhook",
+        Action.MANAGE_WEBHOOKS,
+        lambda _: {"input": {"url": "http://127.0.0.1:9/hook", "events": ["EXECUTION_FAILED"]}},
+    ),
+    Case("RotateWebhookSecret", Action.MANAGE_WEBHOOKS, lambda _: {"id": MISSING}),
+    Case(
+        "UpdateWebhook",
+        Action.MANAGE_WEBHOOKS,
+        lambda _: {
+            "id": MISSING,
+            "input": {"url": "http://127.0.0.1:9/hook", "events": ["EXECUTION_FAILED"]},
+        },
+    ),
+    Case("DeleteWebhook", Action.MANAGE_WEBHOOKS, lambda _: {"id": MISSING}),
 ]
 
 

@@ -73,6 +73,8 @@ class Workers:
             "PYTHONPATH": str(ROOT),
             "DATABASE_URL": settings.database_url,
             "REDIS_URL": settings.redis_url,
+            "MONGODB_URL": settings.mongodb_url,
+            "CREWGRAPH_MONGODB_DATABASE": settings.mongodb_database,
             "CREWGRAPH_REDIS_PREFIX": settings.redis_prefix,
             "CREWGRAPH_SECRET_KEY": settings.secret_key,
             "CREWGRAPH_JWT_SECRET": settings.jwt_secret,

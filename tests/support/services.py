@@ -1,4 +1,5 @@
-"""Real PostgreSQL and Redis for tests: the machine's when they answer, else embedded."""
+"""Real PostgreSQL, Redis and MongoDB for tests: the machine's (or the URLs given) when
+they answer, else embedded."""
 
 from __future__ import annotations
 
@@ -12,7 +13,13 @@ from pathlib import Path
 
 import asyncpg
 
-from persistence.embedded import EmbeddedServices, start_postgres, start_redis, tcp_answers
+from persistence.embedded import (
+    EmbeddedMongo,
+    EmbeddedServices,
+    start_postgres,
+    start_redis,
+    tcp_answers,
+)
 
 
 def _service(env: str, what: str, port: int, local: str, embedded: Callable[[], str]) -> str:
@@ -33,6 +40,11 @@ class TestServices:
         self.admin_dsn = ""
         self.database = f"crewgraph_test_{secrets.token_hex(4)}"
         self.redis_url = ""
+        # MongoDB: CREWGRAPH_TEST_MONGODB_URL or MONGODB_URL, else an embedded nx-27017
+        # (`mongo_server`, which outage tests stop and start). Each run has its database.
+        self.mongo_url = ""
+        self.mongo_database = self.database
+        self.mongo_server: EmbeddedMongo | None = None
 
     def _tmpdir(self) -> Path:
         if self._tmp is None:
@@ -56,6 +68,12 @@ class TestServices:
             "redis://127.0.0.1:6379/0",
             lambda: start_redis(self._tmpdir() / "redis", self.embedded),
         )
+        external = os.environ.get("CREWGRAPH_TEST_MONGODB_URL") or os.environ.get("MONGODB_URL")
+        if external:
+            self.mongo_url = external
+        else:
+            self.mongo_server = EmbeddedMongo(self._tmpdir() / "mongo")
+            self.mongo_url = self.mongo_server.start()
 
     @property
     def database_dsn(self) -> str:
@@ -80,7 +98,27 @@ class TestServices:
         finally:
             await conn.close()
 
+    def drop_mongo_database(self) -> None:
+        import pymongo
+
+        if self.mongo_server is not None and not self.mongo_server.running:
+            self.mongo_server.start()  # a test stopped it and failed before restarting
+        client: pymongo.MongoClient[dict[str, object]] = pymongo.MongoClient(
+            self.mongo_url, serverSelectionTimeoutMS=5000
+        )
+        try:
+            client.drop_database(self.mongo_database)
+        finally:
+            client.close()
+
     def stop(self) -> None:
+        if self.mongo_url:
+            try:
+                self.drop_mongo_database()
+            except Exception as exc:  # the run's data is throwaway; say so, do not fail
+                print(f"\n[crewgraph tests] could not drop {self.mongo_database}: {exc}")
+        if self.mongo_server is not None:
+            self.mongo_server.stop()
         self.embedded.stop()
 
 

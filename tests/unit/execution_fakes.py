@@ -14,9 +14,23 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
 from typing import Any, Self
 
+from domain.executions.approvals import (
+    SYSTEM,
+    Approval,
+    ApprovalAnswer,
+    ApprovalRequest,
+    timeout_comment,
+)
 from domain.executions.claims import ClaimAction, ClaimPolicy, ClaimState
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
-from domain.executions.ports import ExecutionFilter, LeaseLost, NodeResult, RunOutcome
+from domain.executions.ports import (
+    ExecutionFilter,
+    LeaseLost,
+    NodeResult,
+    Resumed,
+    RunOutcome,
+    Suspension,
+)
 from domain.executions.records import (
     Claim,
     ClaimOutcome,
@@ -42,6 +56,8 @@ class StoredRun:
     dispatched_at: float | None = 0.0
     nodes: dict[str, NodeResult] = field(default_factory=dict)
     events: list[ExecutionEvent] = field(default_factory=list)
+    approvals: dict[str, Approval] = field(default_factory=dict)
+    wake: bool = False  # the next claim resumes after an approval
 
 
 class MemoryRuns:
@@ -72,7 +88,7 @@ class MemoryRuns:
 
     def end(self, run: StoredRun, status: ExecutionStatus, error: str | None) -> Execution:
         for nid, node in run.nodes.items():
-            if node.status in (NodeStatus.PENDING, NodeStatus.RUNNING):
+            if node.status in (NodeStatus.PENDING, NodeStatus.RUNNING, NodeStatus.WAITING):
                 run.nodes[nid] = replace(node, status=NodeStatus.CANCELLED)
         run.lease_owner = run.lease_expires = None
         return self.set_status(run, status, error=error, finished_at=datetime.now(UTC))
@@ -84,6 +100,35 @@ class MemoryRuns:
         run.lease_owner = run.lease_expires = None
         run.dispatched_at = self.now if dispatched else None
         return self.set_status(run, ExecutionStatus.PENDING)
+
+    def resume(self, run: StoredRun, data: dict[str, Any]) -> Resumed | None:
+        if run.execution.status != ExecutionStatus.WAITING:
+            return None
+        run.wake = True
+        run.dispatched_at = self.now
+        record = self.set_status(run, ExecutionStatus.PENDING)
+        [event] = self.append(
+            run, [NewEvent(EventType.EXECUTION_RESUMED, None, datetime.now(UTC), data)]
+        )
+        return Resumed(run.execution, event) if record else None
+
+    def expire(self, run: StoredRun, node_id: str | None = None) -> list[str]:
+        """The system answers the expired approvals (`expires_at` compared to real time)."""
+        now = datetime.now(UTC)
+        done = []
+        for nid, a in run.approvals.items():
+            due = a.expires_at is not None and a.expires_at <= now
+            if due and not a.answered and node_id in (None, nid):
+                run.approvals[nid] = replace(
+                    a,
+                    approved=False,
+                    comment=timeout_comment(),
+                    answered_by=SYSTEM,
+                    answered_at=now,
+                    timed_out=True,
+                )
+                done.append(nid)
+        return done
 
 
 class MemoryLeases:
@@ -110,6 +155,7 @@ class MemoryLeases:
                 cancel_requested=run.execution.cancel_requested,
                 attempts=run.execution.attempts,
                 running_elsewhere=running,
+                wake=run.wake,
             )
         )
         if decision.action in (ClaimAction.SKIP, ClaimAction.FORGET):
@@ -127,16 +173,17 @@ class MemoryLeases:
             self.db.requeue(run, dispatched=False)
         run.lease_owner = owner
         run.lease_expires = self.db.now + lease_seconds
+        run.wake = False
         started = self.db.set_status(
             run,
             ExecutionStatus.RUNNING,
-            attempts=run.execution.attempts + 1,
+            attempts=run.execution.attempts + (0 if decision.wake else 1),
             started_at=run.execution.started_at or datetime.now(UTC),
         )
         assert run.graph is not None
         claim = Claim(
             ref, run.graph, dict(started.inputs or {}), started.attempts, 0.0,
-            started.cancel_requested,
+            started.cancel_requested, decision.wake,
         )  # fmt: skip
         return ClaimOutcome(claim=claim, changed=started)
 
@@ -187,6 +234,27 @@ class MemoryLeases:
             if r.ref.tenant_id == tenant_id and r.execution.status == ExecutionStatus.PENDING
         ][:limit]
 
+    async def expired_approvals(self, limit: int) -> list[ExecutionRef]:
+        now = datetime.now(UTC)
+        return [
+            r.ref
+            for r in self.db.runs.values()
+            if r.execution.status == ExecutionStatus.WAITING
+            and any(
+                a.expires_at is not None and a.expires_at <= now and not a.answered
+                for a in r.approvals.values()
+            )
+        ][:limit]
+
+    async def expire_waiting(self, ref: ExecutionRef) -> Resumed | None:
+        run = self.db.runs[ref.execution_id]
+        if run.execution.status != ExecutionStatus.WAITING:
+            return None
+        expired = self.db.expire(run)
+        if not expired:
+            return None
+        return self.db.resume(run, {"nodeIds": expired, "reason": "timeout"})
+
 
 class MemoryRunStore:
     """`RunStore` fenced by the lease owner, like the SQL one."""
@@ -205,7 +273,7 @@ class MemoryRunStore:
 
     async def load_node_results(self, execution_id: str) -> Mapping[str, NodeResult]:
         run = self.db.runs[execution_id]
-        done = (NodeStatus.COMPLETED, NodeStatus.SKIPPED)
+        done = (NodeStatus.COMPLETED, NodeStatus.SKIPPED, NodeStatus.WAITING)
         return {k: v for k, v in run.nodes.items() if v.status in done}
 
     async def save_node_result(self, execution_id: str, result: NodeResult) -> None:
@@ -223,6 +291,49 @@ class MemoryRunStore:
         run = self._owned(execution_id)
         run.lease_expires = None
         return self.db.set_status(run, outcome.status, outputs=outcome.outputs, error=outcome.error)
+
+    async def request_approval(self, execution_id: str, request: ApprovalRequest) -> Approval:
+        run = self._owned(execution_id)
+        if request.node_id not in run.approvals:
+            run.approvals[request.node_id] = Approval(
+                execution_id,
+                request.node_id,
+                request.prompt,
+                request.input_schema,
+                request.requested_at,
+                request.expires_at,
+                request.on_timeout,
+            )
+        return run.approvals[request.node_id]
+
+    async def approval_answers(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+        run = self.db.runs[execution_id]
+        return [run.approvals[n] for n in node_ids if n in run.approvals and run.approvals[n].answered]
+
+    async def expire_approval(self, execution_id: str, node_id: str) -> None:
+        self.db.expire(self.db.runs[execution_id], node_id)
+
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> Suspension:
+        run = self._owned(execution_id)
+        if run.execution.status != ExecutionStatus.RUNNING:
+            raise LeaseLost(f"execution {execution_id}: lease lost")
+        answered = await self.approval_answers(execution_id, node_ids)
+        if answered:
+            return Suspension(answered)
+        [event] = self.db.append(
+            run,
+            [
+                NewEvent(
+                    EventType.EXECUTION_WAITING,
+                    None,
+                    datetime.now(UTC),
+                    {"waitingNodes": list(node_ids)},
+                )
+            ],
+        )
+        run.lease_owner = run.lease_expires = None
+        run.dispatched_at = None
+        return Suspension([], self.db.set_status(run, ExecutionStatus.WAITING), event)
 
 
 class _Queue:
@@ -374,6 +485,43 @@ class MemoryExecutions:
 
     async def count_active(self, tenant_id: str) -> int:
         return sum(1 for r in self.db.runs.values() if r.execution.status in ACTIVE)
+
+    async def approvals(self, execution_id: str) -> list[Approval]:
+        run = self.db.runs.get(execution_id)
+        if run is None or run.ref.tenant_schema != self.schema:
+            return []
+        return sorted(run.approvals.values(), key=lambda a: (a.requested_at, a.node_id))
+
+    async def answer_approval(
+        self, execution_id: str, node_id: str, answer: ApprovalAnswer
+    ) -> Approval | None:
+        run = self.db.runs[execution_id]
+        found = run.approvals.get(node_id)
+        if found is None or found.answered:
+            return None
+        run.approvals[node_id] = replace(
+            found,
+            approved=answer.approved,
+            input=answer.input,
+            comment=answer.comment,
+            answered_by=answer.by,
+            answered_at=datetime.now(UTC),
+        )
+        return run.approvals[node_id]
+
+    async def resume(self, ident: str, data: dict[str, Any]) -> Resumed:
+        resumed = self.db.resume(self.db.runs[ident], data)
+        if resumed is None:
+            raise LeaseLost(f"execution {ident} is no longer WAITING")
+        return resumed
+
+    async def end_waiting(
+        self, ident: str, status: ExecutionStatus, error: str | None
+    ) -> Execution:
+        run = self.db.runs[ident]
+        if run.execution.status != ExecutionStatus.WAITING:
+            raise LeaseLost(f"execution {ident} is no longer WAITING")
+        return self.db.end(run, status, error)
 
 
 class MemoryUnitOfWork:

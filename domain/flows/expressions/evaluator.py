@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ast
 import functools
-import time
 import types
 from collections.abc import Callable, Iterable, Mapping
 from typing import Any
@@ -269,7 +268,7 @@ def evaluate(
     if not isinstance(expression, str):
         raise ExpressionError("an expression must be a string")
     tree = parse_expression(expression)
-    budget = Budget(deadline=time.monotonic() + timeout, timeout=timeout)
+    budget = Budget.start(timeout)
     evaluator = _Evaluator(dict(scope), budget)
     try:
         result = evaluator.eval(expression, previously_parsed=tree)

@@ -26,6 +26,7 @@ MAX_OUTPUT_LENGTH = 10_000_000  # characters of a rendered template
 MAX_INT_BITS = 10_000  # ~3000 decimal digits, below Python's int->str conversion limit
 MAX_WIDTH = 10_000  # padding / width / precision arguments
 MAX_LOOP_ITERATIONS = 1_000_000  # total template loop iterations per render
+MAX_OPERATIONS = 5_000_000  # operations (filters, calls, operators, nodes) per render / evaluation
 RENDER_TIMEOUT_SECONDS = 5.0
 EVALUATE_TIMEOUT_SECONDS = 1.0
 
@@ -42,17 +43,35 @@ class OverLimit(Exception):
     """Internal: a resource bound was hit. Converted to TemplateError / ExpressionError."""
 
 
+# When the whole job a render / evaluation belongs to must end (the expression pool sets
+# it per call, e.g. for a config of many templates); None: only each one's own timeout.
+JOB_DEADLINE: ContextVar[float | None] = ContextVar("crewgraph_expression_job", default=None)
+
+
 @dataclass(slots=True)
 class Budget:
     deadline: float
     timeout: float
     iterations: int = 0
+    operations: int = 0
+
+    @classmethod
+    def start(cls, timeout: float) -> Budget:
+        """A budget of `timeout` seconds from now, ending no later than the job's."""
+        deadline = time.monotonic() + timeout
+        job = JOB_DEADLINE.get()
+        if job is not None and job < deadline:
+            return cls(deadline=job, timeout=max(0.0, job - time.monotonic()))
+        return cls(deadline=deadline, timeout=timeout)
 
     def tick(self, iterations: int = 0) -> None:
         if iterations:
             self.iterations += iterations
             if self.iterations > MAX_LOOP_ITERATIONS:
                 raise OverLimit(f"more than {MAX_LOOP_ITERATIONS} loop iterations")
+        self.operations += 1
+        if self.operations > MAX_OPERATIONS:
+            raise OverLimit(f"more than {MAX_OPERATIONS} operations")
         if time.monotonic() > self.deadline:
             raise OverLimit(f"took longer than {self.timeout:g} s")
 

@@ -8,7 +8,6 @@ the scope are refused.
 from __future__ import annotations
 
 import functools
-import time
 import types
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
@@ -332,7 +331,7 @@ def render(
     if not isinstance(template, str):
         raise TemplateError("a template must be a string")
     compiled = compile_template(template)
-    budget = Budget(deadline=time.monotonic() + timeout, timeout=timeout)
+    budget = Budget.start(timeout)
     token = BUDGET.set(budget)
     try:
         parts: list[str] = []

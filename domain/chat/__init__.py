@@ -1,0 +1,1 @@
+"""Chat: sessions bound to a model or an agent, messages, streamed replies."""

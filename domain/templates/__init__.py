@@ -1,0 +1,1 @@
+"""Shipped flow templates: flow documents (see domain.flow_documents), one per file."""

@@ -1,0 +1,112 @@
+"""Chat sessions in the tenant schema: the counter and reply lock change under a row lock."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+import sqlalchemy as sa
+
+from domain.auth import is_uuid
+from domain.chat.model import ChatSession
+from domain.ports import Page
+from persistence import tables as t
+from persistence.db import Database
+from persistence.pagination import paginate
+
+T = TypeVar("T")
+_s = t.chat_sessions
+
+# What `change` may alter: everything else of a session is fixed at creation.
+_MUTABLE = (
+    "message_count",
+    "last_seq",
+    "reply_id",
+    "reply_owner",
+    "reply_expires_at",
+    "cancel_requested",
+)
+
+
+def _session(r: Any) -> ChatSession:
+    return ChatSession(
+        id=str(r.id),
+        title=r.title,
+        llm_provider_id=str(r.llm_provider_id) if r.llm_provider_id else None,
+        agent_id=str(r.agent_id) if r.agent_id else None,
+        system_prompt=r.system_prompt,
+        message_limit=int(r.message_limit),
+        created_at=r.created_at,
+        message_count=int(r.message_count),
+        last_seq=int(r.last_seq),
+        reply_id=str(r.reply_id) if r.reply_id else None,
+        reply_owner=r.reply_owner,
+        reply_expires_at=r.reply_expires_at,
+        cancel_requested=bool(r.cancel_requested),
+        created_by=r.created_by,
+    )
+
+
+class SqlChatSessions:
+    """`ChatSessionStore`: each call is one short transaction on the tenant's schema."""
+
+    def __init__(self, db: Database) -> None:
+        self._db = db
+
+    async def add(self, tenant_schema: str, session: ChatSession) -> None:
+        async with self._db.connect(tenant_schema) as conn:
+            await conn.execute(
+                _s.insert().values(
+                    id=session.id,
+                    title=session.title,
+                    llm_provider_id=session.llm_provider_id,
+                    agent_id=session.agent_id,
+                    system_prompt=session.system_prompt,
+                    message_limit=session.message_limit,
+                    created_by=session.created_by,
+                    created_at=session.created_at,
+                )
+            )
+            await conn.commit()
+
+    async def get(self, tenant_schema: str, session_id: str) -> ChatSession | None:
+        if not is_uuid(session_id):
+            return None
+        async with self._db.connect(tenant_schema) as conn:
+            row = (await conn.execute(sa.select(_s).where(_s.c.id == session_id))).first()
+        return _session(row) if row is not None else None
+
+    async def page(self, tenant_schema: str, first: int, after: str | None) -> Page[ChatSession]:
+        async with self._db.connect(tenant_schema) as conn:
+            return await paginate(
+                conn, sa.select(_s), _s.c.created_at, _s.c.id, first, after, _session
+            )
+
+    async def delete(self, tenant_schema: str, session_id: str) -> bool:
+        if not is_uuid(session_id):
+            return False
+        async with self._db.connect(tenant_schema) as conn:
+            result = await conn.execute(_s.delete().where(_s.c.id == session_id))
+            await conn.commit()
+        return bool(result.rowcount)
+
+    async def change(
+        self, tenant_schema: str, session_id: str, change: Callable[[ChatSession], T]
+    ) -> T | None:
+        if not is_uuid(session_id):
+            return None
+        async with self._db.connect(tenant_schema) as conn:
+            row = (
+                await conn.execute(sa.select(_s).where(_s.c.id == session_id).with_for_update())
+            ).first()
+            if row is None:
+                return None
+            session = _session(row)
+            before = {name: getattr(session, name) for name in _MUTABLE}
+            outcome = change(session)  # raises to refuse: nothing is stored
+            after = {name: getattr(session, name) for name in _MUTABLE}
+            changed = {k: v for k, v in after.items() if before[k] != v}
+            if changed:
+                await conn.execute(_s.update().where(_s.c.id == session_id).values(**changed))
+            await conn.commit()
+        return outcome
