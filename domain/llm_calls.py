@@ -29,6 +29,7 @@ from domain.llm import (
     UsageRecord,
     UsageStore,
 )
+from domain.observability import NULL_OBSERVER, LlmCallObserved, Observer
 from domain.ports import TenantUnitOfWorkFactory
 from domain.providers import LlmProvider, reveal
 from domain.rbac import Action
@@ -68,12 +69,15 @@ class LlmService:
         client: LlmClient,
         usage: UsageStore,
         local_base_url: Callable[[], str | None],
+        *,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self._uow = uow
         self._box = box
         self._client = client
         self._usage = usage
         self._local_base_url = local_base_url
+        self._observer = observer  # spans and measurements of each provider call
         # Usage writes still running after their caller was cancelled: referenced until
         # done, so they are neither collected half-way nor silently lost.
         self._writes: set[asyncio.Task[None]] = set()
@@ -186,26 +190,59 @@ class LlmService:
     ) -> LlmReply:
         usage: Usage | None = None
         model = provider.model
-        try:
-            reply = await self._client.complete(
-                self._target(scope, provider, timeout), request, tokens.callback
-            )
-            usage, model = reply.usage, reply.model
-            if len(reply.content) > MAX_REPLY_CHARS:
-                raise _too_long(reply.usage)
-            return reply
-        except LlmCallFailed as failed:
-            usage = failed.usage
-            raise
-        finally:
-            # Once per request, also when it failed or the run was cancelled: what was
-            # streamed before a cancel is still counted (its price is unknown then).
-            if usage is None:
-                usage = Usage(1, 0, tokens.count, None)
-            record = UsageRecord(
-                provider.id, model, usage, scope.execution_id, scope.node_id, scope.chat_session_id
-            )
-            await self._record(scope.tenant_schema, record)
+        outcome, started = "error", time.perf_counter()
+        span = self._observer.span(
+            "llm.call",
+            {
+                "crewgraph.tenant_id": scope.tenant_id,
+                "crewgraph.execution_id": scope.execution_id,
+                "crewgraph.node_id": scope.node_id,
+                "crewgraph.chat_session_id": scope.chat_session_id,
+                "crewgraph.llm.provider_id": provider.id,
+                "gen_ai.system": provider.provider,
+                "gen_ai.request.model": provider.model,
+            },
+        )
+        with span:
+            try:
+                reply = await self._client.complete(
+                    self._target(scope, provider, timeout), request, tokens.callback
+                )
+                usage, model = reply.usage, reply.model
+                if len(reply.content) > MAX_REPLY_CHARS:
+                    raise _too_long(reply.usage)
+                outcome = "ok"
+                return reply
+            except LlmCallFailed as failed:
+                usage, outcome = failed.usage, failed.kind
+                raise
+            except asyncio.CancelledError:
+                outcome = "cancelled"
+                raise
+            finally:
+                # Once per request, also when it failed or the run was cancelled: what was
+                # streamed before a cancel is still counted (its price is unknown then).
+                if usage is None:
+                    usage = Usage(1, 0, tokens.count, None)
+                self._observer.llm_call(
+                    LlmCallObserved(
+                        scope.tenant_id,
+                        provider.provider,
+                        model,
+                        outcome,
+                        usage,
+                        time.perf_counter() - started,
+                    )
+                )
+                record = UsageRecord(
+                    provider.id,
+                    model,
+                    usage,
+                    scope.execution_id,
+                    scope.node_id,
+                    scope.chat_session_id,
+                )
+                await self._record(scope.tenant_schema, record)
 
     async def _record(self, tenant_schema: str, record: UsageRecord) -> None:
         # Shielded: a cancel arriving now must not lose the row; a failed write must not

@@ -37,6 +37,7 @@ from server.bootstrap import Container
 from server.context import Context, Credentials, authenticate
 from server.graphql_schema import build_schema
 from server.lifecycle import Lifecycle
+from server.metrics import ObservedRequests, metrics_endpoint
 from server.persisted_queries import PersistedQueries, PersistedQueryError, RedisDocumentStore
 from server.responses import encode_capped
 from server.ws import Multiplexer
@@ -348,6 +349,11 @@ def create_app(
             WebSocketRoute("/graphql", graphql),
             Route("/healthz", healthz),
             Route("/readyz", readyz),
+            Route(
+                "/metrics",
+                metrics_endpoint(container.settings, container.metrics, container.db),
+                methods=["GET"],
+            ),
             *extra_routes,
         ],
         lifespan=lifespan,
@@ -365,5 +371,7 @@ def create_app(
     # Inside RequestLimits: refused requests get a request id, and a WebSocket's `send`
     # there is still the server's own (server/ws.py writes shared frames through it).
     guarded = lifecycle.guard(guarded)
+    # Latency, open WebSockets and the server span of each request.
+    guarded = ObservedRequests(guarded, container.metrics, container.tracing)
     limited = RequestLimits(guarded, container.settings.max_request_bytes)
     return AccessLog(limited, enabled=container.settings.access_log)

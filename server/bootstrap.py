@@ -12,6 +12,7 @@ from functools import partial
 import redis.asyncio as aioredis
 import structlog
 from beanie import Document
+from opentelemetry.sdk.trace.export import SpanExporter
 
 from domain.agents import AgentService
 from domain.audit import AuditService, disabled_audit
@@ -66,9 +67,17 @@ from sandbox.lazy import LazySandbox
 from schema.context import Services
 from server.crypto import box_from_settings
 from server.local_model_provider import local_model_provider
+from server.metrics import (
+    MeteredBus,
+    Metrics,
+    Observability,
+    ObservedSandbox,
+    traced_executors,
+)
 from server.security import Argon2Hasher, JwtCodec
 from server.settings import Settings
 from server.sockets import SocketRegistry
+from server.tracing import Tracing, build_tracing
 from server.workers import (
     ArqDispatcher,
     ArqReplyDispatcher,
@@ -154,6 +163,10 @@ class Container:
     webhook_deliverer: WebhookDeliverer = field(init=False)
     webhook_transport: HttpWebhookTransport | None = field(init=False, default=None)
     automation_tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    # This process's Prometheus registry (server/metrics.py) and OpenTelemetry tracer
+    # (server/tracing.py; off unless OTEL_EXPORTER_OTLP_ENDPOINT is set).
+    metrics: Metrics = field(default_factory=Metrics)
+    tracing: Tracing = field(default_factory=Tracing)
 
     def services(self) -> Services:
         """What a request may call: the use cases, never the adapters."""
@@ -239,6 +252,7 @@ class Container:
         await self.mongo.aclose()
         await self.redis.aclose()
         await self.db.dispose()
+        await asyncio.to_thread(self.tracing.shutdown)  # flushes the last spans
 
 
 def mongo_documents() -> list[type[Document]]:
@@ -290,16 +304,19 @@ def _execution_runtime(
     on_finished: list[RunFinished],
     *,
     with_runner: bool,
+    observer: Observability,
 ) -> tuple[Dispatcher, ExecutionRuntime]:
     leases = SqlLeases(db)
     dispatcher: Dispatcher
     if settings.worker_mode == "arq":
         assert settings.redis_url
         dispatcher = ArqDispatcher(
-            settings.redis_url, queue_name(settings.redis_prefix, settings.worker_queue)
+            settings.redis_url,
+            queue_name(settings.redis_prefix, settings.worker_queue),
+            observer.tracing,
         )
     else:
-        dispatcher = InProcessDispatcher()
+        dispatcher = InProcessDispatcher(observer.tracing)
         with_runner = True
     runner: ExecutionRunner | None = None
     if with_runner:
@@ -321,6 +338,7 @@ def _execution_runtime(
             max_parallel=settings.worker_concurrency,
             on_finished=on_finished,
             approval_poll=settings.approval_poll_seconds,
+            observer=observer,
         )
         if isinstance(dispatcher, InProcessDispatcher):
             dispatcher.runner = runner
@@ -422,11 +440,12 @@ def build_container(
     rate_limits: Mapping[str, str] | None = None,
     with_runner: bool = False,
     wrap_executors: WrapExecutors | None = None,
+    span_exporter: SpanExporter | None = None,
 ) -> Container:
     """Everything wired. Executions run in this process when `settings.worker_mode` is
     "inprocess" (or `with_runner`, as `crewgraph worker` does). `rate_limits` replaces
     the configured rules (`CREWGRAPH_RATE_LIMITS` over the defaults; {} turns limiting off); `wrap_executors` adjusts the node executors
-    (tests only)."""
+    (tests only); `span_exporter` turns tracing on with that exporter (tests: in memory)."""
     if not settings.database_url or not settings.redis_url:
         raise RuntimeError("DATABASE_URL and REDIS_URL must be resolved before wiring")
     persistence = build_persistence(settings)
@@ -443,7 +462,13 @@ def build_container(
         else None
     )
     audit = AuditService(audit_log, audit_log) if audit_log else disabled_audit()
-    bus = RedisBus(redis, settings.redis_prefix)
+    metrics = Metrics(
+        max_operations=settings.metrics_max_operations,
+        cache_seconds=settings.metrics_cache_seconds,
+    )
+    observer = Observability(metrics, build_tracing(span_exporter))
+    bus = MeteredBus(redis, settings.redis_prefix)
+    bus.metrics = metrics  # counts the execution status changes it announces
     revocations = RedisRevocations(redis, bus, settings.redis_prefix)
     identity = IdentityService(
         uow,
@@ -465,7 +490,7 @@ def build_container(
     scratch = data_dir / "scratch"  # per-execution workspaces: file builtins and agent tools
     builtins = HostBuiltins(scratch)
     runner = ToolRunner(
-        sandbox,
+        ObservedSandbox(sandbox, metrics, observer.tracing),
         builtins,
         slots=SandboxSlots(
             settings.sandbox_max_concurrent, settings.sandbox_max_concurrent_per_tenant
@@ -481,7 +506,7 @@ def build_container(
     executors: dict[str, NodeExecutor] = {}
     on_finished: list[RunFinished] = []
     dispatcher, runtime = _execution_runtime(
-        settings, db, bus, executors, on_finished, with_runner=with_runner
+        settings, db, bus, executors, on_finished, with_runner=with_runner, observer=observer
     )
     executions = ExecutionService(
         uow,
@@ -522,6 +547,7 @@ def build_container(
             ),
             usage_store,
             lambda: settings.local_llm_url,
+            observer=observer,
         ),
         usage=UsageService(usage_store),
         flow_documents=FlowDocumentService(
@@ -537,10 +563,20 @@ def build_container(
         mongo=mongo,
         audit=audit,
         audit_log=audit_log,
+        metrics=metrics,
+        tracing=observer.tracing,
     )
     on_finished.append(container.remove_workspace)
     _wire_automation(container, box)
     _wire_chat(container, dispatcher)
     own = container.node_executors()
     executors.update(wrap_executors(own) if wrap_executors else own)
+    if observer.tracing.enabled:
+        executors.update(traced_executors(dict(executors), observer.tracing))
+    metrics.watch(
+        sockets=lambda: container.sockets,
+        chat_running=lambda: (
+            container.chat_runner.replier.running if container.chat_runner is not None else 0
+        ),
+    )
     return container

@@ -55,6 +55,7 @@ from schema.tools import Tool, ToolValidation
 from schema.usage import UsageDay
 from schema.users import Tenant, User
 from server.access_log import AccessRecorder
+from server.metrics import OperationMetrics
 
 
 @strawberry.type
@@ -365,8 +366,9 @@ def build_schema(
     )
     if not introspection:
         extensions = [*extensions, DisableIntrospection, NoSchemaHints]
-    # First, so it leaves each operation last and logs the final error codes.
-    extensions = [AccessRecorder, *extensions]
+    # First, so it leaves each operation last and logs the final error codes (the
+    # metrics' recorder likewise counts final codes).
+    extensions = [AccessRecorder, OperationMetrics, *extensions]
     return CrewgraphSchema(
         query=Query, mutation=Mutation, subscription=Subscription, extensions=extensions
     )

@@ -209,6 +209,17 @@ class Settings(BaseSettings):
     log_json: bool = True
     # One JSON line per HTTP request and per WebSocket operation (server/access_log.py).
     access_log: bool = True
+    # Prometheus (server/metrics.py, README: Operating Crewgraph). `GET /metrics` on the
+    # API port needs `Authorization: Bearer <metrics_token>`; without a token it is served
+    # to loopback clients in the laptop profile only (production: 404). A `crewgraph
+    # worker` serves its own metrics on `metrics_host:metrics_port` when a port is set.
+    metrics_token: str | None = Field(None, min_length=16)
+    metrics_port: int | None = Field(None, ge=1, le=65535)
+    metrics_host: str = "127.0.0.1"
+    # PostgreSQL-backed gauges (executions by status, queue depth) are read at most this often.
+    metrics_cache_seconds: float = Field(5.0, ge=0, le=3600)
+    # Distinct GraphQL operation names kept as label values per process; later: "_other".
+    metrics_max_operations: int = Field(200, ge=1, le=10_000)
 
     # `crewgraph serve` on SIGTERM / SIGINT: how long in-flight requests may take to
     # finish before the process stops anyway (server/lifecycle.py).

@@ -24,6 +24,7 @@ from domain.executions.ports import Dispatcher
 from domain.executions.records import ExecutionRef
 from domain.executions.worker import ExecutionRunner, Sweeper, listen_for_cancels
 from persistence.bus import RedisBus
+from server.tracing import Tracing
 
 if TYPE_CHECKING:
     from server.bootstrap import WrapExecutors
@@ -44,21 +45,33 @@ def queue_name(prefix: str, configured: str | None = None) -> str:
 
 
 class InProcessDispatcher:
-    def __init__(self) -> None:
+    def __init__(self, tracing: Tracing | None = None) -> None:
         self.runner: ExecutionRunner | None = None
+        self.tracing = tracing or Tracing()
 
     async def dispatch(self, ref: ExecutionRef) -> None:
         if self.runner is None:
             raise RuntimeError("no runner in this process")
-        self.runner.submit(ref)
+        # The run's task starts inside this span: its trace context goes along.
+        with self.tracing.span("execution.dispatch", _span_attributes(ref, "inprocess")):
+            self.runner.submit(ref)
+
+
+def _span_attributes(ref: ExecutionRef, queue: str) -> dict[str, str | None]:
+    return {
+        "crewgraph.tenant_id": ref.tenant_id,
+        "crewgraph.execution_id": ref.execution_id,
+        "messaging.destination.name": queue,
+    }
 
 
 class ArqDispatcher:
     """Enqueues `run_execution(tenant_id, tenant_schema, execution_id)` jobs."""
 
-    def __init__(self, redis_url: str, queue: str) -> None:
+    def __init__(self, redis_url: str, queue: str, tracing: Tracing | None = None) -> None:
         self.redis_url = redis_url
         self.queue = queue
+        self.tracing = tracing or Tracing()
         self._pool: Any = None
         self._loop: asyncio.AbstractEventLoop | None = None
 
@@ -76,14 +89,18 @@ class ArqDispatcher:
 
     async def dispatch(self, ref: ExecutionRef) -> None:
         pool = await self._arq()
-        await pool.enqueue_job(
-            JOB_NAME,
-            ref.tenant_id,
-            ref.tenant_schema,
-            ref.execution_id,
-            _job_id=f"{ref.execution_id}:{uuid.uuid4().hex[:12]}",
-            _queue_name=self.queue,
-        )
+        with self.tracing.span("execution.dispatch", _span_attributes(ref, self.queue)):
+            # The trace context rides along as W3C headers (only when tracing is on).
+            trace = self.tracing.inject()
+            await pool.enqueue_job(
+                JOB_NAME,
+                ref.tenant_id,
+                ref.tenant_schema,
+                ref.execution_id,
+                _job_id=f"{ref.execution_id}:{uuid.uuid4().hex[:12]}",
+                _queue_name=self.queue,
+                **({"trace": trace} if trace else {}),
+            )
 
     async def aclose(self) -> None:
         pool, self._pool = self._pool, None
@@ -175,6 +192,7 @@ def run_worker(
     from arq.worker import func
 
     from server.bootstrap import build_container
+    from server.metrics import serve_worker_metrics
 
     settings = settings.model_copy(update={"worker_mode": "arq"})
     container = build_container(settings, with_runner=True, wrap_executors=wrap_executors)
@@ -182,8 +200,11 @@ def run_worker(
     assert runtime.runner is not None
     runner = runtime.runner
 
-    async def run_execution(ctx: dict[str, Any], tenant_id: str, schema: str, ident: str) -> None:
-        await runner.run(ExecutionRef(tenant_id, schema, ident))
+    async def run_execution(
+        ctx: dict[str, Any], tenant_id: str, schema: str, ident: str, trace: Any = None
+    ) -> None:
+        with container.tracing.attached(trace):  # the dispatcher's span, when traced
+            await runner.run(ExecutionRef(tenant_id, schema, ident))
 
     chat_runner = container.chat_runner
     assert chat_runner is not None
@@ -193,11 +214,17 @@ def run_worker(
     ) -> None:
         await chat_runner.replier.run(ReplyRef(tenant_id, schema, session_id, message_id))
 
+    metrics_server: Any = None
+
     async def startup(ctx: dict[str, Any]) -> None:
+        nonlocal metrics_server
         await container.start()
+        metrics_server = serve_worker_metrics(settings, container.metrics)
         log.info("worker started", extra={"owner": runner.owner})
 
     async def shutdown(ctx: dict[str, Any]) -> None:
+        if metrics_server is not None:
+            metrics_server.shutdown()
         await container.aclose()
 
     timeout = settings.flow_timeout_seconds + 4 * settings.execution_lease_seconds + 60

@@ -125,9 +125,7 @@ def request_for(
     )
 
 
-def check_answer(
-    approval: Approval, input: Any, comment: str | None, max_input_bytes: int
-) -> None:
+def check_answer(approval: Approval, input: Any, comment: str | None, max_input_bytes: int) -> None:
     """Refuse an answer whose `input` does not match the request's schema, or too big."""
     if comment is not None and len(comment) > MAX_COMMENT_CHARS:
         raise BadUserInput(

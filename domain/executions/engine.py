@@ -707,6 +707,8 @@ class _Run:
         """Only unanswered approvals are left: stop as WAITING, unless answers arrived."""
         await self._expire_due()
         answered = await self.store.suspend(self.execution_id, sorted(self.parked))
+        if answered is None:  # cancelled before the signal reached this worker
+            return await self._end(ExecutionStatus.CANCELLED, None, None, list(self.parked))
         if answered:
             return await self._check_parked(answered)
         self.closed = True

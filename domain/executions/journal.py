@@ -114,7 +114,7 @@ class RunJournal:
     async def expire_approval(self, execution_id: str, node_id: str) -> None:
         await self._store.expire_approval(execution_id, node_id)
 
-    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval] | None:
         """Stop the run as WAITING (tokens stored first), or the answers that arrived."""
         self._raise_failure()
         async with self._lock:
@@ -122,6 +122,8 @@ class RunJournal:
             if tokens:
                 await self._write(execution_id, tokens)
             done = await self._store.suspend(execution_id, node_ids)
+        if done.cancel_requested:
+            return None
         if done.answered:
             return done.answered
         if done.execution is not None:

@@ -138,7 +138,7 @@ class InMemoryExecutionStore:
                 timed_out=True,
             )
 
-    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
+    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval] | None:
         answered = await self.approval_answers(execution_id, node_ids)
         if answered:
             return answered

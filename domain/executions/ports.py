@@ -43,7 +43,8 @@ Contract of the store, as the engine uses it (see also engine.py):
   `expire_approval` answers an expired one as the system, unless someone answered first;
   `suspend` is called when only unanswered approvals are left: it returns the answers
   that arrived meanwhile (the run goes on), or, when there are none, stops the run in one
-  step (status WAITING, the lease given up, EXECUTION_WAITING appended) and returns [].
+  step (status WAITING, the lease given up, EXECUTION_WAITING appended) and returns [];
+  None when a cancel was requested meanwhile (the run ends CANCELLED instead).
   `load_node_results` also returns the WAITING nodes (approvals asked in an earlier run).
 """
 
@@ -88,7 +89,8 @@ class NodeResult:
 
 @dataclass(frozen=True, slots=True)
 class RunOutcome:
-    """How a run ended: what the engine returns and what the store records."""
+    """How a run ended: what the engine returns and what the store records (WAITING: it
+    stopped at unanswered approvals; nothing is recorded by `finish` then)."""
 
     status: ExecutionStatus
     outputs: dict[str, Any]
@@ -130,7 +132,9 @@ class ExecutionStore(Protocol):
 
     async def expire_approval(self, execution_id: str, node_id: str) -> None: ...
 
-    async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]: ...
+    async def suspend(
+        self, execution_id: str, node_ids: Sequence[str]
+    ) -> list[Approval] | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -141,6 +145,7 @@ class Suspension:
     answered: list[Approval]
     execution: Execution | None = None
     event: ExecutionEvent | None = None
+    cancel_requested: bool = False  # not suspended: the run is to end CANCELLED
 
 
 @dataclass(frozen=True, slots=True)
@@ -353,7 +358,8 @@ class RunStore(Protocol):
         ...
 
     async def suspend(self, execution_id: str, node_ids: Sequence[str]) -> Suspension:
-        """RUNNING -> WAITING with EXECUTION_WAITING, unless one of the nodes was answered."""
+        """RUNNING -> WAITING with EXECUTION_WAITING, unless one of the nodes was answered
+        or a cancel was requested."""
         ...
 
 

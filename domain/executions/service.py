@@ -331,9 +331,8 @@ class ExecutionService:
     ) -> builtins.list[Approval]:
         """The unanswered approvals of a run that can still be answered."""
         p.require(Action.READ)
-        if is_terminal(execution.status) or execution.status == ExecutionStatus.PENDING and (
-            execution.started_at is None
-        ):
+        never_started = execution.status == ExecutionStatus.PENDING and not execution.started_at
+        if is_terminal(execution.status) or never_started:
             return []
         async with self._uow(p.tenant_schema) as uow:
             found = await uow.executions.approvals(execution.id)

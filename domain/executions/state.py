@@ -81,9 +81,7 @@ NODE_TRANSITIONS: Mapping[NodeStatus, frozenset[NodeStatus]] = {
             NodeStatus.WAITING,
         }
     ),
-    NodeStatus.WAITING: frozenset(
-        {NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.CANCELLED}
-    ),
+    NodeStatus.WAITING: frozenset({NodeStatus.COMPLETED, NodeStatus.FAILED, NodeStatus.CANCELLED}),
     NodeStatus.COMPLETED: frozenset(),
     NodeStatus.FAILED: frozenset(),
     NodeStatus.SKIPPED: frozenset(),

@@ -64,6 +64,7 @@ from domain.executions.ports import (
 from domain.executions.records import Claim, ClaimOutcome, ExecutionRef
 from domain.executions.state import ExecutionStatus
 from domain.executions.streams import FeedInterrupted
+from domain.observability import NULL_OBSERVER, Observer
 
 log = logging.getLogger("crewgraph.executions")
 
@@ -101,6 +102,7 @@ class ExecutionRunner:
         token_delay: float = DEFAULT_TOKEN_DELAY,
         on_finished: Sequence[RunFinished] = (),
         approval_poll: float = 1.0,
+        observer: Observer = NULL_OBSERVER,
     ) -> None:
         self.leases = leases
         self.stores = stores
@@ -116,6 +118,7 @@ class ExecutionRunner:
         self.token_batch = token_batch
         self.token_delay = token_delay
         self.approval_poll = approval_poll
+        self.observer = observer  # a span around each claimed run
         self._slots = asyncio.Semaphore(max_parallel)
         self._active: dict[str, _ActiveRun] = {}
         self._submitted: set[asyncio.Task[RunOutcome | None]] = set()
@@ -154,7 +157,16 @@ class ExecutionRunner:
             await self._announce(ref.tenant_id, claimed)
             if claimed.claim is None:
                 return None
-            outcome = await self._run_claimed(claimed.claim)
+            span = self.observer.span(
+                "execution.run",
+                {
+                    "crewgraph.tenant_id": ref.tenant_id,
+                    "crewgraph.execution_id": ref.execution_id,
+                    "crewgraph.wake": claimed.claim.wake,
+                },
+            )
+            with span:
+                outcome = await self._run_claimed(claimed.claim)
         if outcome is not None and outcome.status != ExecutionStatus.WAITING:
             await self._finished(ref)
         await self._dispatch_waiting(ref.tenant_id)
@@ -324,7 +336,8 @@ class Sweeper:
     paused: bool = field(default=False, init=False)  # maintenance (and tests): skip sweeps
 
     async def sweep_once(self) -> list[ExecutionRef]:
-        """Requeue expired leases, then dispatch those and the stale PENDING executions."""
+        """Requeue expired leases, then dispatch those and the stale PENDING executions,
+        and the WAITING ones whose approvals expired (answered by the system first)."""
         refs: list[ExecutionRef] = []
         for ref in await self.leases.expired(self.batch):
             try:

@@ -96,7 +96,9 @@ UPDATE public.active_executions SET lease_expires_at = (
 WHERE execution_id = $1::uuid AND status = 'WAITING'
 """
 
-_LOCK_STATUS = "SELECT status, lease_owner FROM {s}.executions WHERE id = $1::uuid FOR UPDATE"
+_LOCK_STATUS = """
+SELECT status, lease_owner, cancel_requested FROM {s}.executions WHERE id = $1::uuid FOR UPDATE
+"""
 
 
 def to_approval(r: Row) -> Approval:

@@ -161,6 +161,8 @@ class SqlRunStore:
                 or row["status"] != ExecutionStatus.RUNNING.value
             ):
                 raise LeaseLost(f"execution {execution_id}: lease lost")
+            if row["cancel_requested"]:
+                return Suspension([], cancel_requested=True)
             answered = await approvals.answered(sql, schema, execution_id, node_ids)
             if answered:
                 return Suspension(answered)
@@ -170,8 +172,12 @@ class SqlRunStore:
                 datetime.now(UTC),
                 {"waitingNodes": list(node_ids)},
             )
-            stored = await execution_events.append(sql, schema, execution_id, [event], self.owner)
+            # Status first: whoever reads the event with the execution (the webhook outbox)
+            # sees it WAITING. The lease was checked under the lock held since.
             waiting = await sql.fetchrow(self._q(_SUSPEND), execution_id)
+            stored = await execution_events.append(sql, schema, execution_id, [event])
             assert stored is not None and waiting is not None  # the row is locked
             await conn.commit()
-        return Suspension([], to_execution(waiting), stored[0])
+        record = to_execution(waiting)
+        record.last_sequence = stored[0].sequence
+        return Suspension([], record, stored[0])

@@ -92,6 +92,15 @@ async def test_a_run_waits_holding_nothing_then_takes_the_approved_branch(
     assert row["lease_expires_at"] is None
     assert active["status"] == "WAITING" and active["lease_expires_at"] is None
     assert ident not in container.runtime.runner.active
+    # Sweeps (every 0.5 s here) neither redispatch nor requeue it.
+    before = (await gql.ok("ExecutionEventLog", {"id": ident, "first": 1000}, token=member))[
+        "execution"
+    ]["events"]
+    await asyncio.sleep(1.2)
+    after = (await gql.ok("ExecutionEventLog", {"id": ident, "first": 1000}, token=member))[
+        "execution"
+    ]
+    assert after["status"] == "WAITING" and after["events"] == before
 
     body = await resolve(gql, member, ident, input={"budget": 5}, comment="go ahead")
     assert not body.get("errors"), body
@@ -141,9 +150,7 @@ async def test_a_rejection_takes_the_false_branch(gql: GQL, team: Team) -> None:
     assert runs["ask"]["output"]["approved"] is False
 
 
-async def test_the_answer_input_is_validated_against_the_input_schema(
-    gql: GQL, team: Team
-) -> None:
+async def test_the_answer_input_is_validated_against_the_input_schema(gql: GQL, team: Team) -> None:
     waiting = await waiting_run(gql, team.token, inputSchema=SCHEMA)
     ident = waiting["id"]
     for bad, field in (({"budget": -1}, "input.budget"), ({"budget": "x"}, "input.budget")):

@@ -140,6 +140,11 @@ CASES: list[Case] = [
     Case("ExecuteFlow", Action.RUN, lambda f: {"id": f["w"]["flow"], "inputs": {"topic": "x"}}),
     Case("TestCrew", Action.RUN, lambda f: {"id": f["w"]["crew"], "inputs": {"topic": "x"}}),
     Case("CancelExecution", Action.RUN, lambda _: {"id": MISSING}),
+    Case(
+        "ResolveApproval",
+        Action.RUN,
+        lambda _: {"executionId": MISSING, "nodeId": "review", "approved": True},
+    ),
     Case("ChatSessions", Action.READ),
     Case("ChatSession", Action.READ, lambda _: {"id": MISSING}),
     Case(

@@ -112,7 +112,9 @@ def processes(settings: Any, tmp_path: Path) -> Iterator[Processes]:
 
 
 def runs(log: Path, execution_id: str) -> list[str]:
-    return [line.split()[1] for line in log.read_text().splitlines() if line.startswith(execution_id)]
+    return [
+        line.split()[1] for line in log.read_text().splitlines() if line.startswith(execution_id)
+    ]
 
 
 async def test_a_waiting_run_survives_a_restart_of_every_process_and_resumes_once(
@@ -156,13 +158,9 @@ async def test_a_waiting_run_survives_a_restart_of_every_process_and_resumes_onc
         processes.kill(api_proc)
         processes.kill(worker)
 
-        (second, _), (third, _) = await asyncio.gather(
-            processes.api(stack), processes.api(stack)
-        )
+        (second, _), (third, _) = await asyncio.gather(processes.api(stack), processes.api(stack))
         processes.worker()
-        found = (await second.ok("PendingApprovals", {"id": ident}, token=team.token))[
-            "execution"
-        ]
+        found = (await second.ok("PendingApprovals", {"id": ident}, token=team.token))["execution"]
         assert found["status"] == "WAITING" and found["attempts"] == 1
         [approval] = found["pendingApprovals"]
         assert approval["nodeId"] == "ask" and approval["prompt"] == "Ship work?"
@@ -195,3 +193,54 @@ async def test_a_waiting_run_survives_a_restart_of_every_process_and_resumes_onc
         assert kinds[-1] == "EXECUTION_COMPLETED"
         completed = [e["nodeId"] for e in events if e["type"] == "NODE_COMPLETED"]
         assert completed.count("ask") == 1
+
+
+async def test_two_sweepers_time_a_waiting_run_out_once(
+    gql: GQL, container: Any, paused_sweeper: None
+) -> None:
+    from domain.executions.records import ExecutionRef
+    from persistence.repositories.execution_leases import SqlLeases
+
+    team = await register(gql)
+    flow = await f.create_flow(
+        gql,
+        team.token,
+        {
+            "name": f"expire-{secrets.token_hex(4)}",
+            "nodes": [
+                {"id": "in", "kind": "INPUT"},
+                {
+                    "id": "ask",
+                    "kind": "APPROVAL",
+                    "config": {"prompt": "ok?", "timeoutSeconds": 0.3},
+                },
+                {"id": "yes", "kind": "OUTPUT", "config": {"value": "yes"}},
+                {"id": "no", "kind": "OUTPUT", "config": {"value": "no"}},
+            ],
+            "edges": [
+                {"source": "in", "target": "ask"},
+                {"source": "ask", "target": "yes", "branch": "true"},
+                {"source": "ask", "target": "no", "branch": "false"},
+            ],
+        },
+    )
+    run = await f.execute(gql, team.token, flow["id"])
+    waiting = await f.wait_status(gql, team.token, run["id"], {"WAITING", *f.TERMINAL})
+    assert waiting["status"] == "WAITING"
+    p = await container.identity.authenticate_bearer(team.token)
+    ref = ExecutionRef(p.tenant_id, p.tenant_schema, run["id"])
+    first, second = SqlLeases(container.db), SqlLeases(container.db)
+    assert ref not in await first.expired_approvals(1000)  # not yet expired
+    await asyncio.sleep(0.4)
+    assert ref in await first.expired_approvals(1000)
+    results = await asyncio.gather(first.expire_waiting(ref), second.expire_waiting(ref))
+    assert sum(r is not None for r in results) == 1
+    assert ref not in await first.expired_approvals(1000)
+    await container.runtime.dispatcher.dispatch(ref)
+    done = await f.wait_status(gql, team.token, run["id"])
+    assert done["status"] == "COMPLETED" and done["outputs"] == {"no": "no"}
+    events = (await gql.ok("ExecutionEventLog", {"id": run["id"]}, token=team.token))["execution"][
+        "events"
+    ]
+    resumed = [e["data"] for e in events if e["type"] == "EXECUTION_RESUMED"]
+    assert resumed == [{"nodeIds": ["ask"], "reason": "timeout"}]

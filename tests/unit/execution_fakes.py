@@ -308,7 +308,9 @@ class MemoryRunStore:
 
     async def approval_answers(self, execution_id: str, node_ids: Sequence[str]) -> list[Approval]:
         run = self.db.runs[execution_id]
-        return [run.approvals[n] for n in node_ids if n in run.approvals and run.approvals[n].answered]
+        return [
+            run.approvals[n] for n in node_ids if n in run.approvals and run.approvals[n].answered
+        ]
 
     async def expire_approval(self, execution_id: str, node_id: str) -> None:
         self.db.expire(self.db.runs[execution_id], node_id)
@@ -317,6 +319,8 @@ class MemoryRunStore:
         run = self._owned(execution_id)
         if run.execution.status != ExecutionStatus.RUNNING:
             raise LeaseLost(f"execution {execution_id}: lease lost")
+        if run.execution.cancel_requested:
+            return Suspension([], cancel_requested=True)
         answered = await self.approval_answers(execution_id, node_ids)
         if answered:
             return Suspension(answered)

@@ -244,3 +244,38 @@ async def test_an_answer_before_the_suspend_is_not_lost() -> None:
     outcome = await run(store, eid, g)
     assert outcome.status == ExecutionStatus.COMPLETED and outcome.outputs == {"yes": "shipped 3"}
     assert (ET.EXECUTION_WAITING, None) not in types(store, eid)
+
+
+async def test_two_approvals_wait_and_resume_one_at_a_time() -> None:
+    store, eid = InMemoryExecutionStore(), uuid.uuid4().hex
+    g = FlowGraph(
+        (
+            FlowNode("in", "INPUT"),
+            FlowNode("legal", "APPROVAL", None, {"prompt": "legal?"}),
+            FlowNode("money", "APPROVAL", None, {"prompt": "budget?"}),
+            FlowNode("out", "OUTPUT"),
+        ),
+        (
+            FlowEdge("in", "legal"),
+            FlowEdge("in", "money"),
+            FlowEdge("legal", "out", "true"),
+            FlowEdge("money", "out", "true"),
+        ),
+    )
+    assert (await run(store, eid, g)).status == ExecutionStatus.WAITING
+    waiting = [e for e in store.events(eid) if e.type == ET.EXECUTION_WAITING]
+    assert waiting[-1].data == {"waitingNodes": ["legal", "money"]}
+    store.answer(eid, "legal", True)
+    assert (await run(store, eid, g, wake=True)).status == ExecutionStatus.WAITING
+    assert statuses(store, eid)["legal"] == NodeStatus.COMPLETED
+    assert statuses(store, eid)["money"] == NodeStatus.WAITING
+    store.answer(eid, "money", True)
+    outcome = await run(store, eid, g, wake=True)
+    assert outcome.status == ExecutionStatus.COMPLETED and set(outcome.outputs["out"]) == {
+        "legal",
+        "money",
+    }
+    seen = types(store, eid)
+    assert seen.count((ET.NODE_WAITING, "money")) == 1  # asked once, across three runs
+    assert seen.count((ET.EXECUTION_WAITING, None)) == 2
+    assert seen.count((ET.EXECUTION_STARTED, None)) == 1

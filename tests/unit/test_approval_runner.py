@@ -195,3 +195,26 @@ async def test_cancel_while_waiting_ends_the_run_at_once() -> None:
     with pytest.raises(Conflict):
         await w.service.resolve_approval(MEMBER, ref.execution_id, "ask", True)
     assert await w.service.pending_approvals(MEMBER, run.execution) == []
+
+
+async def test_a_cancel_that_raced_the_suspend_ends_the_run_cancelled(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The cancel flag was set (its signal not yet here) just before the run would wait."""
+    w = World()
+    ref = pending(w.db, graph())
+    original = MemoryRunStore.request_approval
+
+    async def cancel_meanwhile(self: MemoryRunStore, execution_id: str, request: Any) -> Any:
+        run = w.db.runs[execution_id]
+        w.db.set_status(run, run.execution.status, cancel_requested=True)
+        return await original(self, execution_id, request)
+
+    monkeypatch.setattr(MemoryRunStore, "request_approval", cancel_meanwhile)
+    outcome = await w.runner.run(ref)
+    assert outcome is not None and outcome.status == S.CANCELLED
+    run = w.db.runs[ref.execution_id]
+    assert run.execution.status == S.CANCELLED
+    assert run.events[-1].type == ET.EXECUTION_CANCELLED
+    assert ET.EXECUTION_WAITING not in w.events(ref)
+    assert run.nodes["ask"].status == NodeStatus.CANCELLED
