@@ -281,6 +281,11 @@ class Settings(BaseSettings):
             raise ValueError("DATABASE_URL must be a postgresql:// URL")
         return value
 
+    @field_validator("metrics_token", "metrics_port", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
     @field_validator("egress_allowlist")
     @classmethod
     def _egress_allowlist(cls, value: str) -> str:

@@ -113,12 +113,15 @@ def build_tracing(exporter: SpanExporter | None = None) -> Tracing:
             return Tracing(None)
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
 
-        processor: SimpleSpanProcessor | BatchSpanProcessor = BatchSpanProcessor(
-            OTLPSpanExporter()
-        )
+        processor: SimpleSpanProcessor | BatchSpanProcessor = BatchSpanProcessor(OTLPSpanExporter())
     else:
         processor = SimpleSpanProcessor(exporter)
     name = os.environ.get("OTEL_SERVICE_NAME") or "crewgraph"
     provider = TracerProvider(resource=Resource.create({"service.name": name}))
+    if exporter is not None:
+        # runtime/ sets OTEL_SDK_DISABLED (keeping CrewAI's own SDK use quiet) when no
+        # endpoint is configured, and the SDK reads it once, here, with no public switch:
+        # an exporter handed in explicitly (tests) means this provider records.
+        provider._disabled = False
     provider.add_span_processor(processor)
     return Tracing(provider)

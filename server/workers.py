@@ -17,6 +17,7 @@ import logging
 import os
 import socket
 import uuid
+from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any
 
 from domain.chat.model import ReplyRef
@@ -27,7 +28,7 @@ from persistence.bus import RedisBus
 from server.tracing import Tracing
 
 if TYPE_CHECKING:
-    from server.bootstrap import WrapExecutors
+    from server.bootstrap import Container, WrapExecutors
 
 log = logging.getLogger("crewgraph.workers")
 
@@ -182,6 +183,21 @@ class ExecutionRuntime:
 # --------------------------------------------------------------------------- crewgraph worker
 
 
+def execution_job(container: Container) -> Callable[..., Coroutine[Any, Any, None]]:
+    """The arq function `run_execution(ctx, tenant_id, schema, execution_id, trace=None)`
+    of a container that runs executions; `trace` is the dispatcher's trace context."""
+    runner = container.runtime.runner
+    assert runner is not None
+
+    async def run_execution(
+        ctx: dict[str, Any], tenant_id: str, schema: str, ident: str, trace: Any = None
+    ) -> None:
+        with container.tracing.attached(trace):  # the dispatcher's span, when traced
+            await runner.run(ExecutionRef(tenant_id, schema, ident))
+
+    return run_execution
+
+
 def run_worker(
     settings: Any, *, burst: bool = False, wrap_executors: WrapExecutors | None = None
 ) -> None:
@@ -200,11 +216,7 @@ def run_worker(
     assert runtime.runner is not None
     runner = runtime.runner
 
-    async def run_execution(
-        ctx: dict[str, Any], tenant_id: str, schema: str, ident: str, trace: Any = None
-    ) -> None:
-        with container.tracing.attached(trace):  # the dispatcher's span, when traced
-            await runner.run(ExecutionRef(tenant_id, schema, ident))
+    run_execution = execution_job(container)
 
     chat_runner = container.chat_runner
     assert chat_runner is not None

@@ -273,3 +273,23 @@ def test_operation_names_are_bounded() -> None:
     assert metrics.operation_label([None]) == "_anonymous"
     assert metrics.operation_label(["A", "B"]) == "_batch"
     assert metrics.operation_label([]) == "_none"
+
+
+async def test_a_worker_serves_its_registry_on_its_own_port(settings: Any) -> None:
+    from server.metrics import Metrics, serve_worker_metrics
+    from tests.support.services import free_port
+
+    metrics = Metrics()
+    assert serve_worker_metrics(settings, metrics) is None  # no port: nothing listens
+    metrics.status_changed("RUNNING")
+    port = free_port()
+    server = serve_worker_metrics(settings.model_copy(update={"metrics_port": port}), metrics)
+    try:
+        async with httpx.AsyncClient() as http:
+            resp = await http.get(f"http://127.0.0.1:{port}/metrics")
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert resp.status_code == 200
+    _, samples = parse(resp.text)
+    assert value(samples, "crewgraph_execution_transitions_total", status="RUNNING") == 1
