@@ -5,7 +5,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: install run test test-long lint typecheck schema bench clean sandbox-up local-model
+.PHONY: install run test test-long fuzz lint typecheck schema bench clean sandbox-up local-model
 
 $(UV):
 	$(PY) -m venv $(VENV)
@@ -49,6 +49,14 @@ test: install lint sandbox-up  ## lint + the whole test suite (short modes of sl
 
 test-long: install
 	CREWGRAPH_LONG_TESTS=1 $(BIN)/pytest -q -m "slow or not slow"
+
+# The standing attack suite at length: the schema fuzzer with many examples and every
+# injection payload in every argument (make test runs the short mode).
+CREWGRAPH_FUZZ_EXAMPLES ?= 2000
+fuzz: install  ## long property-based fuzzing of the live schema (CREWGRAPH_FUZZ_EXAMPLES)
+	CREWGRAPH_FUZZ_EXAMPLES=$(CREWGRAPH_FUZZ_EXAMPLES) $(BIN)/pytest -q -p no:cacheprovider \
+	  tests/security/test_fuzz.py tests/security/test_injection.py \
+	  tests/security/test_cross_tenant_sweep.py tests/security/test_jwt_attacks.py
 
 bench: install
 	$(BIN)/python -m bench

@@ -165,7 +165,12 @@ def small_data(data: Mapping[str, object] | None) -> dict[str, object]:
     """At most MAX_DATA_KEYS scalar values (bounded strings; other values as text)."""
     out: dict[str, object] = {}
     for key, value in list((data or {}).items())[:MAX_DATA_KEYS]:
-        if value is None or isinstance(value, bool | int | float):
+        # Integers past 64 bits are kept as text: the store cannot hold them as numbers.
+        if (
+            value is None
+            or isinstance(value, bool | float)
+            or (isinstance(value, int) and -(2**63) <= value < 2**63)
+        ):
             out[_text(key)] = value
         else:
             out[_text(key)] = _text(value)

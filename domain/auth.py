@@ -94,7 +94,7 @@ class IdentityService:
         email = check.email("email", email)
         check.password("password", password)
         check.raise_if_any()
-        password_hash = self.hasher.hash(password)
+        password_hash = await self.hasher.hash(password)
         now = self.clock()
         async with self.uow() as uow:
             slug = slugify(name)
@@ -128,11 +128,11 @@ class IdentityService:
             verified = [
                 u
                 for u in candidates[:_MAX_LOGIN_CANDIDATES]
-                if self.hasher.verify(u.password_hash, password)
+                if await self.hasher.verify(u.password_hash, password)
             ]
             matches = [u for u in verified if u.active]
             if not candidates:
-                self.hasher.verify(None, password)  # same cost as a wrong password
+                await self.hasher.verify(None, password)  # same cost as a wrong password
             if len(matches) > 1:
                 raise BadUserInput(
                     "this email belongs to several teams: give tenantSlug",
@@ -311,7 +311,7 @@ class IdentityService:
             str(uuid.uuid4()),
             principal.tenant_id,
             email,
-            self.hasher.hash(password),
+            await self.hasher.hash(password),
             role,
             True,
             self.clock(),

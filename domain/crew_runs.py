@@ -221,40 +221,47 @@ class _CrewRunBuilder:
     async def agents(
         self, schema: str, agent_ids: Sequence[str], *, owner: str
     ) -> dict[str, AgentSpec]:
-        """The specs of `agent_ids` (with their tools), or NotFound naming what is gone."""
-        async with self._uow(schema) as uow:
-            found: dict[str, Agent] = await uow.agents.get_many(list(agent_ids))
-            missing = [a for a in agent_ids if a not in found]
-            if missing:
-                raise NotFound("agent", missing[0])
-            tool_ids = sorted({t for a in found.values() for t in a.tool_ids})
-            tools: dict[str, Tool] = await uow.tools.get_many(tool_ids) if tool_ids else {}
-        specs: dict[str, AgentSpec] = {}
-        for agent_id in agent_ids:
-            agent = found[agent_id]
-            gone = [t for t in agent.tool_ids if t not in tools]
-            if gone:
-                raise BadUserInput(
-                    f"agent {agent.name!r} of {owner} uses tool {gone[0]} which no longer exists"
-                )
-            if not agent.llm_provider_id:
-                raise BadUserInput(
-                    f"agent {agent.name!r} of {owner} has no LLM provider: set its llmProviderId"
-                )
-            specs[agent_id] = AgentSpec(
-                id=agent.id,
-                name=agent.name,
-                role=agent.role,
-                goal=agent.goal,
-                backstory=agent.backstory,
-                provider_id=agent.llm_provider_id,
-                tools=tuple(AgentTool(tools[t]) for t in agent.tool_ids),
-                max_iterations=agent.options.max_iterations,
-                allow_delegation=agent.options.allow_delegation,
-                temperature=agent.options.temperature,
-                verbose=agent.options.verbose,
+        return await load_agent_specs(self._uow, schema, agent_ids, owner=owner)
+
+
+async def load_agent_specs(
+    uow_factory: TenantUnitOfWorkFactory, schema: str, agent_ids: Sequence[str], *, owner: str
+) -> dict[str, AgentSpec]:
+    """The specs of `agent_ids` (with their tools), or NotFound naming what is gone;
+    `owner` names who uses them in error messages."""
+    async with uow_factory(schema) as uow:
+        found: dict[str, Agent] = await uow.agents.get_many(list(agent_ids))
+        missing = [a for a in agent_ids if a not in found]
+        if missing:
+            raise NotFound("agent", missing[0])
+        tool_ids = sorted({t for a in found.values() for t in a.tool_ids})
+        tools: dict[str, Tool] = await uow.tools.get_many(tool_ids) if tool_ids else {}
+    specs: dict[str, AgentSpec] = {}
+    for agent_id in agent_ids:
+        agent = found[agent_id]
+        gone = [t for t in agent.tool_ids if t not in tools]
+        if gone:
+            raise BadUserInput(
+                f"agent {agent.name!r} of {owner} uses tool {gone[0]} which no longer exists"
             )
-        return specs
+        if not agent.llm_provider_id:
+            raise BadUserInput(
+                f"agent {agent.name!r} of {owner} has no LLM provider: set its llmProviderId"
+            )
+        specs[agent_id] = AgentSpec(
+            id=agent.id,
+            name=agent.name,
+            role=agent.role,
+            goal=agent.goal,
+            backstory=agent.backstory,
+            provider_id=agent.llm_provider_id,
+            tools=tuple(AgentTool(tools[t]) for t in agent.tool_ids),
+            max_iterations=agent.options.max_iterations,
+            allow_delegation=agent.options.allow_delegation,
+            temperature=agent.options.temperature,
+            verbose=agent.options.verbose,
+        )
+    return specs
 
 
 async def _render(value: Any, ctx: NodeContext) -> Any:

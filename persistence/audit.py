@@ -16,6 +16,7 @@ from collections import deque
 from datetime import datetime
 from typing import Any
 
+import bson
 import pymongo
 from beanie import Document, SortDirection
 from pydantic import Field
@@ -78,6 +79,20 @@ def _document(entry: AuditEntry) -> dict[str, Any]:
         "request_id": entry.request_id,
         "data": dict(entry.data),
     }
+
+
+def _encodable(documents: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The documents BSON can hold; one it cannot is dropped (and logged) here, since
+    retrying it would hold every later entry behind it for ever."""
+    out: list[dict[str, Any]] = []
+    for doc in documents:
+        try:
+            bson.encode(doc)
+        except (bson.errors.InvalidDocument, OverflowError, ValueError) as exc:
+            log.error("audit entry %s (%s) cannot be stored: %s", doc["_id"], doc["action"], exc)
+            continue
+        out.append(doc)
+    return out
 
 
 def _entry(doc: AuditEntryDocument) -> AuditEntry:
@@ -196,9 +211,11 @@ class MongoAuditLog:
         batch = list(itertools.islice(self._pending, self.batch_size))
         await self._prepare()
         collection = self.store.db[COLLECTION]
+        documents = _encodable([_document(e) for e in batch])
         with self.store.errors("writing audit entries"):
             try:
-                await collection.insert_many([_document(e) for e in batch], ordered=False)
+                if documents:
+                    await collection.insert_many(documents, ordered=False)
             except BulkWriteError as exc:
                 failed = [
                     e for e in exc.details.get("writeErrors", []) if e.get("code") != _DUPLICATE_KEY

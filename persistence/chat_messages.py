@@ -54,7 +54,9 @@ class ChatMessageDocument(Document):
                 [("tenant_id", ASCENDING), ("session_id", ASCENDING), ("seq", ASCENDING)],
                 name="chat_messages_tenant_session_seq",
                 unique=True,
-            )
+            ),
+            # The sweep for replies whose worker died.
+            IndexModel([("status", ASCENDING), ("created_at", ASCENDING)]),
         ]
 
 
@@ -160,6 +162,18 @@ class MongoChatMessages:
                 {"tenant_id": tenant_id, "session_id": session_id}
             ).delete()
         return int(result.deleted_count) if result is not None else 0
+
+    async def streaming_since(self, before: datetime, limit: int) -> list[ChatMessage]:
+        # One explicit `$and` of typed values (see MongoAuditLog.page on nx-27017).
+        query = {
+            "$and": [
+                {"status": MessageStatus.STREAMING.value},
+                {"created_at": {"$lt": before}},
+            ]
+        }
+        async with self._mongo("looking for abandoned chat replies"):
+            found = await ChatMessageDocument.find(query).limit(limit).to_list()
+        return [_to_domain(d) for d in found]
 
     async def before(
         self, tenant_id: str, session_id: str, before_seq: int | None, limit: int

@@ -1,11 +1,13 @@
 """Bubblewrap backend: the local fallback for machines without a Docker engine.
 
 Each run is ``bwrap --unshare-all`` (new user, PID, network, IPC, UTS, cgroup and mount
-namespaces; only loopback, no listeners) with ``--die-with-parent --new-session``, the
-host's /usr bound read-only (plus /bin, /lib, /lib64, /sbin as symlinks or read-only
-binds), a fresh /proc and minimal /dev, a private size-capped tmpfs on /tmp, a read-only
+namespaces; only loopback, no listeners) with ``--die-with-parent --new-session``, only
+the interpreter, its standard library and the shared libraries they link (plus ``prlimit``
+and a few basic utilities) bound read-only from the host's /usr (``runtime_binds``; /bin,
+/lib, /lib64, /sbin as symlinks or read-only binds), a fresh /proc and minimal /dev, a private size-capped tmpfs on /tmp, a read-only
 root, no /home, /root, /work or /etc secrets (only ``ld.so.cache``, ``localtime`` and
-``alternatives`` from /etc), a clear environment, and ``--disable-userns``.
+``alternatives`` from /etc), a clear environment, bwrap started from ``/`` (the host's
+working directory never shows in /proc), and ``--disable-userns``.
 
 Limits: ``prlimit`` inside the sandbox sets RLIMIT_AS (memory), RLIMIT_NPROC (pids),
 RLIMIT_CPU (CPU seconds = timeout), RLIMIT_FSIZE (tmpfs size), RLIMIT_NOFILE and no core
@@ -28,6 +30,7 @@ import math
 import os
 import shutil
 import signal
+import subprocess
 from dataclasses import replace
 
 from domain.errors import NotConfigured
@@ -43,6 +46,29 @@ _ETC_FILES = ("/etc/ld.so.cache", "/etc/localtime", "/etc/alternatives")
 #: The environment bwrap itself (and its PID 1 inside the sandbox, whose
 #: /proc/1/environ the user code can read) starts with: never the host's.
 _LAUNCH_ENV = {"PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C.UTF-8"}
+#: Programs bound besides the interpreter: ``prlimit`` (sets the limits inside) and the
+#: few basic utilities ``kind="command"`` runs expect; no compilers, no docs, nothing else
+#: of the host's /usr.
+_TOOLS = (
+    "/usr/bin/prlimit",
+    "/bin/sh",
+    "/usr/bin/env",
+    "/usr/bin/cat",
+    "/usr/bin/echo",
+    "/usr/bin/sleep",
+    "/usr/bin/true",
+    "/usr/bin/false",
+    "/usr/bin/printf",
+    "/usr/bin/head",
+    "/usr/bin/tail",
+    "/usr/bin/wc",
+    "/usr/bin/tr",
+    "/usr/bin/ls",
+)
+_PYTHON_PATHS = (
+    "import json, sys, sysconfig; p = sysconfig.get_paths(); "
+    "print(json.dumps([sys.executable, p['stdlib'], p['platstdlib']]))"
+)
 
 
 class BubblewrapSandbox:
@@ -70,6 +96,7 @@ class BubblewrapSandbox:
         self.python = python
         self.ceiling = ceiling
         self.extra_ro_binds = extra_ro_binds
+        self._runtime: list[str] | None = None
         self.drop_root = os.geteuid() == 0
         self.setpriv = shutil.which("setpriv") if self.drop_root else None
         if self.drop_root and not self.setpriv:
@@ -92,6 +119,8 @@ class BubblewrapSandbox:
         """Run ``python3 -c pass`` in the sandbox; NotConfigured with bwrap's words if not."""
         if not os.path.exists(self.python):  # noqa: ASYNC240 (one stat at start-up)
             raise NotConfigured(f"the sandbox python {self.python} does not exist on this host")
+        if self._runtime is None:  # runs python and ldd: off the event loop
+            self._runtime = await asyncio.to_thread(runtime_binds, self.python)
         argv = self._argv(SandboxLimits(timeout_seconds=10), [self.python, "-I", "-c", "pass"])
         proc = await asyncio.create_subprocess_exec(
             *argv,
@@ -141,9 +170,7 @@ class BubblewrapSandbox:
             "--hostname",
             "sandbox",
             "--clearenv",
-            "--ro-bind",
-            "/usr",
-            "/usr",
+            *self._runtime_argv(),
         ]
         for path in _LINKED_DIRS:
             if os.path.islink(path):
@@ -200,6 +227,12 @@ class BubblewrapSandbox:
         ]
         return argv
 
+    def _runtime_argv(self) -> list[str]:
+        """Read-only binds of only what the interpreter and the basic tools need."""
+        if self._runtime is None:
+            self._runtime = runtime_binds(self.python)
+        return self._runtime
+
     # -- runs ---------------------------------------------------------------------------
 
     async def run(self, request: SandboxRequest) -> SandboxResult:
@@ -245,6 +278,7 @@ class BubblewrapSandbox:
                 stderr=asyncio.subprocess.PIPE,
                 start_new_session=True,  # its own process group: killed as a whole
                 env=_LAUNCH_ENV,  # bwrap's own processes are visible inside: no host secrets
+                cwd="/",  # nor the host working directory (/proc/1/cwd)
                 pass_fds=(info_w,),
             )
         except OSError as exc:
@@ -332,6 +366,74 @@ class BubblewrapSandbox:
         self._closed = True
         for run in list(self._runs):
             run.kill()
+
+
+def runtime_binds(python: str) -> list[str]:
+    """bwrap arguments binding the interpreter, its standard library and every shared
+    library it (its extension modules, and :data:`_TOOLS`) links, read-only, at their
+    host paths; falls back to the whole /usr when the host cannot tell (no ``ldd``)."""
+    try:
+        out = subprocess.run(
+            [python, "-I", "-c", _PYTHON_PATHS], capture_output=True, check=True, timeout=30
+        ).stdout
+        executable, *stdlib_dirs = json.loads(out)
+    except (OSError, subprocess.SubprocessError, ValueError):
+        return ["--ro-bind", "/usr", "/usr"]
+    ldd = shutil.which("ldd")
+    if not ldd:
+        return ["--ro-bind", "/usr", "/usr"]
+    files: dict[str, str] = {}  # destination -> source
+    symlinks: dict[str, str] = {}
+
+    def add_file(path: str) -> None:
+        if not os.path.exists(path):
+            return
+        if os.path.islink(path) and os.path.dirname(path) in {"/usr/bin", "/bin"}:
+            symlinks[_canonical(path)] = os.readlink(path)
+            add_file(os.path.join(os.path.dirname(path), os.readlink(path)))
+            return
+        files[_canonical(path)] = os.path.realpath(path)
+
+    programs = [python, executable, *(t for t in _TOOLS if os.path.exists(t))]
+    for program in programs:
+        add_file(program)
+    dirs = sorted({os.path.realpath(d) for d in stdlib_dirs if os.path.isdir(d)})
+    linked = [os.path.realpath(p) for p in programs]
+    for d in dirs:
+        for root, _, names in os.walk(d):
+            linked += [os.path.join(root, n) for n in names if n.endswith(".so")]
+    for chunk in range(0, len(linked), 100):
+        try:
+            listing = subprocess.run(
+                [ldd, *linked[chunk : chunk + 100]],
+                capture_output=True,
+                timeout=60,
+                env=_LAUNCH_ENV,
+            ).stdout.decode("utf-8", "replace")
+        except (OSError, subprocess.SubprocessError):
+            return ["--ro-bind", "/usr", "/usr"]
+        for line in listing.splitlines():
+            line = line.strip()
+            target = line.split("=>", 1)[1].strip() if "=>" in line else line
+            path = target.split(" (", 1)[0].strip()
+            if path.startswith("/"):
+                add_file(path)
+    argv: list[str] = []
+    for d in dirs:
+        argv += ["--ro-bind", d, d]
+    for dest, src in sorted(files.items()):
+        if not any(dest.startswith(d + "/") for d in dirs):
+            argv += ["--ro-bind", src, dest]
+    for dest, target in sorted(symlinks.items()):
+        if dest not in files:
+            argv += ["--symlink", target, dest]
+    return argv
+
+
+def _canonical(path: str) -> str:
+    """`path` with its directory resolved (/lib64 -> /usr/lib64) but its own name kept:
+    the loader looks libraries up by their soname, usually a symlink to the real file."""
+    return os.path.join(os.path.realpath(os.path.dirname(path)), os.path.basename(path))
 
 
 def _with_info_fd(argv: list[str], fd: int) -> list[str]:

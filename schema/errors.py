@@ -17,6 +17,34 @@ _LIMIT_PATTERNS = re.compile(
     re.IGNORECASE,
 )
 INTERNAL_MESSAGE = "Internal server error. The request id in the logs tells what happened."
+DB_LOST_MESSAGE = "The database connection was lost while serving this request; retry it."
+REDIS_LOST_MESSAGE = (
+    "The event bus (Redis) is unavailable; retry shortly (subscriptions: with afterSequence)."
+)
+
+
+def _redis_unreachable(error: BaseException) -> bool:
+    """redis-py's connection errors, told by class (this layer does not import redis)."""
+    return any(
+        c.__name__ in ("ConnectionError", "TimeoutError") and c.__module__.startswith("redis")
+        for c in type(error).__mro__
+    )
+
+
+#: PostgreSQL's answer to a NUL character in text (22021) or in JSON (22P05): bad input
+#: that no database write can hold, told by SQLSTATE (this layer does not import drivers).
+_UNSTORABLE_SQLSTATES = {"22021", "22P05"}
+
+
+def _unstorable_text(error: BaseException) -> bool:
+    seen: BaseException | None = error
+    for _ in range(5):
+        if seen is None:
+            return False
+        if getattr(seen, "sqlstate", None) in _UNSTORABLE_SQLSTATES:
+            return True
+        seen = getattr(seen, "orig", None) or seen.__cause__
+    return False
 
 
 def classify(error: GraphQLError) -> GraphQLError:
@@ -31,6 +59,24 @@ def classify(error: GraphQLError) -> GraphQLError:
             return error
         code = "LIMIT_EXCEEDED" if _LIMIT_PATTERNS.search(error.message) else "BAD_USER_INPUT"
         return _with(error, error.message, {"code": code})
+    if _unstorable_text(original):
+        return _with(
+            error,
+            "text must not contain NUL (\\u0000) characters",
+            {"code": "BAD_USER_INPUT"},
+        )
+    if _redis_unreachable(original):
+        log.warning("redis unavailable", path=list(error.path or []), error=str(original)[:200])
+        return _with(error, REDIS_LOST_MESSAGE, {"code": "SERVICE_UNAVAILABLE"})
+    if getattr(original, "connection_invalidated", False):
+        # The database dropped this request's connection (restart, failover, a killed
+        # backend): the pool replaces it, so the client may simply retry.
+        log.warning(
+            "database connection lost",
+            path=list(error.path or []),
+            error=str(getattr(original, "orig", original))[:200],
+        )
+        return _with(error, DB_LOST_MESSAGE, {"code": "SERVICE_UNAVAILABLE"})
     log.error(
         "unexpected error",
         path=list(error.path or []),

@@ -3,6 +3,7 @@ limits, and error codes (each with the request id)."""
 
 from __future__ import annotations
 
+import contextlib
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Iterator, Mapping
 from typing import Any
@@ -12,6 +13,7 @@ from graphql.utilities import get_operation_ast
 from strawberry.extensions import (
     MaxAliasesLimiter,
     MaxTokensLimiter,
+    ParserCache,
     QueryDepthLimiter,
     SchemaExtension,
 )
@@ -44,6 +46,18 @@ class ErrorCodesWithRequestId(ErrorCodes):
             for error in processed:
                 error.extensions = {**(error.extensions or {}), "requestId": rid}
         return processed
+
+
+class CachedParser(ParserCache):
+    """Strawberry's parser cache, except that a document that does not parse is left to
+    Strawberry's own parse step, which reports the syntax error with its code (raised
+    from this hook, it would escape the error handling)."""
+
+    def on_parse(self) -> Iterator[None]:
+        ctx = self.execution_context
+        with contextlib.suppress(GraphQLError):
+            ctx.graphql_document = self.cached_parse_document(ctx.query, **ctx.parse_options)
+        yield
 
 
 # Root fields with their own limit (`<name>` per caller, `tenant_<name>` per team), counted
@@ -189,6 +203,9 @@ def default_extensions(
         ErrorCodesWithRequestId,
         lambda: ValidatedDocuments(passed),
         lambda: MaxTokensLimiter(max_token_count=max_tokens),
+        # After the token limit (it sets the parse options, part of the cache key): a
+        # bounded LRU of parsed documents, so a repeated query is not parsed again.
+        lambda: CachedParser(maxsize=256),
         lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
         lambda: QueryDepthLimiter(max_depth=max_depth),
         OperationRateLimits,

@@ -108,7 +108,9 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             await super().__call__(scope, receive, send)
             return
         try:
-            response = await self.run(Request(scope, receive))
+            # The request's units of work share one pooled connection (persistence/db.py).
+            async with self.container.db.request_scope():
+                response = await self.run(Request(scope, receive))
         except HTTPException as exc:
             # Strawberry answers plain text here; clients expect a GraphQL error body.
             code = "BAD_USER_INPUT" if exc.status_code == 400 else "NOT_FOUND"

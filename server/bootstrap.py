@@ -222,6 +222,9 @@ class Container:
             asyncio.create_task(
                 self.webhook_deliverer.run_forever(s.webhook_poll_seconds), name="webhooks"
             ),
+            asyncio.create_task(
+                self.chat.sweep_forever(s.chat_reply_lease_seconds), name="chat-sweeper"
+            ),
         ]
 
     async def _stop_automation(self) -> None:

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 from rich.console import Console
 
+from server.backup_cli import register as register_backup_commands
 from server.local_model_cli import commands as local_model_commands
 from server.settings import Settings
 
@@ -269,6 +270,7 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         console.print(f"wrote {out}")
 
     cli.add_typer(local_model_commands, name="local-model")
+    register_backup_commands(cli)
     return cli
 
 

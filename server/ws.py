@@ -52,6 +52,7 @@ import dataclasses
 import json
 import logging
 import struct
+import sys
 from collections import deque
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -332,6 +333,10 @@ class _Group:
                     payload = _encode_payload(result, self.mux.max_frame_bytes).encode()
                     self.mux.encoded += 1
                     sequence = tail.sequences.popleft() if tail.sequences else 0
+                    if result.errors and not sequence:
+                        # The stream failed (e.g. Redis went away): every member must see
+                        # the error, not a bare `complete` that reads as "run finished".
+                        sequence = sys.maxsize
                     for member in self.pending:
                         if member.buffer is not None:
                             member.buffer.append((sequence, payload))

@@ -342,6 +342,9 @@ def split_reply(text: str, size: int = 24) -> list[str]:
 # -- cursors -----------------------------------------------------------------------------
 
 
+MAX_SEQ = 2**63
+
+
 def encode_cursor(seq: int) -> str:
     return base64.urlsafe_b64encode(json.dumps(["m", seq]).encode()).decode().rstrip("=")
 
@@ -350,7 +353,9 @@ def decode_cursor(cursor: str, arg: str = "before") -> int:
     try:
         padded = cursor + "=" * (-len(cursor) % 4)
         kind, seq = json.loads(base64.urlsafe_b64decode(padded.encode()))
-        if kind != "m" or not isinstance(seq, int) or seq < 0:
+        # Bounded by the stores' 64-bit integers: a larger number is a forgery, not a
+        # question for the message store.
+        if kind != "m" or type(seq) is not int or not 0 <= seq < MAX_SEQ:
             raise ValueError(cursor)
         return seq
     except Exception:

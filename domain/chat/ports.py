@@ -28,6 +28,10 @@ class ChatSessionStore(Protocol):
 
     async def delete(self, tenant_schema: str, session_id: str) -> bool: ...
 
+    async def tenant_schema(self, tenant_id: str) -> str | None:
+        """The schema of a tenant (for work that starts from a message, not a request)."""
+        ...
+
     async def change(
         self, tenant_schema: str, session_id: str, change: Callable[[ChatSession], T]
     ) -> T | None:
@@ -48,6 +52,10 @@ class ChatMessageStore(Protocol):
     async def delete_ids(self, tenant_id: str, ids: Sequence[str]) -> None: ...
 
     async def delete_session(self, tenant_id: str, session_id: str) -> int: ...
+
+    async def streaming_since(self, before: datetime, limit: int) -> list[ChatMessage]:
+        """At most `limit` STREAMING replies (of every tenant) created before `before`."""
+        ...
 
     async def before(
         self, tenant_id: str, session_id: str, before_seq: int | None, limit: int

@@ -53,7 +53,7 @@ from domain.crew_runs import (
     CrewRuntime,
     CrewSpec,
     TaskSpec,
-    _CrewRunBuilder,
+    load_agent_specs,
 )
 from domain.errors import DomainError
 from domain.executions.streams import FeedInterrupted
@@ -226,9 +226,8 @@ class ChatReplier:
             raise DomainError("agents are not available on this worker")
         assert session.agent_id is not None
         ref_schema = ref.tenant_schema
-        builder = _CrewRunBuilder(self._uow, self._crew_runtime, self._llm, self._tools)
-        specs = await builder.agents(
-            ref_schema, [session.agent_id], owner=f"chat session {session.id}"
+        specs = await load_agent_specs(
+            self._uow, ref_schema, [session.agent_id], owner=f"chat session {session.id}"
         )
         agent = specs[session.agent_id]
         window = await self._window(ref_schema, agent.provider_id)

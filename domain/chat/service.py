@@ -18,8 +18,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import TypeVar
 
 from domain.chat.model import (
@@ -316,6 +318,47 @@ class ChatService:
         # Nobody is generating it (not picked up yet, or its worker is gone): end it here.
         await self.finisher.finish_from_buffer(ref, MessageStatus.CANCELLED, None)
         return await self._messages.get(p_tenant, reply_id)
+
+    # ---- abandoned replies
+
+    async def fail_abandoned_replies(self, limit: int = 100) -> int:
+        """Fail the STREAMING replies whose worker is gone (their claim expired), so a
+        `chatTokens` subscriber gets the final token without waiting for someone to
+        send, cancel or read the history; how many were failed. Safe in every process:
+        the message store's conditional update picks one writer."""
+        now = utcnow()
+        older = now - timedelta(seconds=self.limits.reply_lease_seconds)
+        schemas: dict[str, str | None] = {}
+        failed = 0
+        for message in await self._messages.streaming_since(older, limit):
+            tenant = message.tenant_id
+            if tenant not in schemas:
+                schemas[tenant] = await self._sessions.tenant_schema(tenant)
+            schema = schemas[tenant]
+            if schema is None:
+                continue  # its tenant is being removed, messages and all
+            session = await self._sessions.get(schema, message.session_id)
+            if (
+                session is not None
+                and session.reply_id == message.id
+                and not session.reply_stale(now)
+            ):
+                continue  # its worker (or the queue) still holds it
+            ref = ReplyRef(tenant, schema, message.session_id, message.id)
+            if await self.finisher.finish_from_buffer(ref, MessageStatus.FAILED, INTERRUPTED):
+                failed += 1
+        return failed
+
+    async def sweep_forever(self, interval: float) -> None:
+        while True:
+            # Jitter keeps the sweeps of many processes apart.
+            await asyncio.sleep(interval * random.uniform(0.75, 1.25))
+            try:
+                await self.fail_abandoned_replies()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:  # MongoDB or PostgreSQL down: the next pass retries
+                log.warning("sweeping abandoned chat replies failed: %s", exc)
 
     # ---- tokens
 

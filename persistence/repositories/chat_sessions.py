@@ -76,6 +76,14 @@ class SqlChatSessions:
             row = (await conn.execute(sa.select(_s).where(_s.c.id == session_id))).first()
         return _session(row) if row is not None else None
 
+    async def tenant_schema(self, tenant_id: str) -> str | None:
+        if not is_uuid(tenant_id):
+            return None
+        async with self._db.connect() as conn:
+            stmt = sa.select(t.tenants.c.schema_name).where(t.tenants.c.id == tenant_id)
+            found = (await conn.execute(stmt)).scalar_one_or_none()
+        return str(found) if found is not None else None
+
     async def page(self, tenant_schema: str, first: int, after: str | None) -> Page[ChatSession]:
         async with self._db.connect(tenant_schema) as conn:
             return await paginate(

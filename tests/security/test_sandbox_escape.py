@@ -13,11 +13,12 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from domain.sandbox import Sandbox
-from tests.sandbox.fixtures import run_code
+from tests.sandbox.fixtures import get_backend, run_code
 
 PROJECT_DIR = Path(__file__).resolve().parents[2]
 
@@ -369,3 +370,90 @@ async def test_printed_text_cannot_forge_the_result(any_sandbox: Sandbox) -> Non
     assert result.output is None
     assert result.error_type == "RuntimeError"
     assert forged in result.stdout
+
+
+@pytest.fixture(name="bubblewrap_sandbox")
+async def bubblewrap_sandbox_fixture(sandbox_registry: Any) -> Sandbox:
+    return await get_backend("bubblewrap", sandbox_registry)
+
+
+async def test_bubblewrap_proc_shows_no_host_environment_or_directory(
+    bubblewrap_sandbox: Sandbox, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    canary = "crewgraph-secret-" + os.urandom(6).hex()
+    monkeypatch.setenv("CREWGRAPH_SECRET_CANARY", canary)
+    code = """
+import os
+def run(_):
+    out = {}
+    for name in ('/proc/1/environ', '/proc/self/environ', '/proc/1/cmdline'):
+        try:
+            out[name] = open(name, 'rb').read().decode('utf-8', 'replace')
+        except OSError as e:
+            out[name] = type(e).__name__
+    for name in ('/proc/1/cwd', '/proc/self/cwd'):
+        try:
+            out[name] = os.readlink(name)
+        except OSError as e:
+            out[name] = type(e).__name__
+    out['pids'] = sorted(int(p) for p in os.listdir('/proc') if p.isdigit())
+    return out
+"""
+    result = await run_code(bubblewrap_sandbox, code)
+    assert result.ok, result
+    out = result.output
+    assert isinstance(out, dict)
+    seen = str(out)
+    assert canary not in seen and "DATABASE_URL" not in seen
+    assert str(PROJECT_DIR) not in seen, "host working directory visible in the sandbox"
+    assert os.getcwd() not in seen or os.getcwd() == "/"
+    # a fresh PID namespace: the host's processes (this test's pid) are not listed
+    assert os.getpid() not in out["pids"] and max(out["pids"]) < 100, out["pids"]
+
+
+async def test_bubblewrap_exposes_only_the_runtime_of_usr(bubblewrap_sandbox: Sandbox) -> None:
+    code = """
+import os
+def run(x):
+    return {p: os.path.exists(p) for p in x['paths']} | {
+        'usr': sorted(os.listdir('/usr')),
+        'bin': len(os.listdir('/usr/bin')),
+    }
+"""
+    absent = [
+        "/usr/bin/gcc",
+        "/usr/bin/cc",
+        "/usr/bin/apt",
+        "/usr/bin/git",
+        "/usr/bin/bwrap",
+        "/usr/bin/sudo",
+        "/usr/share/doc",
+        "/usr/include",
+        "/usr/local",
+        "/usr/src",
+        str(PROJECT_DIR),
+    ]
+    result = await run_code(bubblewrap_sandbox, code, {"paths": absent})
+    assert result.ok, result
+    out = result.output
+    assert isinstance(out, dict)
+    assert [p for p in absent if out[p]] == [], out
+    assert set(out["usr"]) <= {"bin", "lib", "lib64", "lib32", "libx32", "sbin"}, out["usr"]
+    assert out["bin"] < 40, out["bin"]
+
+
+async def test_bubblewrap_stdlib_and_basic_commands_still_work(bubblewrap_sandbox: Sandbox) -> None:
+    code = """
+import json, hashlib, sqlite3, ssl, decimal, ctypes, zlib, subprocess
+def run(_):
+    db = sqlite3.connect(':memory:')
+    return {
+        'sha': hashlib.sha256(b'x').hexdigest()[:8],
+        'sql': db.execute('select 1 + 1').fetchone()[0],
+        'zlib': len(zlib.compress(b'a' * 100)) < 100,
+        'sh': subprocess.run(['sh', '-c', 'echo hi | cat'], capture_output=True).stdout.decode(),
+    }
+"""
+    result = await run_code(bubblewrap_sandbox, code)
+    assert result.ok, result
+    assert result.output == {"sha": "2d711642", "sql": 2, "zlib": True, "sh": "hi\n"}

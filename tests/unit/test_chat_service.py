@@ -6,7 +6,7 @@ import asyncio
 import copy
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
 import pytest
@@ -49,6 +49,9 @@ class Sessions:
 
     async def delete(self, schema: str, session_id: str) -> bool:
         return self.rows.pop(session_id, None) is not None
+
+    async def tenant_schema(self, tenant_id: str) -> str | None:
+        return P.tenant_schema if tenant_id == P.tenant_id else None
 
     async def change(
         self, schema: str, session_id: str, change: Callable[[ChatSession], T]
@@ -94,6 +97,15 @@ class Messages:
         for i in gone:
             del self.rows[i]
         return len(gone)
+
+    async def streaming_since(self, before: datetime, limit: int) -> list[ChatMessage]:
+        self._check()
+        found = [
+            copy.copy(m)
+            for m in self.rows.values()
+            if m.status is MessageStatus.STREAMING and m.created_at < before
+        ]
+        return found[:limit]
 
     async def before(
         self, tenant_id: str, session_id: str, before_seq: int | None, limit: int
@@ -370,3 +382,26 @@ async def test_an_abandoned_reply_fails_when_the_next_send_comes() -> None:
     assert "interrupted" in (old.error or "")
     assert bus.buffers[ref.message_id][-1].done
     assert sessions.rows[s.id].message_count == 4
+
+
+async def test_the_sweep_fails_only_replies_nobody_holds_any_more() -> None:
+    service, sessions, messages, bus, _ = _world()
+    s = await _session(sessions)
+    await service.send(P, s.id, "hi")
+    reply_id = sessions.rows[s.id].reply_id
+    assert reply_id is not None
+    old = utcnow() - timedelta(seconds=60)
+    for m in messages.rows.values():
+        m.created_at = old
+    # Still within its claim (queued or being generated): left alone.
+    assert await service.fail_abandoned_replies() == 0
+    assert messages.rows[reply_id].status is MessageStatus.STREAMING
+    # Its claim expired: failed, the lock released, the final token published.
+    sessions.rows[s.id].reply_expires_at = utcnow() - timedelta(seconds=1)
+    assert await service.fail_abandoned_replies() == 1
+    assert messages.rows[reply_id].status is MessageStatus.FAILED
+    assert "interrupted" in (messages.rows[reply_id].error or "")
+    assert sessions.rows[s.id].reply_id is None
+    final = bus.buffers[reply_id][-1]
+    assert final.done and final.error is not None and "interrupted" in final.error
+    assert await service.fail_abandoned_replies() == 0  # once
