@@ -35,6 +35,12 @@ tenants = sa.Table(
     sa.Column("schema_name", sa.Text, nullable=False, unique=True),
     sa.Column("settings", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
     _ts("created_at"),
+    # Operator-controlled: suspension and per-tenant quota overrides (NULL/absent = default).
+    sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'ACTIVE'")),
+    sa.Column("suspended_reason", sa.Text, nullable=True),
+    sa.Column("suspended_at", sa.DateTime(timezone=True), nullable=True),
+    sa.Column("quota", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+    sa.CheckConstraint("status IN ('ACTIVE', 'SUSPENDED')", name="tenants_status_check"),
     schema="public",
 )
 

@@ -270,6 +270,9 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         console.print(f"wrote {out}")
 
     cli.add_typer(local_model_commands, name="local-model")
+    from server.tenants_cli import tenants_commands
+
+    cli.add_typer(tenants_commands, name="tenants")
     register_backup_commands(cli)
     return cli
 

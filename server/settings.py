@@ -148,6 +148,10 @@ class Settings(BaseSettings):
     max_execution_attempts: int = Field(5, ge=1, le=100)
     max_concurrent_executions: int = Field(20, ge=1)  # RUNNING per tenant; the rest wait
     max_active_executions: int = Field(1000, ge=1)  # PENDING + RUNNING per tenant
+    # Default per-tenant quotas (operators override them with `crewgraph tenants set-quota`).
+    max_executions_per_day: int = Field(10_000, ge=0)
+    max_tokens_per_day: int = Field(10_000_000, ge=0)
+    max_chat_sessions: int = Field(1000, ge=0)
     max_execution_input_bytes: int = Field(256_000, ge=64)
     subscription_idle_poll_seconds: float = Field(5.0, gt=0)
     subscription_queue_size: int = Field(1000, ge=10)  # frames per WebSocket before closing

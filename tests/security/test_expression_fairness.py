@@ -126,6 +126,9 @@ HEAVY = (
 )
 
 
+HEAVY_RUNS = 4
+
+
 def heavy_flow() -> dict[str, Any]:
     """input → two heavy OUTPUT nodes side by side."""
     return {
@@ -151,14 +154,16 @@ async def test_heavy_runs_of_one_tenant_do_not_hold_up_another_tenant(gql: GQL) 
     a, b = await register(gql), await register(gql)
     heavy = await create_flow(gql, a.token, heavy_flow())
     trivial = await create_flow(gql, b.token, branching())
-    runs = [(await execute(gql, a.token, heavy["id"]))["id"] for _ in range(3)]
+    # Enough of A's work (eight renders of seconds each, two at a time) that a busy
+    # machine cannot finish it before B's trivial run gets its turn.
+    runs = [(await execute(gql, a.token, heavy["id"]))["id"] for _ in range(HEAVY_RUNS)]
     try:
-        # Every heavy node started: with a shared FIFO pool all six would be queued ahead
+        # Every heavy node started: with a shared FIFO pool all of them would be queued ahead
         # of anything B asks for.
         async def all_heavy_started() -> bool:
             found = await _executions(gql, a, runs)
             started = [r for e in found for r in e["nodeRuns"] if r["nodeId"] in ("h1", "h2")]
-            return len(started) == 6
+            return len(started) == 2 * HEAVY_RUNS
 
         deadline = time.monotonic() + 30
         while not await all_heavy_started():
@@ -179,7 +184,7 @@ async def test_heavy_runs_of_one_tenant_do_not_hold_up_another_tenant(gql: GQL) 
             for r in e["nodeRuns"]
             if r["nodeId"] in ("h1", "h2") and r["status"] in ("COMPLETED", "FAILED")
         ]
-        assert len(heavy_done) < 6, found
+        assert len(heavy_done) < 2 * HEAVY_RUNS, found
     finally:
         for ident in runs:
             await gql.op("CancelExecution", {"id": ident}, token=a.token)

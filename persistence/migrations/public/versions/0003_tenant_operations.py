@@ -5,6 +5,7 @@ Revision ID: p0003
 
 import sqlalchemy as sa
 from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB
 
 revision = "p0003"
 down_revision = "p0002"
@@ -14,9 +15,11 @@ depends_on = None
 
 def upgrade() -> None:
     _upgrade_automation_indexes()
+    _upgrade_tenant_status()
 
 
 def downgrade() -> None:
+    _downgrade_tenant_status()
     _downgrade_automation_indexes()
 
 
@@ -60,3 +63,31 @@ def _upgrade_automation_indexes() -> None:
 def _downgrade_automation_indexes() -> None:
     op.drop_table("webhook_outbox", schema="public")
     op.drop_table("schedule_due", schema="public")
+
+
+# -- tenant operations: status (active/suspended) and per-tenant quota overrides --------
+# Quota columns are nullable: NULL means "use the default from settings".
+
+
+def _upgrade_tenant_status() -> None:
+    op.add_column(
+        "tenants",
+        sa.Column("status", sa.Text, nullable=False, server_default=sa.text("'ACTIVE'")),
+        schema="public",
+    )
+    op.add_column("tenants", sa.Column("suspended_reason", sa.Text, nullable=True), schema="public")
+    op.add_column("tenants", sa.Column("suspended_at", _TS, nullable=True), schema="public")
+    op.add_column(
+        "tenants",
+        sa.Column("quota", JSONB, nullable=False, server_default=sa.text("'{}'::jsonb")),
+        schema="public",
+    )
+    op.create_check_constraint(
+        "tenants_status_check", "tenants", "status IN ('ACTIVE', 'SUSPENDED')", schema="public"
+    )
+
+
+def _downgrade_tenant_status() -> None:
+    op.drop_constraint("tenants_status_check", "tenants", schema="public")
+    for column in ("quota", "suspended_at", "suspended_reason", "status"):
+        op.drop_column("tenants", column, schema="public")

@@ -1,0 +1,105 @@
+"""Operator commands on tenants: the Python use cases and `crewgraph tenants ...`."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from datetime import UTC, datetime
+from typing import Any
+
+import pytest
+
+from domain.errors import BadUserInput, NotFound
+from domain.tenants import TenantAdminService, TenantQuota, TenantStatus
+from persistence.db import Database
+from persistence.repositories.tenants import SqlTenantAdminStore
+from tests.conftest import Team
+from tests.support.serve import REPO
+
+DEFAULTS = TenantQuota(
+    max_concurrent_executions=20,
+    max_executions_per_day=100,
+    max_tokens_per_day=1000,
+    max_chat_sessions=10,
+)
+
+
+def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
+    env = {
+        **os.environ,
+        "PYTHONPATH": str(REPO),
+        "DATABASE_URL": settings.database_url,
+        "REDIS_URL": settings.redis_url,
+        "CREWGRAPH_JWT_SECRET": settings.jwt_secret,
+        "CREWGRAPH_SECRET_KEY": settings.secret_key,
+        "COLUMNS": "200",
+    }
+    return subprocess.run(
+        [sys.executable, "-m", "server.cli", "tenants", *args],
+        env=env,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+async def test_use_cases_suspend_activate_and_quota(settings: Any, team: Team) -> None:
+    db = Database(settings.database_url, pool_size=1)
+    try:
+        service = TenantAdminService(
+            SqlTenantAdminStore(db.engine), DEFAULTS, lambda: datetime.now(UTC)
+        )
+        record = await service.show(team.slug)
+        assert record.status is TenantStatus.ACTIVE
+        assert service.quota_of(record) == DEFAULTS
+
+        await service.suspend(team.slug, "unpaid invoice")
+        record = await service.show(team.slug)
+        assert record.status is TenantStatus.SUSPENDED
+        assert record.suspended_reason == "unpaid invoice"
+        assert record.suspended_at is not None
+
+        await service.set_quota(team.slug, {"max_tokens_per_day": 5, "max_chat_sessions": None})
+        record = await service.show(team.slug)
+        assert service.quota_of(record).max_tokens_per_day == 5
+        assert service.quota_of(record).max_chat_sessions == 10
+
+        await service.activate(team.slug)
+        record = await service.show(team.slug)
+        assert record.status is TenantStatus.ACTIVE
+        assert record.suspended_reason is None
+        assert service.quota_of(record).max_tokens_per_day == 5
+
+        with pytest.raises(NotFound):
+            await service.show("no-such-tenant")
+        with pytest.raises(BadUserInput):
+            await service.suspend(team.slug, "   ")
+        with pytest.raises(BadUserInput):
+            await service.set_quota(team.slug, {"max_tokens_per_day": -1})
+        assert team.slug in {r.slug for r in await service.list()}
+    finally:
+        await db.dispose()
+
+
+def test_cli_commands_and_exit_codes(settings: Any, team: Team) -> None:
+    listed = _cli(settings, "list")
+    assert listed.returncode == 0, listed.stderr
+    assert team.slug in listed.stdout
+
+    suspended = _cli(settings, "suspend", team.slug, "--reason", "abuse report")
+    assert suspended.returncode == 0, suspended.stderr
+    assert "SUSPENDED" in suspended.stdout and "abuse report" in suspended.stdout
+
+    quota = _cli(settings, "set-quota", team.slug, "--max-executions-per-day", "7")
+    assert quota.returncode == 0, quota.stderr
+    assert "max-executions-per-day" in quota.stdout and " 7" in quota.stdout
+
+    activated = _cli(settings, "activate", team.slug)
+    assert activated.returncode == 0, activated.stderr
+    assert "ACTIVE" in activated.stdout and "SUSPENDED" not in activated.stdout
+
+    missing = _cli(settings, "show", "no-such-tenant")
+    assert missing.returncode == 1
+    assert "not found" in missing.stderr
