@@ -40,7 +40,7 @@ async def test_templates_are_listed_for_every_role(gql: GQL, team: Team) -> None
         assert t["document"]["format"] == "crewgraph.flow/v1"
         assert [p["name"] for p in t["document"]["providers"]] == ["Local (scripted)"]
     kinds = {n["kind"] for t in templates for n in t["document"]["flow"]["nodes"]}
-    assert {"CREW", "CONDITION"} <= kinds
+    assert {"CREW", "CONDITION", "APPROVAL"} <= kinds
     # Viewers read templates but cannot import them.
     body = await gql.op("ImportFlow", {"document": templates[0]["document"]}, token=viewer)
     assert error_code(body) == "FORBIDDEN"
