@@ -34,17 +34,24 @@ def _redis_unreachable(error: BaseException) -> bool:
 #: PostgreSQL's answer to a NUL character in text (22021) or in JSON (22P05): bad input
 #: that no database write can hold, told by SQLSTATE (this layer does not import drivers).
 _UNSTORABLE_SQLSTATES = {"22021", "22P05"}
+_UNIQUE_VIOLATION = "23505"
 
 
-def _unstorable_text(error: BaseException) -> bool:
+def _sqlstates(error: BaseException) -> set[str]:
+    """The SQLSTATE codes along the driver's exception chain (SQLAlchemy wraps asyncpg)."""
+    found: set[str] = set()
     seen: BaseException | None = error
     for _ in range(5):
         if seen is None:
-            return False
-        if getattr(seen, "sqlstate", None) in _UNSTORABLE_SQLSTATES:
-            return True
+            break
+        if isinstance(state := getattr(seen, "sqlstate", None), str):
+            found.add(state)
         seen = getattr(seen, "orig", None) or seen.__cause__
-    return False
+    return found
+
+
+def _unstorable_text(error: BaseException) -> bool:
+    return bool(_sqlstates(error) & _UNSTORABLE_SQLSTATES)
 
 
 def classify(error: GraphQLError) -> GraphQLError:
@@ -64,6 +71,14 @@ def classify(error: GraphQLError) -> GraphQLError:
             error,
             "text must not contain NUL (\\u0000) characters",
             {"code": "BAD_USER_INPUT"},
+        )
+    if _UNIQUE_VIOLATION in _sqlstates(original):
+        # Two requests created the same name at once; the use case's own check passed for
+        # both and the database's unique index refused the second.
+        return _with(
+            error,
+            "a resource with this name was created at the same moment; pick another name",
+            {"code": "CONFLICT"},
         )
     if _redis_unreachable(original):
         log.warning("redis unavailable", path=list(error.path or []), error=str(original)[:200])
