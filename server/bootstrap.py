@@ -521,6 +521,7 @@ def build_container(
             max_nodes=settings.max_nodes_per_flow,
         ),
         idle_poll=settings.subscription_idle_poll_seconds,
+        audit=audit,
     )
     container = Container(
         settings=settings,

@@ -35,6 +35,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
+from domain.audit import APPROVAL_ANSWERED, NO_AUDIT, AuditRecorder
 from domain.auth import is_uuid
 from domain.errors import BadUserInput, Conflict, LimitExceeded, NotFound
 from domain.executions.approvals import Approval, ApprovalAnswer, check_answer
@@ -83,12 +84,14 @@ class ExecutionService:
         limits: ExecutionLimits | None = None,
         *,
         idle_poll: float = DEFAULT_IDLE_POLL,
+        audit: AuditRecorder = NO_AUDIT,
     ) -> None:
         self._uow = uow
         self._bus = bus
         self.dispatcher = dispatcher
         self.limits = limits or ExecutionLimits()
         self.idle_poll = idle_poll
+        self._audit = audit
 
     # ---- starting runs
 
@@ -313,6 +316,13 @@ class ExecutionService:
                 resumed = await uow.executions.resume(ident, data)
                 execution = resumed.execution
             await uow.commit()
+        self._audit.record(
+            p.tenant_id,
+            APPROVAL_ANSWERED,
+            principal=p,
+            target=f"{ident}/{node_id}",
+            data={"approved": bool(approved)},
+        )
         if resumed is not None:
             try:
                 await self._bus.publish_status(p.tenant_id, execution)

@@ -276,3 +276,16 @@ async def test_approval_config_is_checked_when_the_flow_is_written(gql: GQL, tea
     for key in ("prompt", "inputSchema", "timeoutSeconds", "onTimeout"):
         assert f"input.nodes[1].config.{key}" in fields, fields
     assert "input.edges[1].branch" in fields
+
+
+async def test_an_answer_is_in_the_audit_log(gql: GQL, team: Team, container: Any) -> None:
+    from tests.api.test_audit import audit_log
+
+    waiting = await waiting_run(gql, team.token)
+    body = await resolve(gql, team.token, waiting["id"], approved=False, comment="not yet")
+    assert not body.get("errors"), body
+    entries = await audit_log(gql, container, team.token, action="approval.answered")
+    assert [(e["target"], e["data"]) for e in entries] == [
+        (f"{waiting['id']}/ask", {"approved": False})
+    ], entries
+    assert entries[0]["actor"] == team.email
