@@ -28,6 +28,7 @@ from domain.rbac import Action
 log = logging.getLogger("crewgraph.audit")
 
 # -- action names -------------------------------------------------------------------
+TENANT_REGISTERED = "tenant.registered"
 LOGIN = "auth.login"
 LOGIN_FAILED = "auth.login_failed"
 REFRESH_TOKEN_REUSED = "auth.refresh_token_reused"

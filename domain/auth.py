@@ -108,9 +108,9 @@ class IdentityService:
                 await self.seed_tenant(uow, tenant)
             user = User(str(uuid.uuid4()), tenant_id, email, password_hash, Role.ADMIN, True, now)
             await uow.users.add(user)
-            await uow.audit.record(tenant_id, user.id, "tenant.register", tenant.slug)
             session = await self._open_session(uow, user, family_id=None)
             await uow.commit()
+        self.audit.record(tenant_id, audit.TENANT_REGISTERED, actor=email, target=tenant.slug)
         return session
 
     async def login(self, email: str, password: str, tenant_slug: str | None) -> Session:
@@ -151,7 +151,6 @@ class IdentityService:
                     )
                 raise Unauthenticated("invalid email or password")
             user = matches[0]
-            await uow.audit.record(user.tenant_id, user.id, "user.login")
             session = await self._open_session(uow, user, family_id=None)
             await uow.commit()
         self.audit.record(user.tenant_id, audit.LOGIN, actor=user.email, target=user.id)
@@ -173,7 +172,6 @@ class IdentityService:
             if (stored.used_at is not None or stored.revoked_at is not None) and not in_window:
                 # A rotated token came back: somebody holds a copy. Kill the family.
                 await uow.refresh_tokens.revoke_family(stored.family_id, now)
-                await uow.audit.record(stored.tenant_id, stored.user_id, "token.reuse")
                 owner = await uow.users.get(stored.tenant_id, stored.user_id)
                 await uow.commit()
                 self.audit.record(
@@ -323,7 +321,6 @@ class IdentityService:
                     extensions={"fields": {"email": "is already taken"}},
                 )
             await uow.users.add(user)
-            await uow.audit.record(principal.tenant_id, _actor(principal), "user.create", user.id)
             await uow.commit()
         self.audit.record(
             principal.tenant_id,
@@ -344,7 +341,6 @@ class IdentityService:
             previous = user.role
             user.role = role
             await uow.users.update(user)
-            await uow.audit.record(principal.tenant_id, _actor(principal), "user.role", user.id)
             await uow.commit()
         if changed:
             self.audit.record(
@@ -367,9 +363,6 @@ class IdentityService:
             user.active = False
             await uow.users.update(user)
             await uow.refresh_tokens.revoke_user(user.id, self.clock())
-            await uow.audit.record(
-                principal.tenant_id, _actor(principal), "user.deactivate", user.id
-            )
             await uow.commit()
         self.audit.record(
             principal.tenant_id,
@@ -406,7 +399,6 @@ class IdentityService:
         )
         async with self.uow() as uow:
             await uow.api_keys.add(key)
-            await uow.audit.record(principal.tenant_id, _actor(principal), "apikey.create", key.id)
             await uow.commit()
         self.audit.record(
             principal.tenant_id,
@@ -425,9 +417,6 @@ class IdentityService:
                 raise NotFound("API key", key_id)
             if key.revoked_at is None:
                 await uow.api_keys.revoke(key.id, self.clock())
-                await uow.audit.record(
-                    principal.tenant_id, _actor(principal), "apikey.revoke", key.id
-                )
                 await uow.commit()
                 self.audit.record(
                     principal.tenant_id,
@@ -444,7 +433,3 @@ class IdentityService:
         principal.require(Action.MANAGE_API_KEYS)
         async with self.uow() as uow:
             return await uow.api_keys.list(principal.tenant_id)
-
-
-def _actor(principal: Principal) -> str | None:
-    return principal.user_id or principal.api_key_id

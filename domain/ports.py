@@ -125,12 +125,6 @@ class ApiKeyRepository(Protocol):
     async def list(self, tenant_id: str) -> list[ApiKey]: ...
 
 
-class AuditLog(Protocol):
-    async def record(
-        self, tenant_id: str, actor: str | None, action: str, target: str | None = None
-    ) -> None: ...
-
-
 class RateLimiter(Protocol):
     async def hit(self, name: str, *identifiers: str) -> None:
         """Count one `name` attempt by `identifiers`; raises `RateLimited` over the limit."""
@@ -174,8 +168,6 @@ class UnitOfWork(Protocol):
     def refresh_tokens(self) -> RefreshTokenRepository: ...
     @property
     def api_keys(self) -> ApiKeyRepository: ...
-    @property
-    def audit(self) -> AuditLog: ...
     @property
     def providers(self) -> ResourceRepository[LlmProvider]: ...
     @property

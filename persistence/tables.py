@@ -93,19 +93,6 @@ api_keys = sa.Table(
     schema="public",
 )
 
-audit_entries = sa.Table(
-    "audit_entries",
-    metadata,
-    sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
-    sa.Column("tenant_id", sa.Uuid(as_uuid=False), nullable=False),
-    sa.Column("actor", sa.Text),
-    sa.Column("action", sa.Text, nullable=False),
-    sa.Column("target", sa.Text),
-    _ts("at"),
-    sa.Index("audit_entries_tenant_idx", "tenant_id", "at"),
-    schema="public",
-)
-
 
 # -- tenant resources ------------------------------------------------------
 

@@ -12,7 +12,6 @@ from persistence.db import Database
 from persistence.repositories.executions import SqlExecutions
 from persistence.repositories.identity import (
     SqlApiKeys,
-    SqlAudit,
     SqlRefreshTokens,
     SqlTenants,
     SqlUsers,
@@ -49,7 +48,6 @@ class SqlUnitOfWork:
         self.users = SqlUsers(c)
         self.refresh_tokens = SqlRefreshTokens(c)
         self.api_keys = SqlApiKeys(c)
-        self.audit = SqlAudit(c)
         self._attach_tenant_repositories(c)
         return self
 

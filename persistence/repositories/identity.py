@@ -228,17 +228,3 @@ class SqlApiKeys:
             .order_by(t.api_keys.c.created_at)
         )
         return [_key(r) for r in await self._conn.execute(stmt)]
-
-
-class SqlAudit:
-    def __init__(self, conn: AsyncConnection) -> None:
-        self._conn = conn
-
-    async def record(
-        self, tenant_id: str, actor: str | None, action: str, target: str | None = None
-    ) -> None:
-        await self._conn.execute(
-            t.audit_entries.insert().values(
-                tenant_id=tenant_id, actor=actor, action=action, target=target
-            )
-        )

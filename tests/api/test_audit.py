@@ -192,8 +192,8 @@ async def test_admins_only_and_tenants_isolated(
     await builders.provider(gql, other_team.token)
     mine = await audit_log(gql, container, team.token)
     theirs = await audit_log(gql, container, other_team.token)
-    assert [e["action"] for e in mine] == ["tool.created"]
-    assert [e["action"] for e in theirs] == ["provider.created"]
+    assert [e["action"] for e in mine] == ["tool.created", "tenant.registered"]
+    assert [e["action"] for e in theirs] == ["provider.created", "tenant.registered"]
     assert theirs[0]["actor"] == other_team.email
 
     # Another team's cursor finds nothing of this team past it.

@@ -1,4 +1,4 @@
-"""tenant status and quotas
+"""tenant status and quotas; schedule and webhook indexes; the SQL audit table goes (MongoDB holds the audit log)
 
 Revision ID: p0003
 """
@@ -16,9 +16,11 @@ depends_on = None
 def upgrade() -> None:
     _upgrade_automation_indexes()
     _upgrade_tenant_status()
+    _drop_sql_audit()
 
 
 def downgrade() -> None:
+    _restore_sql_audit()
     _downgrade_tenant_status()
     _downgrade_automation_indexes()
 
@@ -91,3 +93,26 @@ def _downgrade_tenant_status() -> None:
     op.drop_constraint("tenants_status_check", "tenants", schema="public")
     for column in ("quota", "suspended_at", "suspended_reason", "status"):
         op.drop_column("tenants", column, schema="public")
+
+
+# -- the audit trail moved to MongoDB (persistence/audit.py) --------------------------------
+
+
+def _drop_sql_audit() -> None:
+    op.drop_table("audit_entries", schema="public")
+
+
+def _restore_sql_audit() -> None:
+    op.create_table(
+        "audit_entries",
+        sa.Column("id", sa.BigInteger, sa.Identity(), primary_key=True),
+        sa.Column("tenant_id", _UUID, nullable=False),
+        sa.Column("actor", sa.Text),
+        sa.Column("action", sa.Text, nullable=False),
+        sa.Column("target", sa.Text),
+        sa.Column("at", sa.DateTime(timezone=True), nullable=False, server_default=sa.func.now()),
+        schema="public",
+    )
+    op.create_index(
+        "audit_entries_tenant_idx", "audit_entries", ["tenant_id", "at"], schema="public"
+    )
