@@ -9,8 +9,15 @@ through sandbox/runner.py, so the baseline pays the same interpreter start-up):
 
 - subprocess: ``python3 -I -B -c <runner>`` on the host, no isolation (the floor);
 - docker-cold: a fresh locked-down container per run (create, attach, start, remove);
-- docker-warm: the per-tenant warm pool (``docker exec`` into a running container);
-- bubblewrap: namespaces + rlimits (+ a cgroup per run when the host allows).
+- docker-warm: the per-tenant warm pool (a container of that tenant, created, attached
+  and started in the background after the previous run; one run per container);
+- bubblewrap-cold: namespaces + rlimits (+ a cgroup per run when the host allows),
+  started for the run;
+- bubblewrap: the same, pre-started in the background after the previous run of that
+  shape (the production setting, ``CREWGRAPH_SANDBOX_WARM_POOL``).
+
+Targets (ratio of p50 to the subprocess's p50): docker-cold <= 5, docker-warm <= 2,
+bubblewrap <= 1.3.
 
 Latency: sequential runs, the variants interleaved run by run (the machine is shared and
 noisy; compare ratios, not absolute times). Throughput: ``--concurrency`` runs in flight
@@ -39,6 +46,7 @@ from sandbox.output import runner_source
 TOOL = 'def run(x):\n    return {"y": x["n"] + 1}\n'
 LIMITS = SandboxLimits(timeout_seconds=30)
 Runner = Callable[[int, str], Awaitable[bool]]
+TARGETS = {"docker-cold": 5.0, "docker-warm": 2.0, "bubblewrap": 1.3}
 
 
 def percentile(values: list[float], pct: float) -> float:
@@ -105,15 +113,17 @@ async def open_variants(
                 continue
             opened.append(sb)
             runners[name] = sandbox_runner(sb)
-    if "bubblewrap" in wanted:
-        from sandbox.bubblewrap import BubblewrapSandbox
+    from sandbox.bubblewrap import BubblewrapSandbox
 
+    for name, prestart in (("bubblewrap-cold", 0), ("bubblewrap", 1)):
+        if name not in wanted:
+            continue
         try:
-            bw = await BubblewrapSandbox.open(python=python)
+            bw = await BubblewrapSandbox.open(python=python, prestart=prestart)
             opened.append(bw)
-            runners["bubblewrap"] = sandbox_runner(bw)
+            runners[name] = sandbox_runner(bw)
         except NotConfigured as exc:
-            skipped["bubblewrap"] = exc.message
+            skipped[name] = exc.message
     return runners, skipped, opened
 
 
@@ -125,7 +135,7 @@ async def main() -> int:
     parser.add_argument("--runs", type=int, help="sequential runs per variant")
     parser.add_argument("--concurrency", type=int, default=20)
     parser.add_argument("--total", type=int, help="runs in the throughput phase")
-    parser.add_argument("--backends", default="docker-cold,docker-warm,bubblewrap")
+    parser.add_argument("--backends", default="docker-cold,docker-warm,bubblewrap-cold,bubblewrap")
     parser.add_argument(
         "--python", default="/usr/bin/python3", help="host interpreter (baseline and bubblewrap)"
     )
@@ -178,17 +188,23 @@ async def main() -> int:
         f"\nTool sandbox: trivial python tool, {runs} sequential runs per variant (interleaved), "
         f"{total} runs at concurrency {args.concurrency}\n"
     )
-    header = f"{'variant':<13} {'p50 ms':>8} {'p95 ms':>8} {'x subprocess':>13} {'runs/s @' + str(args.concurrency):>11} {'x subprocess':>13}"
+    header = f"{'variant':<15} {'p50 ms':>8} {'p95 ms':>8} {'x subprocess':>13} {'runs/s @' + str(args.concurrency):>11} {'x subprocess':>13}"
     print(header)
     print("-" * len(header))
     for name, values in latencies.items():
         p50, p95 = statistics.median(values), percentile(values, 95)
         print(
-            f"{name:<13} {p50:>8.1f} {p95:>8.1f} {p50 / base:>13.2f} {throughput[name]:>11.1f} "
+            f"{name:<15} {p50:>8.1f} {p95:>8.1f} {p50 / base:>13.2f} {throughput[name]:>11.1f} "
             f"{throughput[name] / base_tp:>13.2f}"
         )
     for name, why in skipped.items():
-        print(f"{name:<13} skipped: {why}")
+        print(f"{name:<15} skipped: {why}")
+    print()
+    for name, target in TARGETS.items():
+        if name in latencies:
+            ratio = statistics.median(latencies[name]) / base
+            verdict = "met" if ratio <= target else "MISSED"
+            print(f"target {name} p50 <= {target}x subprocess: {ratio:.2f}x {verdict}")
     print()
     return 0
 

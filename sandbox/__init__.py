@@ -90,7 +90,9 @@ async def create_sandbox(
     from sandbox.bubblewrap import BubblewrapSandbox
 
     try:
-        return await BubblewrapSandbox.open(python=python, ceiling=ceiling)
+        return await BubblewrapSandbox.open(
+            python=python, ceiling=ceiling, prestart=1 if warm_pool else 0
+        )
     except NotConfigured as exc:
         if backend == "bubblewrap":
             raise
@@ -109,6 +111,6 @@ async def create_sandbox_from_env() -> Sandbox:
         backend=os.environ.get("CREWGRAPH_SANDBOX_BACKEND", "auto"),
         docker_host=os.environ.get("DOCKER_HOST") or None,
         image=os.environ.get("CREWGRAPH_SANDBOX_IMAGE", DEFAULT_IMAGE),
-        warm_pool=os.environ.get("CREWGRAPH_SANDBOX_WARM_POOL", "0") in ("1", "true", "yes"),
+        warm_pool=os.environ.get("CREWGRAPH_SANDBOX_WARM_POOL", "1") in ("1", "true", "yes"),
         python=os.environ.get("CREWGRAPH_SANDBOX_PYTHON", "/usr/bin/python3"),
     )

@@ -19,25 +19,37 @@ lets us, each run also gets its own cgroup (memory incl. swap, pids, cpu quota; 
 ``cpu_fraction`` is enforced (without cgroups it is not).
 
 Python tools run with the host's ``/usr/bin/python3``; ``request.image`` is ignored here.
+
+Pre-started sandboxes (``prestart=N``): starting bwrap and the interpreter is most of a
+short run's cost, so after a python run the backend starts the next sandbox of the same
+shape (limits and environment) in the background, where the runner blocks on its request
+line. A pre-started sandbox has run nothing: it serves exactly one run and is then gone,
+so nothing is ever shared between runs, let alone tenants. Idle ones older than
+``prestart_ttl`` are killed instead of used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
+import logging
 import math
 import os
 import shutil
 import signal
 import subprocess
-from dataclasses import replace
+import time
+from dataclasses import dataclass, field, replace
 
 from domain.errors import NotConfigured
 from domain.sandbox import SandboxLimits, SandboxRequest, SandboxResult
 from sandbox.cgroups import CgroupManager, RunCgroup
 from sandbox.limits import DEFAULT_MAX_LIMITS, KILL_GRACE_SECONDS
 from sandbox.output import STDERR, STDOUT, OutputCollector, build_result, python_argv, request_line
+
+log = logging.getLogger(__name__)
 
 SANDBOX_UID = 65534
 SANDBOX_GID = 65534
@@ -109,6 +121,9 @@ class BubblewrapSandbox:
         ceiling: SandboxLimits = DEFAULT_MAX_LIMITS,
         use_cgroups: bool | None = None,
         extra_ro_binds: tuple[str, ...] = (),
+        prestart: int = 0,
+        prestart_ttl: float = 60.0,
+        prestart_max_total: int = 8,
     ) -> None:
         found = bwrap or shutil.which("bwrap")
         if not found:
@@ -132,6 +147,11 @@ class BubblewrapSandbox:
                 raise NotConfigured("cgroups were requested but this host does not allow them")
         self._runs: set[_Run] = set()
         self._closed = False
+        self.prestart = max(0, prestart)
+        self.prestart_ttl = prestart_ttl
+        self.prestart_max_total = prestart_max_total
+        self._ready: dict[_Shape, list[_Ready]] = {}
+        self._refills: set[asyncio.Task[None]] = set()
 
     @classmethod
     async def open(cls, **kwargs: object) -> BubblewrapSandbox:
@@ -263,6 +283,24 @@ class BubblewrapSandbox:
         if self._closed:
             raise NotConfigured("the bubblewrap sandbox is closed")
         request = replace(request, limits=request.limits.clamp(self.ceiling))
+        collector = OutputCollector(
+            framed=request.kind == "python", limit=request.limits.output_bytes
+        )
+        ready: _Ready | None = None
+        if request.kind == "python" and self.prestart:
+            shape = _shape(request)
+            ready = self._take_ready(shape)
+            self._refill_soon(shape, request)
+        if ready is None:
+            ready = await self._start(request)
+        try:
+            return await self._finish(ready, request, collector)
+        finally:  # also on cancellation: nothing of the run outlives it
+            if ready.cgroup is not None:
+                await asyncio.shield(asyncio.to_thread(ready.cgroup.remove))
+
+    async def _start(self, request: SandboxRequest) -> _Ready:
+        """Start the sandbox process for ``request`` (it then waits for its stdin)."""
         limits = request.limits
         command = python_argv(self.python) if request.kind == "python" else list(request.command)
         argv = self._argv(limits, command, dict(request.env))
@@ -273,21 +311,6 @@ class BubblewrapSandbox:
                 argv = cgroup.join_argv(argv)
             except OSError:
                 cgroup = None
-        collector = OutputCollector(framed=request.kind == "python", limit=limits.output_bytes)
-        try:
-            return await self._run_process(request, argv, collector, cgroup)
-        finally:  # also on cancellation: nothing of the run outlives it
-            if cgroup is not None:
-                await asyncio.shield(asyncio.to_thread(cgroup.remove))
-
-    async def _run_process(
-        self,
-        request: SandboxRequest,
-        argv: list[str],
-        collector: OutputCollector,
-        cgroup: RunCgroup | None,
-    ) -> SandboxResult:
-        loop = asyncio.get_running_loop()
         # bwrap reports the host pid of the sandbox's init on --info-fd: killing that one
         # first ends the whole PID namespace while bwrap itself still reaps it (killing
         # bwrap first would orphan its child to PID 1 of the host).
@@ -307,11 +330,73 @@ class BubblewrapSandbox:
             )
         except OSError as exc:
             os.close(info_r)
+            if cgroup is not None:
+                await asyncio.to_thread(cgroup.remove)
             raise NotConfigured(f"cannot start bubblewrap: {exc}") from None
         finally:
             os.close(info_w)
         run = _Run(proc, info_r)
         self._runs.add(run)
+        return _Ready(run, cgroup)
+
+    # -- pre-started sandboxes ----------------------------------------------------------
+
+    def _take_ready(self, shape: _Shape) -> _Ready | None:
+        idle = self._ready.get(shape) or []
+        while idle:
+            ready = idle.pop()
+            if ready.run.proc.returncode is None and ready.age() < self.prestart_ttl:
+                return ready
+            self._discard(ready)
+        return None
+
+    def _refill_soon(self, shape: _Shape, request: SandboxRequest) -> None:
+        idle = self._ready.get(shape) or []
+        total = sum(len(v) for v in self._ready.values()) + len(self._refills)
+        if len(idle) >= self.prestart or total >= self.prestart_max_total:
+            return
+        template = replace(request, input={}, execution_id="prestart")
+        task = asyncio.get_running_loop().create_task(self._refill(shape, template))
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
+    async def _refill(self, shape: _Shape, template: SandboxRequest) -> None:
+        try:
+            ready = await self._start(template)
+        except NotConfigured as exc:
+            log.warning("sandbox.bubblewrap.prestart_failed: %s", exc)
+            return
+        if self._closed:
+            self._discard(ready)
+            return
+        self._ready.setdefault(shape, []).append(ready)
+
+    def _discard(self, ready: _Ready) -> None:
+        """Kill an unused pre-started sandbox and clean up after it in the background."""
+        ready.run.kill()
+
+        async def reap() -> None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(ready.run.proc.wait(), KILL_GRACE_SECONDS)
+            ready.run.close()
+            self._runs.discard(ready.run)
+            if ready.cgroup is not None:
+                await asyncio.to_thread(ready.cgroup.remove)
+
+        task = asyncio.get_running_loop().create_task(reap())
+        self._refills.add(task)
+        task.add_done_callback(self._refills.discard)
+
+    def prestarted(self) -> int:
+        return sum(len(v) for v in self._ready.values())
+
+    # -- runs ---------------------------------------------------------------------------
+
+    async def _finish(
+        self, ready: _Ready, request: SandboxRequest, collector: OutputCollector
+    ) -> SandboxResult:
+        loop = asyncio.get_running_loop()
+        run, cgroup, proc = ready.run, ready.cgroup, ready.run.proc
         started = loop.time()
         try:
             timed_out = await self._supervise(run, request, collector, started)
@@ -388,8 +473,14 @@ class BubblewrapSandbox:
 
     async def close(self) -> None:
         self._closed = True
+        for idle in self._ready.values():
+            for ready in idle:
+                self._discard(ready)
+        self._ready.clear()
         for run in list(self._runs):
             run.kill()
+        if self._refills:
+            await asyncio.gather(*list(self._refills), return_exceptions=True)
 
 
 def runtime_binds(python: str) -> list[str]:
@@ -463,6 +554,28 @@ def _canonical(path: str) -> str:
 def _with_info_fd(argv: list[str], fd: int) -> list[str]:
     index = next(i for i, arg in enumerate(argv) if os.path.basename(arg) == "bwrap")
     return [*argv[: index + 1], "--info-fd", str(fd), *argv[index + 1 :]]
+
+
+_Shape = tuple[object, ...]
+
+
+def _shape(request: SandboxRequest) -> _Shape:
+    """What a pre-started sandbox is fixed to: its limits and environment (digested: tool
+    environments may hold secrets)."""
+    env = json.dumps(sorted(request.env.items())).encode("utf-8")
+    return (request.limits, hashlib.sha256(env).hexdigest())
+
+
+@dataclass(eq=False)
+class _Ready:
+    """A started sandbox process and its cgroup, not yet given its request."""
+
+    run: _Run
+    cgroup: RunCgroup | None
+    created: float = field(default_factory=time.monotonic)
+
+    def age(self) -> float:
+        return time.monotonic() - self.created
 
 
 class _Run:

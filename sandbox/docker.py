@@ -7,25 +7,29 @@ the attach stream, which is opened BEFORE the container starts, so nothing is lo
 labels ``crewgraph.managed=1`` + tenant + expiry. The host enforces the wall-clock
 timeout (kill) and the output cap (kill + truncated), and always removes the container.
 
-Optional warm pool (``warm_pool=True``, python runs only): long-lived containers with the
-same confinement, keyed by (tenant, image, limits) and never shared across tenants; each
-run is a ``docker exec`` of ``timeout -s KILL <t> python3 -I -B -c <runner>`` holding the
-container exclusively. A container is recycled after ``warm_max_runs`` runs, after
-``warm_ttl_seconds``, after any failed run, or when a run left processes behind.
+Optional warm pool (``warm_pool=True``, python runs only): most of a short run's cost is
+creating and starting its container, so after a run the backend creates, attaches and
+starts the next container of the same tenant, image, limits and environment in the
+background, where the runner blocks on its request line. Such a container has run
+nothing yet; it serves exactly one run and is then removed like a cold one, so nothing
+is shared between runs, let alone tenants. Idle ones older than ``warm_ttl_seconds`` are
+removed instead of used.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import hashlib
 import json
 import logging
 import secrets
 import time
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
+from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
-from typing import Any, Literal
+from typing import Any, Literal, cast
 
 import aiodocker
 import aiohttp
@@ -37,13 +41,7 @@ from domain.errors import NotConfigured
 from domain.sandbox import SandboxLimits, SandboxRequest, SandboxResult
 from sandbox.images import DEFAULT_IMAGE, build_hint, ensure_image
 from sandbox.limits import DEFAULT_MAX_LIMITS, KILL_GRACE_SECONDS
-from sandbox.output import (
-    OutputCollector,
-    build_result,
-    leftover_processes,
-    python_argv,
-    request_line,
-)
+from sandbox.output import OutputCollector, build_result, python_argv, request_line
 
 log = logging.getLogger(__name__)
 
@@ -54,8 +52,6 @@ EXPIRES_LABEL = "crewgraph.expires"
 POOL_LABEL = "crewgraph.pool"
 INSTANCE_LABEL = "crewgraph.instance"
 SANDBOX_USER = "65534:65534"
-#: processes a warm container shows at the end of a clean run: init, sleep, timeout, runner
-_WARM_BASELINE_PROCESSES = 4
 #: how long a cold container may outlive its timeout before reap_orphans() removes it
 _COLD_EXPIRY_GRACE = 120.0
 #: engine round trips allowed on top of a run's timeout before the run is abandoned
@@ -157,11 +153,16 @@ async def _pump(
 
 
 @dataclass(eq=False)
-class _Warm:
+class _Started:
+    """A started container with its attach stream open, not yet given its request."""
+
     container: DockerContainer
-    key: tuple[object, ...]
+    stream: Stream
+    exits: contextlib.AsyncExitStack
     created: float = field(default_factory=time.monotonic)
-    runs: int = 0
+
+    def age(self) -> float:
+        return time.monotonic() - self.created
 
 
 class DockerSandbox:
@@ -179,10 +180,9 @@ class DockerSandbox:
         ceiling: SandboxLimits = DEFAULT_MAX_LIMITS,
         python: str = "python3",
         warm_pool: bool = False,
-        warm_max_runs: int = 50,
         warm_idle_per_tenant: int = 1,
         warm_max_total: int = 16,
-        warm_ttl_seconds: float = 600.0,
+        warm_ttl_seconds: float = 300.0,
     ) -> None:
         self._docker = (
             docker
@@ -194,15 +194,13 @@ class DockerSandbox:
         self.ceiling = ceiling
         self.python = python
         self.warm_pool = warm_pool
-        self.warm_max_runs = warm_max_runs
         self.warm_idle_per_tenant = warm_idle_per_tenant
         self.warm_max_total = warm_max_total
         self.warm_ttl_seconds = warm_ttl_seconds
         self.instance = uuid.uuid4().hex[:12]
         self._known_images: set[str] = set()
-        self._idle: dict[tuple[object, ...], list[_Warm]] = {}
-        self._busy: set[_Warm] = set()
-        self._lock = asyncio.Lock()
+        self._idle: dict[tuple[object, ...], list[_Started]] = {}
+        self._refilling: set[tuple[object, ...]] = set()
         self._background: set[asyncio.Task[None]] = set()
         self._closed = False
 
@@ -243,9 +241,14 @@ class DockerSandbox:
         if image not in self._known_images:
             await ensure_image(self._docker, image)
             self._known_images.add(image)
+        started: _Started | None = None
         if request.kind == "python" and self.warm_pool:
-            return await self._run_warm(request, image)
-        return await self._run_cold(request, image)
+            key = self._pool_key(request, image)
+            started = self._take(key)
+            self._refill_soon(key, request, image)
+        return await self._run(
+            request, image, started, warm=self.warm_pool and request.kind == "python"
+        )
 
     async def reap_orphans(self, *, everything: bool = False) -> int:
         """Remove labelled containers whose expiry passed (a crashed process's leftovers;
@@ -258,9 +261,7 @@ class DockerSandbox:
         except (DockerError, aiohttp.ClientError, OSError) as exc:
             log.warning("sandbox.docker.reap_failed: %s", exc)
             return 0
-        ours = {w.container.id for w in self._busy} | {
-            w.container.id for idle in self._idle.values() for w in idle
-        }
+        ours = self.waiting_ids()
         now = time.time()
         doomed: list[DockerContainer] = []
         for container in listed:
@@ -278,12 +279,11 @@ class DockerSandbox:
         if self._closed:
             return
         self._closed = True
-        async with self._lock:
-            idle = [w for pool in self._idle.values() for w in pool]
-            self._idle.clear()
-        await asyncio.gather(*(self._remove(w.container) for w in idle))
-        if self._background:
-            await asyncio.gather(*self._background, return_exceptions=True)
+        idle = [w for pool in self._idle.values() for w in pool]
+        self._idle.clear()
+        await asyncio.gather(*(self._discard(w) for w in idle))
+        while self._background:
+            await asyncio.gather(*list(self._background), return_exceptions=True)
         # safety net: whatever this instance created and somehow still exists
         with contextlib.suppress(DockerError, aiohttp.ClientError, OSError):
             leftovers = await self._docker.containers.list(
@@ -295,7 +295,12 @@ class DockerSandbox:
             await self._docker.close()
 
     def warm_containers(self) -> int:
-        return sum(len(v) for v in self._idle.values()) + len(self._busy)
+        """Pre-started containers waiting for a run."""
+        return len(self.waiting_ids())
+
+    def waiting_ids(self) -> set[str]:
+        """Ids of the pre-started containers waiting for a run (they have run nothing)."""
+        return {w.container.id for idle in self._idle.values() for w in idle}
 
     # -- containers ---------------------------------------------------------------------
 
@@ -303,7 +308,8 @@ class DockerSandbox:
         self, request: SandboxRequest, image: str, *, cmd: list[str], warm: bool
     ) -> dict[str, Any]:
         limits = request.limits
-        lifetime = self.warm_ttl_seconds if warm else limits.timeout_seconds
+        # a warm container may wait its TTL, then run: other processes' reapers leave it be
+        lifetime = limits.timeout_seconds + (self.warm_ttl_seconds if warm else 0.0)
         labels = {
             MANAGED_LABEL: "1",
             TENANT_LABEL: request.tenant_id,
@@ -323,11 +329,11 @@ class DockerSandbox:
             "Labels": labels,
             "Hostname": "sandbox",
             "NetworkDisabled": True,
-            "AttachStdin": not warm,
-            "AttachStdout": not warm,
-            "AttachStderr": not warm,
-            "OpenStdin": not warm,
-            "StdinOnce": not warm,
+            "AttachStdin": True,
+            "AttachStdout": True,
+            "AttachStderr": True,
+            "OpenStdin": True,
+            "StdinOnce": True,
             "Tty": False,
             "StopTimeout": 1,
             "HostConfig": host_config(limits),
@@ -362,8 +368,8 @@ class DockerSandbox:
 
         await asyncio.shield(remove())
 
-    def _remove_later(self, container: DockerContainer) -> None:
-        task = asyncio.get_running_loop().create_task(self._remove(container))
+    def _in_background(self, coro: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
 
@@ -372,32 +378,57 @@ class DockerSandbox:
             async with asyncio.timeout(_KILL_TIMEOUT):  # removal (always next) is the backstop
                 await container.kill(signal="SIGKILL")
 
-    # -- cold runs ----------------------------------------------------------------------
+    # -- runs -------------------------------------------------------------------------
 
-    async def _run_cold(self, request: SandboxRequest, image: str) -> SandboxResult:
-        limits = request.limits
+    async def _start(self, request: SandboxRequest, image: str, *, warm: bool) -> _Started:
+        """Create the container, attach to it (before it starts: no output can be missed)
+        and start it; its process then waits for its stdin."""
         argv = python_argv(self.python) if request.kind == "python" else list(request.command)
-        config = self._config(request, image, cmd=argv, warm=False)
+        config = self._config(request, image, cmd=argv, warm=warm)
+        container = await self._create(config, self._container_name(request, warm), image)
+        exits = contextlib.AsyncExitStack()
+        try:
+            stream = container.attach(stdin=True, stdout=True, stderr=True)
+            # aiodocker's Stream is an async context manager without the typed protocol
+            await exits.enter_async_context(cast(AbstractAsyncContextManager[Any], stream))
+            await container.start()
+        except BaseException:
+            with contextlib.suppress(Exception):
+                await exits.aclose()
+            await self._remove(container)
+            raise
+        return _Started(container, stream, exits)
+
+    async def _run(
+        self, request: SandboxRequest, image: str, started: _Started | None, *, warm: bool
+    ) -> SandboxResult:
+        limits = request.limits
         collector = OutputCollector(framed=request.kind == "python", limit=limits.output_bytes)
         loop = asyncio.get_running_loop()
-        container = await self._create(config, self._container_name(request, False), image)
         clock = [loop.time(), loop.time()]  # started, ended
         outcome: Outcome = "eof"
         exit_code: int | None = None
         oom = False
         error: str | None = None
+        container: DockerContainer | None = None
         try:
             # a hard cap on everything, in case the engine stops answering mid-run
             async with asyncio.timeout(limits.timeout_seconds + _ENGINE_SLACK):
-                outcome, exit_code, oom = await self._cold_steps(
-                    request, container, collector, clock
-                )
+                if started is None:
+                    started = await self._start(request, image, warm=False)
+                container = started.container
+                outcome, exit_code, oom = await self._steps(request, started, collector, clock)
         except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
             error = f"docker: {getattr(exc, 'message', None) or exc or type(exc).__name__}"
             clock[1] = loop.time()
-            await self._kill(container)
+            if container is not None:
+                await self._kill(container)
         finally:
-            await self._remove(container)
+            if started is not None and warm:
+                # the result is known: the warm pool's caller does not wait for the removal
+                self._in_background(self._discard(started))
+            elif started is not None:
+                await self._discard(started)
         return build_result(
             request,
             collector,
@@ -409,26 +440,24 @@ class DockerSandbox:
             error=error,
         )
 
-    async def _cold_steps(
+    async def _steps(
         self,
         request: SandboxRequest,
-        container: DockerContainer,
+        started: _Started,
         collector: OutputCollector,
         clock: list[float],
     ) -> tuple[Outcome, int | None, bool]:
         loop = asyncio.get_running_loop()
-        stream = container.attach(stdin=True, stdout=True, stderr=True)
-        async with stream:  # attached before start: no output can be missed
-            await container.start()
-            clock[0] = loop.time()
-            await stream.write_in(request_line(request))
-            _write_eof(stream)
-            outcome = await _pump(
-                stream,
-                collector,
-                clock[0] + request.limits.timeout_seconds,
-                lambda: self._kill(container),
-            )
+        container, stream = started.container, started.stream
+        clock[0] = loop.time()
+        await stream.write_in(request_line(request))
+        _write_eof(stream)
+        outcome = await _pump(
+            stream,
+            collector,
+            clock[0] + request.limits.timeout_seconds,
+            lambda: self._kill(container),
+        )
         clock[1] = loop.time()
         waited = await container.wait(timeout=KILL_GRACE_SECONDS + 10.0)
         exit_code: int | None = waited.get("StatusCode")
@@ -437,117 +466,50 @@ class DockerSandbox:
             exit_code = state["ExitCode"]
         return outcome, exit_code, bool(state.get("OOMKilled"))
 
-    # -- warm pool ----------------------------------------------------------------------
+    # -- warm pool: pre-started containers ------------------------------------------------
 
     @staticmethod
     def _pool_key(request: SandboxRequest, image: str) -> tuple[object, ...]:
-        lim = request.limits
-        return (request.tenant_id, image, lim.memory_mb, lim.cpu_fraction, lim.pids, lim.tmpfs_mb)
+        # the environment is digested: tool environments may hold secrets
+        env = hashlib.sha256(json.dumps(sorted(request.env.items())).encode()).hexdigest()
+        return (request.tenant_id, image, request.limits, env)
 
-    async def _checkout(self, request: SandboxRequest, image: str) -> _Warm:
-        key = self._pool_key(request, image)
-        async with self._lock:
-            idle = self._idle.get(key) or []
-            while idle:
-                warm = idle.pop()
-                if time.monotonic() - warm.created < self.warm_ttl_seconds:
-                    self._busy.add(warm)
-                    return warm
-                self._remove_later(warm.container)
-        config = self._config(request, image, cmd=["sleep", "infinity"], warm=True)
-        container = await self._create(config, self._container_name(request, True), image)
+    def _take(self, key: tuple[object, ...]) -> _Started | None:
+        idle = self._idle.get(key) or []
+        while idle:
+            started = idle.pop()
+            if started.age() < self.warm_ttl_seconds:
+                return started
+            self._in_background(self._discard(started))
+        return None
+
+    def _refill_soon(self, key: tuple[object, ...], request: SandboxRequest, image: str) -> None:
+        idle = self._idle.get(key) or []
+        total = sum(len(v) for v in self._idle.values()) + len(self._refilling)
+        if (
+            key in self._refilling
+            or len(idle) >= self.warm_idle_per_tenant
+            or total >= self.warm_max_total
+        ):
+            return
+        self._refilling.add(key)
+        template = replace(request, input={}, execution_id="warm")
+        self._in_background(self._refill(key, template, image))
+
+    async def _refill(self, key: tuple[object, ...], template: SandboxRequest, image: str) -> None:
         try:
-            await container.start()
-        except (DockerError, aiohttp.ClientError, OSError) as exc:
-            await self._remove(container)
-            raise NotConfigured(f"cannot start a warm sandbox container: {exc}") from None
-        warm = _Warm(container=container, key=key)
-        self._busy.add(warm)
-        return warm
-
-    async def _checkin(self, warm: _Warm, healthy: bool) -> None:
-        self._busy.discard(warm)
-        warm.runs += 1
-        fresh = time.monotonic() - warm.created < self.warm_ttl_seconds
-        if healthy and fresh and not self._closed and warm.runs < self.warm_max_runs:
-            async with self._lock:
-                idle = self._idle.setdefault(warm.key, [])
-                total_idle = sum(len(v) for v in self._idle.values())
-                if len(idle) < self.warm_idle_per_tenant and total_idle < self.warm_max_total:
-                    idle.append(warm)
-                    return
-        self._remove_later(warm.container)
-
-    async def _run_warm(self, request: SandboxRequest, image: str) -> SandboxResult:
-        limits = request.limits
-        warm = await self._checkout(request, image)
-        loop = asyncio.get_running_loop()
-        collector = OutputCollector(framed=True, limit=limits.output_bytes)
-        clock = [loop.time(), loop.time()]  # started, ended
-        outcome: Outcome = "eof"
-        exit_code: int | None = None
-        error: str | None = None
-        healthy = False
-        try:  # whatever happens (cancellation included) the container is checked in
-            try:
-                async with asyncio.timeout(limits.timeout_seconds + _ENGINE_SLACK):
-                    outcome, exit_code = await self._warm_steps(request, warm, collector, clock)
-            except (DockerError, aiohttp.ClientError, OSError, TimeoutError) as exc:
-                error = f"docker: {getattr(exc, 'message', None) or exc or type(exc).__name__}"
-                clock[1] = loop.time()
-            elapsed = clock[1] - clock[0]
-            killed = exit_code == 137 or (isinstance(exit_code, int) and exit_code < 0)
-            # `timeout -s KILL` ends a run at its limit with 137 (the host deadline is a backstop)
-            timed_out = outcome == "timeout" or (
-                outcome == "eof" and killed and elapsed >= limits.timeout_seconds - 0.05
-            )
-            result = build_result(
-                request,
-                collector,
-                backend=self.name,
-                exit_code=exit_code,
-                duration_ms=int(elapsed * 1000),
-                timed_out=timed_out,
-                oom_killed=killed and not timed_out and outcome == "eof",
-                error=error,
-            )
-            left = leftover_processes(collector)
-            healthy = result.ok and left is not None and left <= _WARM_BASELINE_PROCESSES
-            return result
+            started = await self._start(template, image, warm=True)
+        except (NotConfigured, DockerError, aiohttp.ClientError, OSError) as exc:
+            log.warning("sandbox.docker.prestart_failed: %s", exc)
+            return
         finally:
-            await self._checkin(warm, healthy)
+            self._refilling.discard(key)
+        if self._closed:
+            await self._discard(started)
+            return
+        self._idle.setdefault(key, []).append(started)
 
-    async def _warm_steps(
-        self,
-        request: SandboxRequest,
-        warm: _Warm,
-        collector: OutputCollector,
-        clock: list[float],
-    ) -> tuple[Outcome, int | None]:
-        loop = asyncio.get_running_loop()
-        limits = request.limits
-        cmd = ["timeout", "-s", "KILL", f"{limits.timeout_seconds:g}", *python_argv(self.python)]
-        execution = await warm.container.exec(
-            cmd,
-            stdin=True,
-            stdout=True,
-            stderr=True,
-            user=SANDBOX_USER,
-            environment=_base_env(request),
-            workdir="/tmp",
-        )
-        stream = execution.start(detach=False)
-        async with stream:
-            clock[0] = loop.time()
-            await stream.write_in(request_line(request, wipe_tmp=True))
-            _write_eof(stream)
-            outcome = await _pump(
-                stream,
-                collector,
-                clock[0] + limits.timeout_seconds + KILL_GRACE_SECONDS,
-                lambda: self._kill(warm.container),
-            )
-            clock[1] = loop.time()
-        info = await execution.inspect()
-        exit_code = info.get("ExitCode")
-        return outcome, exit_code if isinstance(exit_code, int) else None
+    async def _discard(self, started: _Started) -> None:
+        with contextlib.suppress(Exception):
+            await started.exits.aclose()
+        await self._remove(started.container)

@@ -35,7 +35,7 @@ def python_argv(python: str = "python3") -> list[str]:
     return [python, "-I", "-B", "-c", runner_source()]
 
 
-def request_line(request: SandboxRequest, *, wipe_tmp: bool = False) -> bytes:
+def request_line(request: SandboxRequest) -> bytes:
     """The stdin payload: one JSON line for the runner, or the input for a command."""
     if request.kind == "python":
         payload: dict[str, Any] = {
@@ -43,7 +43,6 @@ def request_line(request: SandboxRequest, *, wipe_tmp: bool = False) -> bytes:
             "entrypoint": request.entrypoint,
             "input": dict(request.input),
             "scratch": request.execution_id,
-            "wipe_tmp": wipe_tmp,
         }
     else:
         payload = dict(request.input)
@@ -221,11 +220,3 @@ def build_result(
         backend=backend,
         execution_id=request.execution_id,
     )
-
-
-def leftover_processes(collected: OutputCollector) -> int | None:
-    """How many processes the runner saw in its PID namespace at the end (or None)."""
-    raw = collected.result.get("usage") if collected.result else None
-    if isinstance(raw, dict) and isinstance(raw.get("processes"), int):
-        return int(raw["processes"])
-    return None

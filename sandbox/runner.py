@@ -3,7 +3,7 @@
 The host passes this file's source as ``python3 -I -B -c <source>`` (it is never baked
 into an image, so any image with python3 works) and writes ONE request line on stdin::
 
-    {"code": "...", "entrypoint": "run", "input": {...}, "scratch": "<id>", "wipe_tmp": false}
+    {"code": "...", "entrypoint": "run", "input": {...}, "scratch": "<id>"}
 
 The runner executes ``code`` in a fresh namespace, calls ``entrypoint(input)`` (awaiting
 it when it is a coroutine function) and writes, on the process's stdout:
@@ -82,23 +82,6 @@ def _usage() -> dict[str, Any]:
     }
 
 
-def _wipe(directory: str) -> None:
-    """Empty ``directory`` (a private tmpfs of a warm container) for the next run."""
-    try:
-        names = os.listdir(directory)
-    except OSError:
-        return
-    for name in names:
-        path = os.path.join(directory, name)
-        try:
-            if os.path.isdir(path) and not os.path.islink(path):
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                os.unlink(path)
-        except OSError:
-            pass
-
-
 def _user_traceback(exc: BaseException) -> str:
     """The traceback without the runner's own frames."""
     tb = exc.__traceback__
@@ -163,7 +146,6 @@ def main() -> int:
         entrypoint = request.get("entrypoint") or "run"
         payload = request.get("input") or {}
         scratch_name = str(request.get("scratch") or "run")
-        wipe_tmp = bool(request.get("wipe_tmp"))
     except Exception as exc:
         _emit(
             {
@@ -176,8 +158,7 @@ def main() -> int:
         )
         return 2
 
-    # A private scratch directory per run (the container's /tmp may outlive this run
-    # in a warm pool; it is never shared across tenants).
+    # A private scratch directory per run, removed at its end.
     base = os.environ.get("TMPDIR") or "/tmp"
     scratch: str | None = os.path.join(
         base, "run-" + "".join(c for c in scratch_name if c.isalnum() or c in "-_.")
@@ -209,9 +190,7 @@ def main() -> int:
     os.dup2(devnull, 1)  # close our write end; the drainer sees EOF unless children hold it
     drainer.join(timeout=1.0)
     os.chdir("/")
-    if wipe_tmp:
-        _wipe(base)
-    elif scratch:
+    if scratch:
         shutil.rmtree(scratch, ignore_errors=True)
     result = {
         "ok": error is None,

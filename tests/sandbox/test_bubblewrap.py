@@ -91,3 +91,102 @@ async def test_processes_left_behind_are_killed(bwrap: BubblewrapSandbox) -> Non
 
 def test_cgroup_root_constant() -> None:
     assert ROOT == Path("/sys/fs/cgroup") and PARENT == "crewgraph-sandbox"
+
+
+# -- pre-started sandboxes ---------------------------------------------------------------
+
+_PID = "import os\ndef run(x):\n    return {'pid': os.getpid(), 'n': x['n'], 'env': os.environ.get('K')}\n"
+
+
+def _req(n: int, tenant: str = "t-pre", **kw: object) -> SandboxRequest:
+    return SandboxRequest(
+        tenant_id=tenant,
+        code=_PID,
+        input={"n": n},
+        limits=SandboxLimits(timeout_seconds=10),
+        **kw,  # type: ignore[arg-type]
+    )
+
+
+async def _settled(sb: BubblewrapSandbox) -> None:
+    import asyncio
+
+    for _ in range(100):
+        if not sb._refills:
+            return
+        await asyncio.sleep(0.05)
+
+
+async def test_prestarted_sandboxes_serve_one_run_each() -> None:
+    sb = await BubblewrapSandbox.open(prestart=1)
+    try:
+        first = await sb.run(_req(1))
+        await _settled(sb)
+        assert sb.prestarted() == 1, "the next sandbox of that shape is started after a run"
+        second = await sb.run(_req(2, tenant="t-other"))
+        assert first.ok and second.ok, (first, second)
+        assert second.output["n"] == 2
+        await _settled(sb)
+        third = await sb.run(_req(3))
+        assert third.ok and third.output["n"] == 3
+        # every run is its own process (inside a fresh PID namespace it is always the same
+        # small number, so compare what the runs could leave behind instead)
+        leak = await sb.run(
+            SandboxRequest(
+                tenant_id="t-pre",
+                code="import os\ndef run(x):\n    return sorted(os.listdir('/tmp'))\n",
+                limits=SandboxLimits(timeout_seconds=10),
+            )
+        )
+        assert leak.ok and len(leak.output) == 1, "a pre-started /tmp holds only its own scratch"
+    finally:
+        await sb.close()
+    assert sb.prestarted() == 0 and not sb._runs
+
+
+async def test_prestarted_sandbox_keeps_its_shape_apart() -> None:
+    sb = await BubblewrapSandbox.open(prestart=1)
+    try:
+        await sb.run(_req(1, env={"K": "a"}))
+        await _settled(sb)
+        other = await sb.run(_req(2, env={"K": "b"}))
+        assert other.ok and other.output["env"] == "b", "an environment is never reused"
+        await _settled(sb)
+        same = await sb.run(_req(3, env={"K": "a"}))
+        assert same.ok and same.output["env"] == "a"
+    finally:
+        await sb.close()
+
+
+async def test_prestarted_sandbox_timeout_counts_from_the_request() -> None:
+    import asyncio
+
+    sb = await BubblewrapSandbox.open(prestart=1)
+    try:
+        limits = SandboxLimits(timeout_seconds=1)
+        spin = "def run(x):\n    while True:\n        pass\n"
+        await sb.run(
+            SandboxRequest(tenant_id="t-pre", code="def run(x):\n    return 1\n", limits=limits)
+        )
+        await _settled(sb)
+        await asyncio.sleep(1.5)  # the idle sandbox is older than the timeout now
+        result = await sb.run(SandboxRequest(tenant_id="t-pre", code=spin, limits=limits))
+        assert result.timed_out and result.duration_ms >= 900, result
+    finally:
+        await sb.close()
+
+
+async def test_stale_prestarted_sandboxes_are_not_used() -> None:
+    import asyncio
+
+    sb = await BubblewrapSandbox.open(prestart=1, prestart_ttl=0.2)
+    try:
+        await sb.run(_req(1))
+        await _settled(sb)
+        assert sb.prestarted() == 1
+        await asyncio.sleep(0.4)
+        result = await sb.run(_req(2))
+        assert result.ok and result.output["n"] == 2
+    finally:
+        await sb.close()
+    assert not sb._runs

@@ -144,50 +144,64 @@ async def test_missing_image_is_reported_not_pulled(docker_sb: DockerSandbox) ->
         )
 
 
-async def test_warm_pool_reuses_per_tenant_and_recycles_on_failure(warm_sb: DockerSandbox) -> None:
-    code = "import os\ndef run(x):\n    return open('/proc/self/cgroup').read()\n"
+async def test_warm_pool_prestarts_one_container_per_run_per_tenant(
+    warm_sb: DockerSandbox,
+) -> None:
+    code = (
+        "def run(x):\n    return open('/proc/self/cgroup').read() + open('/etc/hostname').read()\n"
+    )
 
-    async def container_of(tenant: str, body: str = code) -> str | None:
+    async def run_as(tenant: str, body: str = code) -> str | None:
         result = await warm_sb.run(
             SandboxRequest(tenant_id=tenant, code=body, limits=SandboxLimits(timeout_seconds=10))
         )
         return str(result.output) if result.ok else None
 
-    a1 = await container_of("t-warm-a")
-    a2 = await container_of("t-warm-a")
-    b1 = await container_of("t-warm-b")
-    assert a1 and a1 == a2, "a healthy warm container is reused for the same tenant"
-    assert b1 and b1 != a1, "tenants never share a warm container"
-    assert await container_of("t-warm-a", "def run(x):\n    raise ValueError()\n") is None
-    await asyncio.sleep(0.3)  # recycled containers are removed in the background
-    a3 = await container_of("t-warm-a")
-    assert a3 and a3 != a1, "a container is recycled after a failed run"
+    async def settled() -> None:
+        for _ in range(100):
+            if not warm_sb._background:
+                return
+            await asyncio.sleep(0.05)
+
+    a1 = await run_as("t-warm-a")
+    await settled()
+    waiting = await _managed(warm_sb, **{"crewgraph.pool": "warm", TENANT_LABEL: "t-warm-a"})
+    assert len(waiting) == 1 and waiting[0]["State"] == "running", "the next one is started"
+    a2 = await run_as("t-warm-a")
+    assert a1 and a2 and a1 != a2, "a container serves one run only"
+    await settled()
+    assert not [
+        c
+        for c in await _managed(warm_sb, **{TENANT_LABEL: "t-warm-a"})
+        if c["Id"] == waiting[0]["Id"]
+    ], "the pre-started container was used, then removed"
+    await settled()
+    b1 = await run_as("t-warm-b")
+    assert b1 and b1 not in (a1, a2)
+    await settled()
     tenants = {
         c["Labels"][TENANT_LABEL] for c in await _managed(warm_sb, **{"crewgraph.pool": "warm"})
     }
-    assert {"t-warm-a", "t-warm-b"} <= tenants
+    assert {"t-warm-a", "t-warm-b"} <= tenants, "each tenant gets its own pre-started container"
+    assert await run_as("t-warm-a", "def run(x):\n    raise ValueError()\n") is None
+    await settled()
+    assert await run_as("t-warm-a"), "a failed run does not spoil the next one"
 
 
-async def test_warm_pool_recycles_after_max_runs_and_leftover_processes(
-    sandbox_registry: dict,  # type: ignore[type-arg]
-) -> None:
-    await get_backend("docker", sandbox_registry)  # skip when there is no engine
-    sb = DockerSandbox(warm_pool=True, warm_max_runs=2)
+async def test_warm_pool_containers_are_removed_on_close(docker_sb: DockerSandbox) -> None:
+    sb = DockerSandbox(warm_pool=True, warm_ttl_seconds=0.5)
     await sb.start(reap=False)
     try:
-        code = "def run(x):\n    return open('/proc/self/cgroup').read()\n"
-        req = lambda body=code: SandboxRequest(tenant_id="t-recycle", code=body)  # noqa: E731
-        first = (await sb.run(req())).output
-        second = (await sb.run(req())).output
-        third = (await sb.run(req())).output
-        assert first == second != third, "recycled after warm_max_runs"
-        spawn = (
-            "import subprocess\ndef run(x):\n    subprocess.Popen(['sleep', '30'])\n"
-            "    return open('/proc/self/cgroup').read()\n"
-        )
-        left = (await sb.run(req(spawn))).output
-        after = (await sb.run(req())).output
-        assert left != after, "a container with leftover processes is not reused"
+        req = SandboxRequest(tenant_id="t-warm-close", code="def run(x):\n    return 1\n")
+        assert (await sb.run(req)).ok
+        for _ in range(100):
+            if sb.warm_containers():
+                break
+            await asyncio.sleep(0.05)
+        assert sb.warm_containers() == 1
+        await asyncio.sleep(0.6)
+        assert (await sb.run(req)).ok, "a stale pre-started container is replaced, not used"
     finally:
         await sb.close()
     assert sb.warm_containers() == 0
+    assert not await _managed(docker_sb, **{TENANT_LABEL: "t-warm-close"})
