@@ -6,12 +6,14 @@
 - every event is committed before it is published, and the writes of the run are
   serialised, so events are published in sequence order (subscribers still cope with lost
   or reordered messages: streams.py);
-- TOKEN events are buffered and stored in batches: when `token_batch` tokens wait, when
-  the oldest waited `token_delay` seconds, and always before the run's next other event
-  (so a node's NODE_COMPLETED follows all of its tokens) and before `finish`. A batch is
-  one atomic append: its sequences are contiguous, and a token that was never stored never
-  got a sequence, so the log stays gap-free and replay-then-live sees each token once, in
-  order. A token costs a commit per batch instead of one each;
+- TOKEN and LOG events (the streaming kinds a node may emit by the hundred) are buffered
+  and stored in batches: when `token_batch` of them wait, when the oldest waited
+  `token_delay` seconds, and always before the run's next other event (so a node's
+  NODE_COMPLETED follows all of its tokens and logs) and before `finish`. A batch is one
+  atomic append: its sequences are contiguous, and an event that was never stored never
+  got a sequence, so the log stays gap-free and replay-then-live sees each one once, in
+  order. Such an event costs a commit per batch instead of one each; a worker that dies
+  loses at most the last `token_delay` of them (the run resumes from its checkpoints);
 - a background flush that failed (lease lost, database down) is raised by the next call,
   so the run stops as it does on any store failure (it stays RUNNING and resumes
   elsewhere from its checkpoints);
@@ -44,6 +46,7 @@ log = logging.getLogger("crewgraph.executions")
 
 DEFAULT_TOKEN_BATCH = 64
 DEFAULT_TOKEN_DELAY = 0.05
+_BATCHED = frozenset({EventType.TOKEN, EventType.LOG})
 
 
 class RunJournal:
@@ -87,7 +90,7 @@ class RunJournal:
     ) -> ExecutionEvent | None:
         self._raise_failure()
         event = NewEvent(type, node_id, self._clock.now(), data)
-        if type == EventType.TOKEN and self._token_batch > 1:
+        if type in _BATCHED and self._token_batch > 1:
             await self._buffer(execution_id, event)
             return None
         async with self._lock:

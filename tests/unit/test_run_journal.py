@@ -33,7 +33,10 @@ async def test_events_are_stored_then_published_in_sequence_order() -> None:
     db, store, bus = running()
     journal = RunJournal(store, bus, REF.tenant_id)
     results = await asyncio.gather(
-        *(journal.append_event(REF.execution_id, EventType.LOG, "n", {"i": i}) for i in range(20))
+        *(
+            journal.append_event(REF.execution_id, EventType.NODE_STARTED, f"n{i}", {})
+            for i in range(20)
+        )
     )
     assert [e.sequence for e in results if e] == list(range(1, 21))
     assert sequences(bus) == list(range(1, 21))
@@ -55,6 +58,21 @@ async def test_tokens_are_written_in_one_batch_before_the_next_other_event() -> 
     published = bus.events_published
     assert [e.sequence for e in published] == [1, 2, 3, 4, 5, 6]
     assert [e.data["delta"] for e in published[:5] if e.data] == ["t0", "t1", "t2", "t3", "t4"]
+    await journal.close()
+
+
+async def test_logs_are_batched_like_tokens_in_order() -> None:
+    _db, store, bus = running()
+    journal = RunJournal(store, bus, REF.tenant_id, token_delay=10)
+    await journal.append_event(REF.execution_id, EventType.LOG, "tool", {"message": "a"})
+    await journal.append_event(REF.execution_id, EventType.TOKEN, "tool", {"delta": "x"})
+    await journal.append_event(REF.execution_id, EventType.LOG, "tool", {"message": "b"})
+    assert store.batches == []  # buffered
+    await journal.append_event(REF.execution_id, EventType.NODE_COMPLETED, "tool", {})
+    assert [[e.type for e in b] for b in store.batches] == [
+        [EventType.LOG, EventType.TOKEN, EventType.LOG, EventType.NODE_COMPLETED]
+    ]
+    assert [e.sequence for e in bus.events_published] == [1, 2, 3, 4]
     await journal.close()
 
 
@@ -99,7 +117,7 @@ async def test_a_publish_failure_is_logged_not_raised(caplog: pytest.LogCaptureF
     bus.fail = True
     journal = RunJournal(store, bus, REF.tenant_id)
     with caplog.at_level(logging.ERROR):
-        event = await journal.append_event(REF.execution_id, EventType.LOG, None, {})
+        event = await journal.append_event(REF.execution_id, EventType.NODE_STARTED, "n", {})
     assert event is not None and event.sequence == 1
     assert "publishing an event failed" in caplog.text
 
