@@ -5,14 +5,30 @@ VENV := .venv
 BIN := $(VENV)/bin
 UV := $(BIN)/uv
 
-.PHONY: install run test test-long fuzz lint typecheck schema bench clean sandbox-up local-model
+.PHONY: install run test test-long fuzz lint typecheck schema bench clean sandbox-up local-model \
+	vendor browser-up deploy-deps image compose-smoke
 
 $(UV):
 	$(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --disable-pip-version-check uv==0.13.9
 
-install: $(UV)  ## install the project and dev tools exactly as locked (idempotent)
+install: $(UV) vendor  ## install the project and dev tools exactly as locked (idempotent)
 	$(UV) sync --frozen --extra dev --quiet
+	@# The TypeScript client examples' packages (examples/typescript, its own lock); without
+	@# Node.js they are skipped and their tests say why (in CI they fail instead).
+	@if bash scripts/install-examples.sh; then :; \
+	  elif [ "$${CI:-}" = "true" ]; then echo "client examples install failed" >&2; exit 1; \
+	  else echo "WARNING: client examples not installed; their tests will skip" >&2; fi
+
+# GraphiQL's and the dashboard's browser libraries: `npm ci` from frontend/package-lock.json
+# (every tarball checked against the lock's integrity hash; skipped when node_modules already
+# matches), then the served files copied to server/static/vendor (frontend/vendor.py). Node.js
+# and npm are needed here only, never at run time. In CI a failure fails the run; on a laptop
+# without npm it only warns (GraphiQL then says how to get its files).
+vendor: $(UV)  ## the locked frontend packages' files into server/static/vendor (npm ci)
+	@if $(BIN)/python frontend/vendor.py --quiet; then :; \
+	  elif [ "$${CI:-}" = "true" ]; then echo "frontend assets failed" >&2; exit 1; \
+	  else echo "WARNING: frontend assets missing; GraphiQL and the dashboard need them" >&2; fi
 
 run: install  ## serve on embedded PostgreSQL + Redis unless DATABASE_URL / REDIS_URL are set
 	$(BIN)/crewgraph serve
@@ -42,7 +58,31 @@ sandbox-up:  ## a Docker engine, bubblewrap and the sandbox image (all built loc
 	  elif [ "$${CI:-}" = "true" ]; then echo "sandbox setup failed" >&2; exit 1; \
 	  else echo "WARNING: sandbox setup failed; sandbox tests will skip" >&2; fi
 
-test: install lint sandbox-up  ## lint + the whole test suite (short modes of slow tests)
+# Debian's chromium for the browser tests (tests/browser; Playwright drives it, no browser
+# download). In CI a failure fails the run; elsewhere it warns and the browser tests skip.
+browser-up:  ## Debian's chromium for the browser tests
+	@if bash scripts/browser-deps.sh >&2; then echo "browser ready"; \
+	  elif [ "$${CI:-}" = "true" ]; then echo "browser setup failed" >&2; exit 1; \
+	  else echo "WARNING: chromium missing; browser tests will skip" >&2; fi
+
+# Debian's docker-compose, which validates docker-compose.yml in tests/deploy. In CI a
+# failure fails the run; elsewhere it warns and the compose tests skip.
+deploy-deps:  ## docker-compose (Debian's) for the deploy/ checks
+	@if bash scripts/deploy-deps.sh >&2; then :; \
+	  elif [ "$${CI:-}" = "true" ]; then echo "deploy tools setup failed" >&2; exit 1; \
+	  else echo "WARNING: docker-compose missing; compose tests will skip" >&2; fi
+
+# The application image (Dockerfile) on a locally built Debian base: no registry here.
+# CREWGRAPH_BASE_IMAGE=python:3.11-slim-bookworm uses a public base where one can be pulled.
+image: vendor  ## the crewgraph/crewgraph:dev image (API and worker), built locally
+	bash scripts/build-image.sh
+
+# docker-compose.yml up for real with the image above, a registration and a flow run by
+# the worker, then down (README: Deploying).
+compose-smoke: deploy-deps  ## the compose stack's smoke test (builds the image if missing)
+	bash scripts/compose-smoke.sh
+
+test: install lint sandbox-up browser-up deploy-deps  ## lint + the whole test suite (short modes of slow tests)
 	[ -f .crewgraph/docker.env ] && . .crewgraph/docker.env; \
 	if [ "$${CI:-}" = "true" ]; then export CREWGRAPH_REQUIRE_SANDBOX=docker,bubblewrap; fi; \
 	$(BIN)/pytest -q -p no:cacheprovider

@@ -44,7 +44,7 @@ def _backup_settings() -> tuple[BackupSettings, AesGcmBox | MissingKeyBox]:
 
 
 def register(cli: typer.Typer) -> None:
-    @cli.command()
+    @cli.command(short_help="Write every tenant (or one) to a .tar.gz archive.")
     def backup(
         out: Path = typer.Argument(..., help="the archive to write (.tar.gz)"),
         tenant: str | None = typer.Option(None, help="only this tenant's slug (default: all)"),
@@ -52,10 +52,12 @@ def register(cli: typer.Typer) -> None:
         """Write every tenant (or one) to a tar.gz: its PostgreSQL schema (pg_dump), its
         rows in `public`, its MongoDB documents, a manifest with checksums."""
         from persistence.backup import BackupError, create_backup
+        from server.cli import working
 
         settings, box = _backup_settings()
         try:
-            done = asyncio.run(create_backup(settings, box, out, tenant))
+            with working(f"backing up to {out}"):
+                done = asyncio.run(create_backup(settings, box, out, tenant))
         except BackupError as exc:
             console.print(f"[red]backup failed:[/red] {exc}")
             raise typer.Exit(1) from exc
@@ -63,7 +65,7 @@ def register(cli: typer.Typer) -> None:
             console.print(f"{t.slug}: {sum(t.rows.values())} row(s)/document(s)")
         console.print(f"wrote {out} ({len(done)} tenant(s))")
 
-    @cli.command()
+    @cli.command(short_help="Restore the tenants of a `crewgraph backup` archive.")
     def restore(
         archive: Path = typer.Argument(..., help="an archive from `crewgraph backup`"),
         replace: bool = typer.Option(False, help="overwrite tenants that exist here"),
@@ -75,9 +77,12 @@ def register(cli: typer.Typer) -> None:
         if not archive.is_file():  # before any embedded server starts
             console.print(f"[red]restore refused:[/red] {archive}: no such file")
             raise typer.Exit(1)
+        from server.cli import working
+
         settings, box = _backup_settings()
         try:
-            done = asyncio.run(restore_backup(settings, box, archive, replace=replace))
+            with working(f"restoring from {archive}"):
+                done = asyncio.run(restore_backup(settings, box, archive, replace=replace))
         except BackupError as exc:
             console.print(f"[red]restore refused:[/red] {exc}")
             raise typer.Exit(1) from exc

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -70,6 +72,23 @@ def _local_settings(settings: Settings) -> Settings:
     return settings.model_copy(update=updates)
 
 
+@contextmanager
+def working(description: str) -> Iterator[None]:
+    """A live spinner with the elapsed time on stderr while a long command works (a
+    terminal only: rich prints nothing animated into a pipe or a log)."""
+    from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+    with Progress(
+        SpinnerColumn(),
+        TextColumn("{task.description}"),
+        TimeElapsedColumn(),
+        console=console,
+        transient=True,
+    ) as progress:
+        progress.add_task(description, total=None)
+        yield
+
+
 def _ready_settings() -> Settings:
     """Settings from the environment, with embedded services and local secrets filled in."""
     return resolve_services(_local_settings(Settings()))
@@ -123,7 +142,7 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         no_args_is_help=True, help="Crewgraph: agents, crews, tools and flows over GraphQL."
     )
 
-    @cli.command()
+    @cli.command(short_help="Migrate, then serve the API and GraphiQL (/graphql).")
     def serve(
         host: str | None = typer.Option(None, help="defaults to CREWGRAPH_HOST"),
         port: int | None = typer.Option(None, help="defaults to CREWGRAPH_PORT"),
@@ -196,7 +215,7 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         if not server.started:
             raise SystemExit(3)  # uvicorn's STARTUP_FAILURE: the port is taken, ...
 
-    @cli.command()
+    @cli.command(short_help="Upgrade the public schema and every tenant schema.")
     def migrate() -> None:
         """Upgrade the public schema and every tenant schema to the newest revision."""
         from persistence.migrate import upgrade_all
@@ -207,10 +226,11 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
                 async with persistence.db.engine.begin() as conn:
                     return await upgrade_all(conn)
 
-        schemas = asyncio.run(run())
+        with working("migrating the public and tenant schemas"):
+            schemas = asyncio.run(run())
         console.print(f"migrated public and {len(schemas)} tenant schema(s)")
 
-    @cli.command("rotate-key")
+    @cli.command("rotate-key", short_help="Re-encrypt stored secrets with CREWGRAPH_SECRET_KEY.")
     def rotate_key() -> None:
         """Re-encrypt every tenant's stored secrets with CREWGRAPH_SECRET_KEY.
 
@@ -236,10 +256,11 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
                 keys = await rotate_keys(persistence.uow, box, tenants)
                 return keys + await rotate_webhook_secrets(persistence.uow, box, tenants)
 
-        count = asyncio.run(run())
+        with working("re-encrypting stored secrets"):
+            count = asyncio.run(run())
         console.print(f"re-encrypted {count} secret(s) under key {box.current_key_id}")
 
-    @cli.command()
+    @cli.command(short_help="Run queued executions (API with CREWGRAPH_WORKER_MODE=arq).")
     def worker(
         burst: bool = typer.Option(False, help="exit once the queue is empty"),
     ) -> None:
@@ -259,7 +280,7 @@ def build_cli(wrap_executors: WrapExecutors | None = None) -> typer.Typer:
         settings = resolve_services(settings, mongo=True)
         run_worker(settings, burst=burst, wrap_executors=wrap_executors)
 
-    @cli.command("export-schema")
+    @cli.command("export-schema", short_help="Write the GraphQL SDL (graphql/schema.graphql).")
     def export_schema(
         out: Path = typer.Option(Path("graphql/schema.graphql"), help="where to write the SDL"),
     ) -> None:
