@@ -2,7 +2,8 @@
 
 Each `bench/bench_*.py` prints its own markdown table with ratios measured in the
 same run (this machine is shared and noisy: compare ratios, not absolute times).
-`--short` is the smoke mode CI runs; `--no-write` leaves docs/ alone."""
+`--short` is the smoke mode CI runs; `--no-write` leaves docs/ alone. Naming benches
+(`python -m bench tenants`) rewrites only their sections of docs/benchmarks.md."""
 
 from __future__ import annotations
 
@@ -54,10 +55,44 @@ def main() -> int:
         ]
     if not args.no_write:
         (ROOT / "docs").mkdir(exist_ok=True)
-        (ROOT / "docs" / "benchmarks.md").write_text("\n".join(sections) + "\n")
+        doc = ROOT / "docs" / "benchmarks.md"
+        text = "\n".join(sections) + "\n"
+        if args.only and doc.exists():
+            # A subset run replaces its own sections and keeps the others' results.
+            text = _merge(doc.read_text(), text, args.short)
+        doc.write_text(text)
     if failed:
         print(f"failed: {', '.join(failed)}", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _split(text: str) -> tuple[str, dict[str, str]]:
+    """The text before the first `## ` section, and the sections by heading, in order."""
+    head, *parts = text.split("\n## ")
+    sections = {}
+    for part in parts:
+        title, _, body = part.partition("\n")
+        sections[title.strip()] = body
+    return head, sections
+
+
+def _merge(existing: str, fresh: str, short: bool) -> str:
+    head, old = _split(existing)
+    _, new = _split(fresh)
+    when = f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC" + (" (short mode)" if short else "")
+    for title, body in new.items():
+        old[title] = f"\nRerun on its own on {when}.\n" + body
+    ordered = sorted(old, key=lambda t: (t not in _bench_titles(), t))
+    merged = head.rstrip("\n") + "\n"
+    for title in ordered:
+        merged += f"\n## {title}\n{old[title].rstrip()}\n"
+    return merged
+
+
+def _bench_titles() -> set[str]:
+    return {
+        p.stem.removeprefix("bench_").replace("_", " ") for p in (ROOT / "bench").glob("bench_*.py")
+    }
 
 
 if __name__ == "__main__":

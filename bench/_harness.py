@@ -121,7 +121,8 @@ def _key() -> str:
     return new_key_text()
 
 
-async def _ready(srv: Server, timeout: float = 60.0) -> None:
+async def _ready(srv: Server, timeout: float = 240.0) -> None:
+    # Generous: on a shared, loaded machine importing the application alone can take a minute.
     deadline = asyncio.get_running_loop().time() + timeout
     async with httpx.AsyncClient() as client:
         while True:
