@@ -151,6 +151,8 @@ class IdentityService:
                     )
                 raise Unauthenticated("invalid email or password")
             user = matches[0]
+            # Told only after the password matched: it says nothing to a guesser.
+            await self._require_active_tenant(uow, user.tenant_id)
             session = await self._open_session(uow, user, family_id=None)
             await uow.commit()
         self.audit.record(user.tenant_id, audit.LOGIN, actor=user.email, target=user.id)
@@ -188,6 +190,8 @@ class IdentityService:
             user = await uow.users.get(stored.tenant_id, stored.user_id)
             if user is None or not user.active:
                 raise Unauthenticated("this account is deactivated")
+            # The token stays unused: it works again once the tenant is activated.
+            await self._require_active_tenant(uow, stored.tenant_id)
             if stored.used_at is None:
                 await uow.refresh_tokens.mark_used(stored.id, now)
             session = await self._open_session(uow, user, family_id=stored.family_id)
@@ -213,6 +217,13 @@ class IdentityService:
             # An access token of the session lives at most `ttl_seconds` from now.
             await self.revocations.deny(key, self.tokens.ttl_seconds + 1)
         await self.revocations.announce(revocation)
+
+    @staticmethod
+    async def _require_active_tenant(uow: UnitOfWork, tenant_id: str) -> None:
+        tenant = await uow.tenants.get(tenant_id)
+        if tenant is None:
+            raise Unauthenticated("this account no longer exists")
+        tenant.require_active()
 
     async def _announce(self, revocation: Revocation) -> None:
         if self.revocations is not None:
@@ -248,6 +259,7 @@ class IdentityService:
             tenant = await uow.tenants.get(claims.tenant_id) if user else None
         if user is None or tenant is None or not user.active:
             raise Unauthenticated("this account is deactivated or no longer exists")
+        tenant.require_active()
         return Principal(
             tenant.id,
             tenant.schema_name,
@@ -264,6 +276,7 @@ class IdentityService:
             tenant = await uow.tenants.get(key.tenant_id) if key else None
         if key is None or key.revoked_at is not None or tenant is None:
             raise Unauthenticated("invalid API key")
+        tenant.require_active()
         return Principal(
             tenant.id, tenant.schema_name, key.role, api_key_id=key.id, actor_name=key.name
         )

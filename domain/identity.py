@@ -4,9 +4,19 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from enum import StrEnum
 
 from domain.errors import Forbidden
 from domain.rbac import Action, Role, allows
+
+#: `extensions.reason` of the FORBIDDEN every credential of a suspended tenant gets, and the
+#: close reason of its WebSockets.
+TENANT_SUSPENDED = "TENANT_SUSPENDED"
+
+
+class TenantStatus(StrEnum):
+    ACTIVE = "ACTIVE"
+    SUSPENDED = "SUSPENDED"  # by the operator: no request, run, schedule or delivery
 
 
 @dataclass(slots=True)
@@ -16,6 +26,16 @@ class Tenant:
     slug: str
     schema_name: str
     created_at: datetime
+    status: TenantStatus = TenantStatus.ACTIVE
+
+    def require_active(self) -> None:
+        """Every way in (token, API key, login, refresh) passes here."""
+        if self.status is TenantStatus.SUSPENDED:
+            raise tenant_suspended()
+
+
+def tenant_suspended() -> Forbidden:
+    return Forbidden("this team is suspended", extensions={"reason": TENANT_SUSPENDED})
 
 
 @dataclass(slots=True)
@@ -66,8 +86,12 @@ class Principal:
     actor_name: str | None = None  # the user's email or the API key's name (audit log)
 
     def revocation_keys(self) -> list[str]:
-        """The names under which these credentials can be revoked."""
-        return revocation_keys(self.user_id, self.api_key_id, self.session_id)
+        """The names under which these credentials can be revoked (their tenant's too:
+        suspending it ends them all)."""
+        return [
+            *revocation_keys(self.user_id, self.api_key_id, self.session_id),
+            tenant_key(self.tenant_id),
+        ]
 
     def can(self, action: Action) -> bool:
         return allows(self.role, action)
@@ -89,3 +113,8 @@ def revocation_keys(
     if session_id:
         keys.append(f"s:{session_id}")
     return keys
+
+
+def tenant_key(tenant_id: str) -> str:
+    """The revocation name of every credential of a tenant (a tenant-wide revocation)."""
+    return f"t:{tenant_id}"

@@ -32,6 +32,7 @@ from domain.llm import (
 from domain.observability import NULL_OBSERVER, LlmCallObserved, Observer
 from domain.ports import TenantUnitOfWorkFactory
 from domain.providers import LlmProvider, reveal
+from domain.quotas import TenantQuotas
 from domain.rbac import Action
 from domain.resources import require_id
 from domain.secrets import SecretBox
@@ -71,8 +72,10 @@ class LlmService:
         local_base_url: Callable[[], str | None],
         *,
         observer: Observer = NULL_OBSERVER,
+        quotas: TenantQuotas | None = None,
     ) -> None:
         self._uow = uow
+        self._quotas = quotas  # the daily token quota; None: not enforced
         self._box = box
         self._client = client
         self._usage = usage
@@ -96,7 +99,11 @@ class LlmService:
         Falls over on timeouts, rate limits, 5xx and unreachable hosts, but never after
         tokens of a reply were already streamed (they cannot be taken back). Raises
         `LlmCallFailed` (the last provider's failure; earlier ones are in the message) or
-        `NotFound` when the provider does not exist in the tenant."""
+        `NotFound` when the provider does not exist in the tenant, `LimitExceeded` when
+        the tenant's tokens of the day reached its quota (checked before the call only:
+        the call that crosses the quota completes, the next one is refused)."""
+        if self._quotas is not None:
+            await self._quotas.check_tokens(scope.tenant_id, scope.tenant_schema)
         chain = await self._chain(scope.tenant_schema, provider_id)
         request = dataclasses.replace(
             request,

@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Generic, Protocol, Self, TypeVar
 
-from domain.identity import ApiKey, RefreshToken, Tenant, User, revocation_keys
+from domain.identity import ApiKey, RefreshToken, Tenant, User, revocation_keys, tenant_key
 
 if TYPE_CHECKING:
     from domain.agents import Agent
@@ -33,15 +33,19 @@ class Revocation:
     """Credentials that stop working now: every open connection holding one of them ends.
 
     Exactly one scope is set besides the tenant: a user (deactivation, role change), an
-    API key, or a session (logout, refresh-token reuse: every access token of it)."""
+    API key, a session (logout, refresh-token reuse: every access token of it), or the
+    whole tenant (`tenant_wide`: suspension, every credential of the tenant)."""
 
     tenant_id: str
     user_id: str | None = None
     api_key_id: str | None = None
     session_id: str | None = None
     reason: str = "credentials revoked"
+    tenant_wide: bool = False
 
     def keys(self) -> list[str]:
+        if self.tenant_wide:
+            return [tenant_key(self.tenant_id)]
         return revocation_keys(self.user_id, self.api_key_id, self.session_id)
 
 
@@ -189,6 +193,10 @@ class UnitOfWork(Protocol):
         tb: TracebackType | None,
     ) -> None: ...
     async def commit(self) -> None: ...
+    async def existing_ids(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+        """Which of the ids exist, per tenant repository named like its property above
+        (`{"agents": [...], "tools": [...]}`), all in one round trip."""
+        ...
 
 
 class UnitOfWorkFactory(Protocol):

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from typing import Any
 
+from sqlalchemy import event
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine, create_async_engine
 
 from persistence.tables import TENANT
@@ -38,10 +39,15 @@ class Database:
             max_overflow=20,
             pool_pre_ping=False,
             pool_recycle=1800,
+            # The connection used last serves next: its prepared statements and type
+            # codecs are warm, and connections a burst opened sit idle and go.
+            pool_use_lifo=True,
             echo=echo,
         )
         self.pool_size = pool_size
         self._raw: Any = None
+        event.listen(self.engine.sync_engine, "before_cursor_execute", _begin_before_writes)
+        event.listen(self.engine.sync_engine.pool, "checkin", _restore_isolation)
 
     @asynccontextmanager
     async def connect(self, tenant_schema: str | None = None) -> AsyncIterator[AsyncConnection]:
@@ -112,6 +118,70 @@ async def _json_codecs(connection: Any) -> None:
     await connection.set_type_codec(
         "jsonb", encoder=str, decoder=json.loads, schema="pg_catalog", format="text"
     )
+
+
+# Units of work read without a transaction and BEGIN before their first other statement.
+# At READ COMMITTED every statement takes its own snapshot inside a transaction too, so
+# reads lose nothing outside one, and a read-only unit of work (most of them) saves the
+# BEGIN and ROLLBACK round trips. What must hold a lock or see the unit's own writes runs
+# inside the transaction: anything not a plain SELECT (writes, DDL, savepoints, locking
+# reads, advisory locks, sequences) begins it, and every later statement stays in it.
+_DEFERRED_BEGIN = "crewgraph.deferred_begin"  # the isolation level to begin with
+_IN_TRANSACTION = re.compile(
+    r"\bFOR\s+(?:UPDATE|SHARE|NO\s+KEY|KEY\s+SHARE)\b|advisory|nextval|setval|set_config",
+    re.IGNORECASE,
+)
+
+
+def plain_read(sql: str) -> bool:
+    """A SELECT that takes no lock and changes nothing: fine outside a transaction."""
+    return sql.lstrip()[:6].upper() == "SELECT" and _IN_TRANSACTION.search(sql) is None
+
+
+def defer_begin(conn: AsyncConnection) -> None:
+    """From now on `conn` reads without a transaction until its first other statement."""
+    sync = conn.sync_connection
+    if sync is None:
+        return
+    adapter = _adapter(conn)
+    if adapter._transaction is not None or adapter.isolation_level == "autocommit":
+        return
+    sync.info[_DEFERRED_BEGIN] = adapter.isolation_level
+    adapter.isolation_level = "autocommit"
+
+
+def end_deferred_begin(conn: AsyncConnection) -> None:
+    """`conn` as the pool expects it again (its isolation level; a no-op when unused)."""
+    sync = conn.sync_connection
+    if sync is None or sync.invalidated or sync.closed:
+        return
+    if _DEFERRED_BEGIN in sync.info:  # the level may be None: the server's default
+        _adapter(conn).isolation_level = sync.info.pop(_DEFERRED_BEGIN)
+
+
+def _restore_isolation(dbapi_connection: Any, record: Any) -> None:
+    """No connection goes back to the pool reading outside transactions (a unit of work
+    that ended without `end_deferred_begin`, e.g. on an invalidated connection)."""
+    info = getattr(record, "info", None)
+    if info and _DEFERRED_BEGIN in info:
+        level = info.pop(_DEFERRED_BEGIN)
+        if dbapi_connection is not None:
+            dbapi_connection.isolation_level = level
+
+
+def _adapter(conn: AsyncConnection) -> Any:
+    assert conn.sync_connection is not None
+    return conn.sync_connection.connection.dbapi_connection
+
+
+def _begin_before_writes(
+    conn: Any, cursor: Any, statement: str, parameters: Any, context: Any, executemany: bool
+) -> None:
+    info = conn.info
+    if _DEFERRED_BEGIN not in info or (not executemany and plain_read(statement)):
+        return
+    # The driver sends BEGIN before this statement, as it does without deferring.
+    conn.connection.dbapi_connection.isolation_level = info.pop(_DEFERRED_BEGIN)
 
 
 class _RequestConnection:

@@ -45,7 +45,14 @@ class RedisRevocations:
 
 
 def encode_revocation(r: Revocation) -> dict[str, Any]:
-    return {"t": r.tenant_id, "u": r.user_id, "k": r.api_key_id, "s": r.session_id, "r": r.reason}
+    return {
+        "t": r.tenant_id,
+        "u": r.user_id,
+        "k": r.api_key_id,
+        "s": r.session_id,
+        "r": r.reason,
+        "w": r.tenant_wide,
+    }
 
 
 def decode_revocation(m: dict[str, Any]) -> Revocation:
@@ -59,4 +66,5 @@ def decode_revocation(m: dict[str, Any]) -> Revocation:
         api_key_id=text("k"),
         session_id=text("s"),
         reason=text("r") or "credentials revoked",
+        tenant_wide=m.get("w") is True,
     )

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
 from typing import Self
 
+import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from persistence.db import Database
+from domain.auth import is_uuid
+from persistence.db import Database, defer_begin, end_deferred_begin
 from persistence.repositories.executions import SqlExecutions
 from persistence.repositories.identity import (
     SqlApiKeys,
@@ -43,6 +46,7 @@ class SqlUnitOfWork:
         self._cm = self._db.connect(self._schema)
         self.conn = await self._cm.__aenter__()
         await self.conn.begin()
+        defer_begin(self.conn)  # reads need no BEGIN / ROLLBACK (persistence/db.py)
         c = self.conn
         self.tenants = SqlTenants(c)
         self.users = SqlUsers(c)
@@ -66,6 +70,20 @@ class SqlUnitOfWork:
     async def commit(self) -> None:
         await self.conn.commit()
 
+    async def existing_ids(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
+        parts = []
+        for attr, ids in wanted.items():
+            repo = getattr(self, attr)
+            valid = [i for i in dict.fromkeys(ids) if is_uuid(i)]
+            if valid:
+                parts.append(repo.existing_ids_statement(attr, valid))
+        found: dict[str, set[str]] = {attr: set() for attr in wanted}
+        if parts:
+            stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+            for attr, ident in await self.conn.execute(stmt):
+                found[attr].add(str(ident))
+        return found
+
     async def __aexit__(
         self,
         exc_type: type[BaseException] | None,
@@ -76,6 +94,7 @@ class SqlUnitOfWork:
             if self.conn.in_transaction():
                 await self.conn.rollback()
         finally:
+            end_deferred_begin(self.conn)
             assert self._cm is not None
             await self._cm.__aexit__(exc_type, exc, tb)
 

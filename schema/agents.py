@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 from datetime import datetime
 
 import strawberry
@@ -10,7 +9,7 @@ import strawberry
 from domain import agents as d
 from schema.context import Info
 from schema.providers import LlmProvider
-from schema.records import from_record
+from schema.records import from_record, shallow_fields
 from schema.tools import Tool
 
 
@@ -45,7 +44,7 @@ class Agent:
 
     @classmethod
     def from_domain(cls, a: d.Agent) -> Agent:
-        return from_record(cls, a, **dataclasses.asdict(a.options))
+        return from_record(cls, a, **shallow_fields(a.options))
 
 
 @strawberry.input

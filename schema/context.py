@@ -24,6 +24,7 @@ from domain.identity import Principal
 from domain.llm_calls import LlmService
 from domain.ports import RateLimiter
 from domain.providers import ProviderService
+from domain.quotas import TenantQuotas
 from domain.schedules import ScheduleService
 from domain.tool_runs import ToolRunService
 from domain.tools import ToolService
@@ -58,6 +59,7 @@ class Services:
     executions: ExecutionService
     llm: LlmService
     usage: UsageService
+    quotas: TenantQuotas
     schedules: ScheduleService
     webhooks: WebhookService
     flow_documents: FlowDocumentService

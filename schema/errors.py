@@ -6,7 +6,9 @@ import re
 
 import structlog
 from graphql.error import GraphQLError
+from strawberry.exceptions import MissingQueryError
 from strawberry.extensions import MaskErrors
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 
 from domain.errors import DomainError
 
@@ -54,12 +56,19 @@ def _unstorable_text(error: BaseException) -> bool:
     return bool(_sqlstates(error) & _UNSTORABLE_SQLSTATES)
 
 
+_BAD_OPERATION = (MissingQueryError, CannotGetOperationTypeError, InvalidOperationTypeError)
+
+
 def classify(error: GraphQLError) -> GraphQLError:
     original = error.original_error
     if isinstance(original, GraphQLError) and original is not error:
         return classify(original)
     if isinstance(original, DomainError):
         return _with(error, original.message, {**original.extensions, "code": original.code})
+    if isinstance(original, _BAD_OPERATION):
+        # A streaming transport that does not carry this kind of operation (a query sent
+        # as a multipart subscription), no operation, or no document at all.
+        return _with(error, error.message, {"code": "BAD_USER_INPUT"})
     if original is None:
         # Parse, validation and variable-coercion errors: the client sent a bad document.
         if error.extensions and "code" in error.extensions:

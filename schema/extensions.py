@@ -11,6 +11,7 @@ from typing import Any
 from graphql.error import GraphQLError
 from graphql.utilities import get_operation_ast
 from strawberry.extensions import (
+    AddValidationRules,
     MaxAliasesLimiter,
     MaxTokensLimiter,
     ParserCache,
@@ -199,6 +200,10 @@ def default_extensions(
 ) -> list[Any]:
     # Factories, not instances: extensions keep per-request state.
     passed: OrderedDict[str, None] = OrderedDict()
+    limits = [
+        *MaxAliasesLimiter(max_alias_count=max_aliases).validation_rules,
+        *QueryDepthLimiter(max_depth=max_depth).validation_rules,
+    ]
     return [
         ErrorCodesWithRequestId,
         lambda: ValidatedDocuments(passed),
@@ -206,8 +211,9 @@ def default_extensions(
         # After the token limit (it sets the parse options, part of the cache key): a
         # bounded LRU of parsed documents, so a repeated query is not parsed again.
         lambda: CachedParser(maxsize=256),
-        lambda: MaxAliasesLimiter(max_alias_count=max_aliases),
-        lambda: QueryDepthLimiter(max_depth=max_depth),
+        # The alias and depth rules, built once: the limiters build a rule class each
+        # time they are instantiated, i.e. on every request.
+        lambda: AddValidationRules(limits),
         OperationRateLimits,
         lambda: QueryCost(budget=max_cost, default_page=min(DEFAULT_PAGE, page_size_max)),
     ]

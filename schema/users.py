@@ -9,9 +9,17 @@ import strawberry
 from domain import identity
 from domain.rbac import Role as DomainRole
 from schema.context import Info
+from schema.fields import described
+from schema.quotas import TenantQuota
 from schema.records import from_record
+from schema.usage import Usage
 
 Role = strawberry.enum(DomainRole, name="Role")
+TenantStatus = strawberry.enum(
+    identity.TenantStatus,
+    name="TenantStatus",
+    description="SUSPENDED: the operator suspended the team; none of its credentials work.",
+)
 
 
 @strawberry.type
@@ -20,6 +28,17 @@ class Tenant:
     name: str
     slug: str
     created_at: datetime
+    status: TenantStatus  # type: ignore[valid-type]
+
+    @described("The team's effective quotas (any role may read them).")
+    async def quota(self, info: Info) -> TenantQuota:
+        p = await info.context.principal()
+        return TenantQuota.from_domain(await info.context.services.quotas.quota(p, self.id))
+
+    @described("LLM usage of the current UTC day (what maxTokensPerDay counts).")
+    async def usage_today(self, info: Info) -> Usage:
+        p = await info.context.principal()
+        return Usage.from_domain(await info.context.services.quotas.usage_today(p, self.id))
 
     @classmethod
     def from_domain(cls, t: identity.Tenant) -> Tenant:

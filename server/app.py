@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -13,7 +14,7 @@ from cross_web import AsyncHTTPRequestAdapter, HTTPException
 from starlette.applications import Starlette
 from starlette.middleware.cors import CORSMiddleware
 from starlette.requests import Request
-from starlette.responses import JSONResponse, Response
+from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
@@ -21,6 +22,12 @@ from strawberry.asgi import GraphQL
 from strawberry.exceptions import ConnectionRejectionError
 from strawberry.http import GraphQLRequestData
 from strawberry.http.base import BaseRequestProtocol
+from strawberry.subscriptions import (
+    GRAPHQL_SSE_PROTOCOL,
+    GRAPHQL_TRANSPORT_WS_PROTOCOL,
+    GRAPHQL_WS_PROTOCOL,
+    MULTIPART_SUBSCRIPTION_PROTOCOL,
+)
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
@@ -35,7 +42,10 @@ from server.access_log import (
 )
 from server.bootstrap import Container
 from server.context import Context, Credentials, authenticate
+from server.dashboard import dashboard_routes
+from server.graphiql import graphiql_page, static_routes
 from server.graphql_schema import build_schema
+from server.http_streams import HttpStreams
 from server.lifecycle import Lifecycle
 from server.metrics import ObservedRequests, metrics_endpoint
 from server.persisted_queries import PersistedQueries, PersistedQueryError, RedisDocumentStore
@@ -67,6 +77,10 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
     def __init__(self, container: Container, **kwargs: Any) -> None:
         s = container.settings
         production = s.env == "production"
+        protocols = [GRAPHQL_TRANSPORT_WS_PROTOCOL, GRAPHQL_WS_PROTOCOL]
+        if s.http_subscriptions:  # the same subscriptions as streaming HTTP responses
+            protocols += [MULTIPART_SUBSCRIPTION_PROTOCOL, GRAPHQL_SSE_PROTOCOL]
+        kwargs.setdefault("subscription_protocols", protocols)
         super().__init__(
             build_schema(
                 max_depth=s.max_query_depth,
@@ -100,6 +114,9 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         )
         container.extras["multiplexer"] = self.multiplexer  # counters for tests and benches
         self.sockets = container.sockets
+        self.http_streams = HttpStreams(s, self.sockets)
+        container.extras["http_streams"] = self.http_streams  # counters for tests
+        self.principals = container.principals
         if not s.subscription_multiplex:
             self.graphql_transport_ws_handler_class = LoggedTransportHandler
 
@@ -122,12 +139,43 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         except PersistedQueryError as exc:
             body = {"data": None, "errors": [exc.error(_request_id(scope))]}
             response = JSONResponse(body, status_code=exc.status)
-        await response(scope, receive, send)
+        if not isinstance(response, StreamingResponse):
+            await response(scope, receive, send)
+            return
+        # A subscription over HTTP (server/http_streams.py). Streamed after the request
+        # scope above: an hours-long stream holds no pooled connection.
+        timeout = self.container.settings.http_stream_send_timeout_seconds
+        try:
+            await response(scope, receive, _bounded_send(send, timeout))
+        except _ClientStalled:
+            log.warning("HTTP stream closed: the client took nothing for %s s", timeout)
+        finally:
+            iterator = response.body_iterator
+            if isinstance(iterator, AsyncGenerator):
+                await iterator.aclose()  # its slot and its event subscription, now
+
+    async def create_streaming_response(
+        self,
+        request: Request | WebSocket,
+        stream: Callable[[], AsyncIterator[str]],
+        sub_response: Response,
+        headers: Mapping[str, str],
+    ) -> Response:
+        transport = self._get_stream_transport_from_headers(request.headers)
+        context = request.scope.get("state", {}).get(_CONTEXT_KEY)
+        if transport is not None and isinstance(context, Context):
+            stream = self.http_streams.guard(context, transport, stream, self.encode_json_string)
+        return await super().create_streaming_response(request, stream, sub_response, headers)
 
     def should_render_graphql_ide(self, request: BaseRequestProtocol) -> bool:
         # A GET carrying only a persisted-query hash is an operation, not a browser visit.
         params = request.query_params
         return super().should_render_graphql_ide(request) and params.get("extensions") is None
+
+    async def render_graphql_ide(self, request: Request) -> Response:
+        # Our GraphiQL: every file from this server (server/graphiql.py), not Strawberry's
+        # page, which loads React and GraphiQL from a public CDN.
+        return graphiql_page()
 
     async def parse_http_body(
         self, request: AsyncHTTPRequestAdapter
@@ -159,14 +207,18 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
         )
         # Audit entries recorded by this request's use cases carry where it came from.
         bind_origin(request.client.host if request.client else None, rid)
-        return Context(
+        context = Context(
             services=self.services,
             request=request,
             response=response,
             credentials=creds,
             client_ip=client,
             request_id=rid,
+            principal_cache=None if isinstance(request, WebSocket) else self.principals,
         )
+        if not isinstance(request, WebSocket):  # for create_streaming_response
+            request.scope.setdefault("state", {})[_CONTEXT_KEY] = context
+        return context
 
     async def on_ws_connect(self, context: Context) -> dict[str, object] | None:
         params = context.connection_params if isinstance(context.connection_params, dict) else {}
@@ -175,9 +227,36 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             context.set_principal(await authenticate(self.services, context.credentials))
         except DomainError as exc:
             raise ConnectionRejectionError(
-                {"message": exc.message, "code": exc.code, "requestId": context.request_id}
+                {
+                    **exc.extensions,
+                    "message": exc.message,
+                    "code": exc.code,
+                    "requestId": context.request_id,
+                }
             )
         return None
+
+
+_CONTEXT_KEY = "crewgraph.context"  # scope["state"] key: an HTTP request's GraphQL context
+
+
+class _ClientStalled(Exception):
+    pass
+
+
+def _bounded_send(send: Send, timeout: float) -> Send:
+    """`send` for a streamed response: a chunk the client does not take in time ends it."""
+
+    async def bounded(message: Message) -> None:
+        if message["type"] != "http.response.body" or not message.get("more_body"):
+            await send(message)
+            return
+        try:
+            await asyncio.wait_for(send(message), timeout)
+        except TimeoutError:
+            raise _ClientStalled from None
+
+    return bounded
 
 
 class RequestLimits:
@@ -247,7 +326,8 @@ class _BodyTooLarge(Exception):
     pass
 
 
-_HTML_CSP = b"frame-ancestors 'none'"  # GraphiQL (laptop profile) loads from its CDN
+# HTML pages that bring no policy of their own load nothing (GraphiQL's is in server/graphiql.py).
+_HTML_CSP = b"default-src 'none'; base-uri 'none'; form-action 'none'; frame-ancestors 'none'"
 _API_CSP = b"default-src 'none'; frame-ancestors 'none'"
 
 
@@ -293,6 +373,8 @@ def create_app(
     (server/lifecycle.py); a fresh one, never draining, when not given."""
     lifecycle = lifecycle or Lifecycle()
     graphql = CrewgraphGraphQL(container, keep_alive=True, keep_alive_interval=15)
+    # Like WebSockets (closed with 1001), HTTP subscription streams end when draining.
+    lifecycle.on_drain(graphql.http_streams.end_all)
 
     async def healthz(_: Request) -> Response:
         return JSONResponse({"status": "ok"})
@@ -357,6 +439,8 @@ def create_app(
                 methods=["GET"],
             ),
             *extra_routes,
+            *dashboard_routes(),  # the live dashboard (server/static/dashboard)
+            *static_routes(),  # GraphiQL's page files and the locked npm packages' files
         ],
         lifespan=lifespan,
     )

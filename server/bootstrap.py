@@ -7,6 +7,7 @@ import os
 from collections.abc import AsyncIterator, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from functools import partial
 
 import redis.asyncio as aioredis
@@ -33,10 +34,12 @@ from domain.llm_calls import LlmService
 from domain.llm_node import LlmNodeExecutor
 from domain.ports import RateLimiter
 from domain.providers import ProviderService, local_provider
+from domain.quotas import TenantQuotas
 from domain.sandbox import Sandbox
 from domain.schedules import ScheduleService
 from domain.secrets import SecretBox
 from domain.tasks import cancel_and_wait
+from domain.tenants import TenantAdminService
 from domain.tool_runs import SandboxSlots, ToolNodeExecutor, ToolRunner, ToolRunService
 from domain.tools import ToolService
 from domain.usage import UsageService
@@ -51,7 +54,9 @@ from persistence.rate_limits import RedisRateLimiter
 from persistence.repositories.chat_sessions import SqlChatSessions
 from persistence.repositories.execution_leases import SqlLeases
 from persistence.repositories.execution_runs import SqlRunStore
+from persistence.repositories.quotas import SqlQuotaStore
 from persistence.repositories.schedules import SqlScheduleIndex
+from persistence.repositories.tenants import SqlTenantAdminStore
 from persistence.repositories.usage import SqlUsageStore
 from persistence.repositories.webhooks import SqlOutbox
 from persistence.revocations import RedisRevocations
@@ -74,9 +79,11 @@ from server.metrics import (
     ObservedSandbox,
     traced_executors,
 )
+from server.principal_cache import PrincipalCache, RevokingFirst
 from server.security import Argon2Hasher, JwtCodec
 from server.settings import Settings
 from server.sockets import SocketRegistry
+from server.tenants_cli import default_quota
 from server.tracing import Tracing, build_tracing
 from server.workers import (
     ArqDispatcher,
@@ -141,12 +148,16 @@ class Container:
     llm: LlmService
     usage: UsageService
     crew_runtime: CrewAiRuntime
+    # Per-tenant quotas (domain/quotas.py): the daily and count checks, Tenant.quota.
+    quotas: TenantQuotas
     flow_documents: FlowDocumentService
     executors: dict[str, NodeExecutor] = field(default_factory=dict)  # what the runner uses
     extras: dict[str, object] = field(default_factory=dict)
     builtins: HostBuiltins | None = None  # owns the scratch directories
     # This process's open WebSockets, closed when their credentials are revoked.
     sockets: SocketRegistry = field(default_factory=lambda: SocketRegistry(None))
+    # Principals reused across HTTP requests for a few seconds, dropped on revocation.
+    principals: PrincipalCache = field(default_factory=lambda: PrincipalCache(0, None))
     # MongoDB (chat messages, audit entries); connects on first use.
     mongo: MongoStore = field(default_factory=lambda: MongoStore(None))
     # The tenants' audit log (`audit.record(...)` from any use case or operator command);
@@ -162,6 +173,8 @@ class Container:
     webhooks: WebhookService = field(init=False)
     webhook_deliverer: WebhookDeliverer = field(init=False)
     webhook_transport: HttpWebhookTransport | None = field(init=False, default=None)
+    # Operator use cases on tenants (`crewgraph tenants ...`): suspension, quotas.
+    tenant_admin: TenantAdminService = field(init=False)
     automation_tasks: list[asyncio.Task[None]] = field(default_factory=list)
     # This process's Prometheus registry (server/metrics.py) and OpenTelemetry tracer
     # (server/tracing.py; off unless OTEL_EXPORTER_OTLP_ENDPOINT is set).
@@ -245,6 +258,7 @@ class Container:
 
     async def aclose(self) -> None:
         await self.sockets.stop()
+        await self.principals.stop()
         if self.chat_runner is not None:
             await self.chat_runner.stop()
         await self._stop_automation()
@@ -399,6 +413,7 @@ def _wire_chat(container: Container, dispatcher: Dispatcher) -> None:
         lambda: reply_dispatcher,
         limits,
         remove_workspace=container.crew_runtime.remove_workspace,
+        quotas=container.quotas,
     )
 
 
@@ -473,13 +488,14 @@ def build_container(
     bus = MeteredBus(redis, settings.redis_prefix)
     bus.metrics = metrics  # counts the execution status changes it announces
     revocations = RedisRevocations(redis, bus, settings.redis_prefix)
+    principals = PrincipalCache(settings.principal_cache_seconds, revocations.listen)
     identity = IdentityService(
         uow,
         Argon2Hasher(),
         JwtCodec(settings.signing_secret, settings.access_token_ttl),
         settings.refresh_token_ttl,
         seed_tenant=provider_seed(_seeded_providers(settings)),
-        revocations=revocations,
+        revocations=RevokingFirst(revocations, principals),
         refresh_reuse_seconds=settings.refresh_reuse_seconds,
         audit=audit,
     )
@@ -505,6 +521,7 @@ def build_container(
         settings.secret_key, settings.secret_key_file, settings.previous_secret_keys
     )
     usage_store = SqlUsageStore(db)
+    quotas = TenantQuotas(SqlQuotaStore(db), default_quota(settings))
     # Filled below, once the runtimes exist.
     executors: dict[str, NodeExecutor] = {}
     on_finished: list[RunFinished] = []
@@ -522,6 +539,7 @@ def build_container(
         ),
         idle_poll=settings.subscription_idle_poll_seconds,
         audit=audit,
+        quotas=quotas,
     )
     container = Container(
         settings=settings,
@@ -552,8 +570,10 @@ def build_container(
             usage_store,
             lambda: settings.local_llm_url,
             observer=observer,
+            quotas=quotas,
         ),
         usage=UsageService(usage_store),
+        quotas=quotas,
         flow_documents=FlowDocumentService(
             uow,
             FlowService(uow, settings.max_nodes_per_flow),
@@ -564,6 +584,7 @@ def build_container(
         executors=executors,
         builtins=builtins,
         sockets=SocketRegistry(revocations.listen),
+        principals=principals,
         mongo=mongo,
         audit=audit,
         audit_log=audit_log,
@@ -573,6 +594,19 @@ def build_container(
     on_finished.append(container.remove_workspace)
     _wire_automation(container, box)
     _wire_chat(container, dispatcher)
+    container.tenant_admin = TenantAdminService(
+        SqlTenantAdminStore(db.engine),
+        default_quota(settings),
+        lambda: datetime.now(UTC),
+        # The same announcements as credential revocations: every API process closes the
+        # tenant's sockets and drops its cached principals (this one's first).
+        revocations=identity.revocations,
+        work={
+            "executions": executions.cancel_suspended_tenant_runs,
+            "chat replies": container.chat.cancel_tenant_replies,
+        },
+        audit=audit,
+    )
     own = container.node_executors()
     executors.update(wrap_executors(own) if wrap_executors else own)
     if observer.tracing.enabled:

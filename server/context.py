@@ -13,6 +13,7 @@ from domain.errors import Unauthenticated
 from domain.identity import Principal
 from schema.context import ApiSettings, RequestContext, Services
 from schema.loaders import Loaders
+from server.principal_cache import PrincipalCache, credential_key
 
 
 @dataclass
@@ -60,6 +61,9 @@ class Context:
     # None pins it: a multiplexed group's own context, whose members are checked instead.
     principal_max_age: float | None = PRINCIPAL_MAX_AGE
     revoked: str | None = None  # why this connection's credentials stopped working
+    # Principals shared with the process's other HTTP requests (server/principal_cache.py);
+    # None checks the credentials themselves (WebSockets, which re-check on purpose).
+    principal_cache: PrincipalCache | None = None
     _principal: Principal | None = None
     _principal_at: float = 0.0
     _loaders: Loaders | None = None
@@ -84,10 +88,27 @@ class Context:
             raise Unauthenticated(self.revoked)
         principal = self._principal
         if principal is None or self._stale(principal):
-            principal = await authenticate(self.services, self.credentials)
+            principal = await self._authenticate()
             if self.revoked is not None:  # revoked while we were checking
                 raise Unauthenticated(self.revoked)
             self.set_principal(principal)
+        return principal
+
+    async def _authenticate(self) -> Principal:
+        cache, creds = self.principal_cache, self.credentials
+        key = None
+        if cache is not None and cache.enabled and not (creds.api_key and creds.bearer):
+            if creds.api_key:
+                key = credential_key("k", creds.api_key)
+            elif creds.bearer:
+                key = credential_key("b", creds.bearer)
+        if cache is None or key is None:
+            return await authenticate(self.services, creds)
+        principal = cache.get(key)
+        if principal is None:
+            since = cache.generation()
+            principal = await authenticate(self.services, creds)
+            cache.put(key, principal, since)
         return principal
 
     def _stale(self, principal: Principal) -> bool:

@@ -57,6 +57,9 @@ def _replacing(data: object, error: dict[str, Any]) -> object:
         if kind in _ERROR_MESSAGES:
             return {**data, "payload": [error]}
         return data  # protocol messages (ack, pong, complete) are tiny
+    if isinstance(data, dict) and set(data) == {"payload"}:
+        # A part of a multipart HTTP subscription: the client still needs the envelope.
+        return {"payload": {"data": None, "errors": [error]}}
     return {"data": None, "errors": [error]}
 
 

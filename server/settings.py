@@ -79,6 +79,10 @@ class Settings(BaseSettings):
     # A just-rotated refresh token presented again within this many seconds (two tabs
     # refreshing at once) gets a fresh pair of the same family; later it revokes the family.
     refresh_reuse_seconds: float = Field(5.0, ge=0, le=60)
+    # An authenticated principal is reused by the next HTTP requests with the same
+    # credentials for this long at most; revocations drop it at once (server/principal_cache.py).
+    # 0 checks the credentials on every request.
+    principal_cache_seconds: float = Field(5.0, ge=0, le=60)
 
     # Master key (32 bytes, base64) for stored secrets; or a file holding it.
     secret_key: str | None = None
@@ -92,7 +96,10 @@ class Settings(BaseSettings):
     # Tool sandbox: auto = Docker when an engine answers (DOCKER_HOST), else bubblewrap.
     sandbox_backend: str = Field("auto", pattern="^(auto|docker|bubblewrap)$")
     sandbox_image: str = "crewgraph/sandbox-python:1"
-    sandbox_warm_pool: bool = False
+    # Pre-start the next sandbox in the background after a python run: a container of the
+    # same tenant and shape (Docker) or a bwrap process of the same shape; each serves one
+    # run. Off: every run starts its own sandbox (slower, no idle processes).
+    sandbox_warm_pool: bool = True
     sandbox_python: str = "/usr/bin/python3"
     # Images DOCKER tools may use, comma-separated; unset = the built-in sandbox image only.
     sandbox_image_allowlist: str | None = None
@@ -148,7 +155,8 @@ class Settings(BaseSettings):
     max_execution_attempts: int = Field(5, ge=1, le=100)
     max_concurrent_executions: int = Field(20, ge=1)  # RUNNING per tenant; the rest wait
     max_active_executions: int = Field(1000, ge=1)  # PENDING + RUNNING per tenant
-    # Default per-tenant quotas (operators override them with `crewgraph tenants set-quota`).
+    # Default per-tenant quotas (operators override them with `crewgraph tenants set-quota`);
+    # 0: no limit. Days are UTC days (domain/quotas.py).
     max_executions_per_day: int = Field(10_000, ge=0)
     max_tokens_per_day: int = Field(10_000_000, ge=0)
     max_chat_sessions: int = Field(1000, ge=0)
@@ -158,6 +166,14 @@ class Settings(BaseSettings):
     # Share one upstream per identical execution subscription (server/ws.py); off = stock
     # Strawberry (each subscriber resolves and serialises every event; for benchmarks).
     subscription_multiplex: bool = True
+    # Subscriptions over plain HTTP too (server/http_streams.py): Apollo's multipart
+    # protocol and graphql-sse, for networks that block WebSockets. Open streams per
+    # caller (user or API key) and per team in each API process; one more is
+    # LIMIT_EXCEEDED. A chunk the client does not take within the send timeout ends it.
+    http_subscriptions: bool = True
+    http_streams_per_caller: int = Field(10, ge=1)
+    http_streams_per_tenant: int = Field(100, ge=1)
+    http_stream_send_timeout_seconds: float = Field(30.0, gt=0)
 
     # Chat. A session holds at most its `messageLimit` messages (default below, at most
     # `chat_max_message_limit` for every team); a reply's worker renews its claim every

@@ -1,8 +1,9 @@
 """The open WebSockets of this process, ended when their credentials are revoked.
 
 `IdentityService` announces every revocation (API key revoked, user deactivated, role
-changed, logout) on Redis (persistence/revocations.py); each API process listens and
-closes its sockets holding those credentials with 4403 (server/ws.py). Should the
+changed, logout), and `TenantAdminService` a tenant's suspension (tenant-wide: every socket
+of the tenant, indexed under `t:<tenant>`), on Redis (persistence/revocations.py); each API
+process listens and closes its sockets holding those credentials with 4403 (server/ws.py). Should the
 signal connection drop (messages may be lost), every socket re-checks its credentials
 once it is back, and all of them are re-checked every `recheck_seconds` anyway, so a
 missed signal cannot keep revoked credentials alive.

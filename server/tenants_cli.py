@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable, Callable
-from datetime import UTC, datetime
 from typing import TYPE_CHECKING, TypeVar
 
 import typer
@@ -24,14 +23,6 @@ err = Console(stderr=True)
 tenants_commands = typer.Typer(help="Operate tenants: status and quotas.", no_args_is_help=True)
 
 
-#: Status and quotas are stored and shown, but requests, runs and chat do not read them yet:
-#: say so wherever an operator sets them, so nobody mistakes the record for a block.
-_NOT_ENFORCED = (
-    "[yellow]note: recorded only. This version does not enforce tenant status or quotas yet "
-    "(README, Operating Crewgraph).[/yellow]"
-)
-
-
 def default_quota(settings: Settings) -> TenantQuota:
     return TenantQuota(
         max_concurrent_executions=settings.max_concurrent_executions,
@@ -42,30 +33,32 @@ def default_quota(settings: Settings) -> TenantQuota:
 
 
 def _run(op: Callable[[TenantAdminService], Awaitable[T]]) -> T:
-    from persistence.db import Database
-    from persistence.repositories.tenants import SqlTenantAdminStore
+    from server.bootstrap import build_container
     from server.cli import _ready_settings
 
     settings = _ready_settings()
-    if not settings.database_url:
-        err.print("[red]DATABASE_URL is not set[/red]")
+    if not settings.database_url or not settings.redis_url:
+        err.print("[red]DATABASE_URL and REDIS_URL must be set (those of the servers)[/red]")
         raise typer.Exit(2)
 
     async def main() -> T:
-        db = Database(settings.database_url or "", pool_size=1)
+        # The servers' own wiring: a suspension reaches their sockets and runs through
+        # Redis, and the audit entries go to MongoDB (written before the command exits).
+        container = build_container(settings)
         try:
-            service = TenantAdminService(
-                SqlTenantAdminStore(db.engine), default_quota(settings), lambda: datetime.now(UTC)
-            )
-            return await op(service)
+            return await op(container.tenant_admin)
         finally:
-            await db.dispose()
+            await container.aclose()
 
     try:
         return asyncio.run(main())
     except DomainError as e:
         err.print(f"[red]{e.message}[/red]")
         raise typer.Exit(1) from None
+
+
+def _limit_text(value: int) -> str:
+    return "no limit" if value == 0 else str(value)  # 0: no limit (domain/quotas.py)
 
 
 def _show(service: TenantAdminService, record: TenantRecord) -> None:
@@ -78,9 +71,9 @@ def _show(service: TenantAdminService, record: TenantRecord) -> None:
         table.add_row("suspended at", str(record.suspended_at))
     quota = service.quota_of(record)
     for name in ("max_concurrent_executions", "max_executions_per_day"):
-        table.add_row(name.replace("_", "-"), str(getattr(quota, name)))
+        table.add_row(name.replace("_", "-"), _limit_text(getattr(quota, name)))
     for name in ("max_tokens_per_day", "max_chat_sessions"):
-        table.add_row(name.replace("_", "-"), str(getattr(quota, name)))
+        table.add_row(name.replace("_", "-"), _limit_text(getattr(quota, name)))
     out.print(table)
 
 
@@ -115,7 +108,6 @@ def suspend(slug: str, reason: str = typer.Option(..., "--reason")) -> None:
 
     async def op(service: TenantAdminService) -> None:
         _show(service, await service.suspend(slug, reason))
-        err.print(_NOT_ENFORCED)
 
     _run(op)
 
@@ -133,12 +125,21 @@ def activate(slug: str) -> None:
 @tenants_commands.command("set-quota")
 def set_quota(
     slug: str,
-    max_concurrent_executions: int | None = typer.Option(None, min=0),
-    max_executions_per_day: int | None = typer.Option(None, min=0),
-    max_tokens_per_day: int | None = typer.Option(None, min=0),
-    max_chat_sessions: int | None = typer.Option(None, min=0),
+    max_concurrent_executions: int | None = typer.Option(
+        None, min=1, help="RUNNING executions at once; more wait as PENDING."
+    ),
+    max_executions_per_day: int | None = typer.Option(
+        None, min=0, help="Executions started per UTC day; 0: no limit."
+    ),
+    max_tokens_per_day: int | None = typer.Option(
+        None, min=0, help="LLM tokens per UTC day; 0: no limit."
+    ),
+    max_chat_sessions: int | None = typer.Option(
+        None, min=0, help="Chat sessions existing at once; 0: no limit."
+    ),
 ) -> None:
-    """Override a tenant's quotas (unset options keep their value)."""
+    """Override a tenant's quotas (unset options keep their value). They apply at once,
+    in every process: the next run, LLM call or chat session is checked against them."""
     changes = {
         "max_concurrent_executions": max_concurrent_executions,
         "max_executions_per_day": max_executions_per_day,
@@ -148,6 +149,5 @@ def set_quota(
 
     async def op(service: TenantAdminService) -> None:
         _show(service, await service.set_quota(slug, changes))
-        err.print(_NOT_ENFORCED)
 
     _run(op)

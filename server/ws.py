@@ -494,7 +494,7 @@ class _Revocable:
         try:
             await self.context.principal()
         except DomainError as exc:
-            self.revoke(exc.message)
+            self.revoke(_close_reason(exc))
 
     async def _persisted_document(self, message: Any) -> dict[str, Any] | None:
         """Put the document a persisted-query hash names into a subscribe / start payload
@@ -521,9 +521,15 @@ class _Revocable:
         try:
             await self.context.principal()
         except DomainError as exc:
-            self.revoke(exc.message)
+            self.revoke(_close_reason(exc))
             return False
         return True
+
+
+def _close_reason(exc: DomainError) -> str:
+    """A refusal with a machine-readable reason (TENANT_SUSPENDED) closes with that."""
+    reason = exc.extensions.get("reason")
+    return reason if isinstance(reason, str) and reason else exc.message
 
 
 class RevocableTransportWSHandler(_Revocable, BaseGraphQLTransportWSHandler[Any, Any]):

@@ -104,6 +104,9 @@ def settings(services: TestServices, database: str) -> Any:
         webhook_retry_base_seconds=0.2,
         webhook_retry_max_delay_seconds=1.0,
         webhook_retry_window_seconds=4.0,
+        # Every test has its own tenants: a pre-started sandbox per tenant would never be
+        # used (the warm pools are tested in tests/sandbox/).
+        sandbox_warm_pool=False,
     )
 
 

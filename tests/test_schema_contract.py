@@ -27,13 +27,7 @@ CAPABILITIES: dict[str, set[str]] = {
     "approvals.graphql": set(),
     "chat.graphql": set(),
     "automation.graphql": set(),
-    "tenancy.graphql": {
-        "Tenant.status",
-        "Tenant.quota",
-        "Tenant.usageToday",
-        "TenantStatus",
-        "TenantQuota",
-    },
+    "tenancy.graphql": set(),
 }
 
 _PROBLEM = re.compile(r"^(?:type |enum )?(?P<type>\w+)(?:\.(?P<field>\w+))?[:(]")

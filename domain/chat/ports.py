@@ -18,7 +18,10 @@ T = TypeVar("T")
 class ChatSessionStore(Protocol):
     """Sessions in the tenant's PostgreSQL schema."""
 
-    async def add(self, tenant_schema: str, session: ChatSession) -> None: ...
+    async def add(self, tenant_schema: str, session: ChatSession, *, max_sessions: int = 0) -> bool:
+        """Store the session unless the schema already holds `max_sessions` (0: no
+        limit), counted under a lock so concurrent adds never pass it; False: refused."""
+        ...
 
     async def get(self, tenant_schema: str, session_id: str) -> ChatSession | None: ...
 
@@ -30,6 +33,10 @@ class ChatSessionStore(Protocol):
 
     async def tenant_schema(self, tenant_id: str) -> str | None:
         """The schema of a tenant (for work that starts from a message, not a request)."""
+        ...
+
+    async def replying(self, tenant_schema: str) -> list[str]:
+        """The ids of the sessions with a reply in progress (their reply lock is set)."""
         ...
 
     async def change(

@@ -50,6 +50,7 @@ from domain.executions.streams import FeedInterrupted
 from domain.identity import Principal
 from domain.llm import Usage
 from domain.ports import Page, TenantUnitOfWorkFactory
+from domain.quotas import TenantQuotas
 from domain.rbac import Action
 from domain.resources import missing_references, not_found_refs, require_id
 
@@ -138,8 +139,10 @@ class ChatService:
         limits: ChatLimits,
         *,
         remove_workspace: Callable[[str, str], Awaitable[None]] | None = None,
+        quotas: TenantQuotas | None = None,
     ) -> None:
         self._uow = uow
+        self._quotas = quotas  # the chat session quota; None: not enforced
         self._sessions = sessions
         self._messages = messages
         self._bus = bus
@@ -186,8 +189,10 @@ class ChatService:
             created_at=utcnow(),
             created_by=p.user_id or p.api_key_id,
         )
+        limit = 0 if self._quotas is None else await self._quotas.chat_session_limit(p.tenant_id)
         # A provider or agent deleted meanwhile: the foreign key refuses the row.
-        await self._sessions.add(p.tenant_schema, session)
+        if not await self._sessions.add(p.tenant_schema, session, max_sessions=limit):
+            raise TenantQuotas.chat_sessions_exceeded(limit)
         return session
 
     async def delete(self, p: Principal, session_id: str) -> bool:
@@ -292,18 +297,25 @@ class ChatService:
         p.require(Action.WRITE)
         session = await self.get(p, session_id)
 
-        def request(s: ChatSession) -> tuple[str, bool] | None:
-            if s.reply_id is None:
-                return None
-            s.cancel_requested = True
-            return s.reply_id, s.reply_owner is not None
-
-        found = await self._sessions.change(p.tenant_schema, session.id, request)
+        found = await self._sessions.change(p.tenant_schema, session.id, _request_cancel)
         if found is None:
             return None
         reply_id, claimed = found
         ref = ReplyRef(p.tenant_id, p.tenant_schema, session.id, reply_id)
         return await self._unavailable_as_error(self._stop(ref, claimed))
+
+    async def cancel_tenant_replies(self, tenant_id: str, tenant_schema: str) -> int:
+        """Stop every reply of a tenant (suspended by the operator) as `cancel` stops one;
+        how many were streaming."""
+        stopped = 0
+        for session_id in await self._sessions.replying(tenant_schema):
+            found = await self._sessions.change(tenant_schema, session_id, _request_cancel)
+            if found is None:
+                continue
+            reply_id, claimed = found
+            await self._stop(ReplyRef(tenant_id, tenant_schema, session_id, reply_id), claimed)
+            stopped += 1
+        return stopped
 
     async def _stop(self, ref: ReplyRef, claimed: bool) -> ChatMessage | None:
         p_tenant, reply_id = ref.tenant_id, ref.message_id
@@ -458,6 +470,14 @@ class ChatService:
         except Exception as exc:
             log.warning("the chat message store failed: %s", exc)
             raise _unavailable() from None
+
+
+def _request_cancel(s: ChatSession) -> tuple[str, bool] | None:
+    """The reply to stop and whether a worker holds it; None when none is streaming."""
+    if s.reply_id is None:
+        return None
+    s.cancel_requested = True
+    return s.reply_id, s.reply_owner is not None
 
 
 def _unavailable() -> StoreUnavailable:

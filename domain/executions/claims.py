@@ -10,10 +10,13 @@ store (PostgreSQL, the in-memory fakes of the unit tests) ends runs the same way
 - gone, or no longer PENDING / RUNNING: FORGET (drop it from the active index);
 - RUNNING under a live lease: SKIP (someone runs it; a duplicate dispatch is harmless);
 - cancel requested: END as CANCELLED with EXECUTION_CANCELLED {"cancelledNodes": []};
+  so it is, with the error "tenant suspended", when the tenant is suspended (a run
+  created or re-queued while the operator suspended it never starts);
 - already started `max_attempts` times: END as FAILED ("gave up after N attempts"), so a
   run that kills its worker every time does not loop forever; a `wake` (the run resumes
   after an approval) is not a new attempt and is not counted;
-- the tenant already runs `max_running` others: SKIP when PENDING (it waits, and is
+- the tenant already runs `max_running` others (its concurrency quota when it has one,
+  `domain.quotas`, else the server's): SKIP when PENDING (it waits, and is
   dispatched again when a slot frees up), REQUEUE when its lease expired (back to PENDING);
 - otherwise START: RUNNING under the claimer's lease, one more attempt; `resume` when the
   previous worker vanished (its RUNNING nodes run again).
@@ -29,6 +32,8 @@ from domain.executions.events import EventType
 from domain.executions.state import ExecutionStatus, transition
 
 DEFAULT_MAX_ATTEMPTS = 5
+#: The error of every run a tenant's suspension ended (domain/tenants.py).
+TENANT_SUSPENDED_ERROR = "tenant suspended"
 DEFAULT_MAX_RUNNING = 20
 
 
@@ -49,7 +54,10 @@ class ClaimState:
     cancel_requested: bool = False
     attempts: int = 0
     running_elsewhere: int = 0  # other RUNNING executions of the tenant
+    # The tenant's own concurrency quota (public.tenants.quota); None: the policy's.
+    max_running: int | None = None
     wake: bool = False  # PENDING again after an approval was answered (or expired)
+    tenant_suspended: bool = False  # the operator suspended the tenant
 
 
 @dataclass(frozen=True, slots=True)
@@ -77,10 +85,11 @@ class ClaimPolicy:
         resume = status == ExecutionStatus.RUNNING
         if resume and state.lease_live:
             return ClaimDecision(ClaimAction.SKIP)
-        if state.cancel_requested:
+        if state.cancel_requested or state.tenant_suspended:
             return ClaimDecision(
                 ClaimAction.END,
                 status=transition(status, ExecutionStatus.CANCELLED),
+                error=TENANT_SUSPENDED_ERROR if state.tenant_suspended else None,
                 event=EventType.EXECUTION_CANCELLED,
                 event_data={"cancelledNodes": []},
             )
@@ -93,9 +102,16 @@ class ClaimPolicy:
                 event=EventType.EXECUTION_FAILED,
                 event_data={"error": error, "nodeId": None},
             )
-        if state.running_elsewhere >= self.max_running:
+        if state.running_elsewhere >= self.limit(state):
             return ClaimDecision(ClaimAction.REQUEUE if resume else ClaimAction.SKIP, resume=resume)
         return ClaimDecision(ClaimAction.START, resume=resume, wake=state.wake and not resume)
+
+    def limit(self, state: ClaimState) -> int:
+        """RUNNING executions the tenant may have; an unusable override (below 1, which
+        would leave every run PENDING) falls back to the server's default."""
+        if state.max_running is not None and state.max_running >= 1:
+            return state.max_running
+        return self.max_running
 
 
 def give_up_message(attempts: int) -> str:

@@ -617,14 +617,10 @@ class _Run:
                 )
                 continue
             started = self.started_at[nid] = self.clock.now()
-            await store.save_node_result(
+            await store.record_node(
                 self.execution_id,
                 NodeResult(nid, NodeStatus.RUNNING, started_at=started, attempts=1),
-            )
-            await store.append_event(
-                self.execution_id,
                 EventType.NODE_STARTED,
-                nid,
                 {"kind": node.kind, "name": node.name},
             )
             body = (
@@ -665,13 +661,10 @@ class _Run:
         self.status[nid] = NodeStatus.WAITING
         if nid in self.waiting_before:
             return  # stored and announced by an earlier run
-        await self.store.save_node_result(
+        await self.store.record_node(
             self.execution_id,
             NodeResult(nid, NodeStatus.WAITING, started_at=self.started_at.get(nid), attempts=1),
-        )
-        await self.emit(
             EventType.NODE_WAITING,
-            nid,
             {
                 "prompt": approval.prompt,
                 "inputSchema": approval.input_schema,
@@ -817,7 +810,7 @@ class _Run:
 
     async def _node_completed(self, msg: _Done) -> None:
         nid = msg.node_id
-        await self.store.save_node_result(
+        await self.store.record_node(
             self.execution_id,
             NodeResult(
                 nid,
@@ -827,9 +820,8 @@ class _Run:
                 finished_at=self.clock.now(),
                 attempts=msg.attempts,
             ),
-        )
-        await self.emit(
-            EventType.NODE_COMPLETED, nid, {"output": msg.output, "attempts": msg.attempts}
+            EventType.NODE_COMPLETED,
+            {"output": msg.output, "attempts": msg.attempts},
         )
         self._complete(nid, msg.output)
         self._drain()
@@ -839,7 +831,8 @@ class _Run:
         assert msg.error is not None
         message = error_message(msg.error)
         self.status[nid] = NodeStatus.FAILED
-        await self.store.save_node_result(
+        code = msg.error.code if isinstance(msg.error, DomainError) else None
+        await self.store.record_node(
             self.execution_id,
             NodeResult(
                 nid,
@@ -849,10 +842,8 @@ class _Run:
                 finished_at=self.clock.now(),
                 attempts=msg.attempts,
             ),
-        )
-        code = msg.error.code if isinstance(msg.error, DomainError) else None
-        await self.emit(
-            EventType.NODE_FAILED, nid, {"error": message, "code": code, "attempts": msg.attempts}
+            EventType.NODE_FAILED,
+            {"error": message, "code": code, "attempts": msg.attempts},
         )
         return await self._end(
             ExecutionStatus.FAILED, f"node {nid!r} failed: {message}", nid, list(self.running)

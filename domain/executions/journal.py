@@ -97,6 +97,21 @@ class RunJournal:
             stored = await self._write(execution_id, [*self._take_tokens(execution_id), event])
         return stored[-1]
 
+    async def record_node(
+        self,
+        execution_id: str,
+        result: NodeResult,
+        type: EventType,
+        data: dict[str, Any] | None,
+    ) -> ExecutionEvent:
+        """The node's row and its event (after the buffered ones) in one write."""
+        self._raise_failure()
+        event = NewEvent(type, result.node_id, self._clock.now(), data)
+        async with self._lock:
+            tokens = self._take_tokens(execution_id)
+            stored = await self._write(execution_id, [*tokens, event], node=result)
+        return stored[-1]
+
     async def finish(self, execution_id: str, outcome: RunOutcome) -> None:
         transition(ExecutionStatus.RUNNING, outcome.status)
         self._raise_failure()
@@ -176,8 +191,10 @@ class RunJournal:
 
     # ---- writes (the caller holds the lock)
 
-    async def _write(self, execution_id: str, events: list[NewEvent]) -> list[ExecutionEvent]:
-        stored = await self._store.append_events(execution_id, events)
+    async def _write(
+        self, execution_id: str, events: list[NewEvent], node: NodeResult | None = None
+    ) -> list[ExecutionEvent]:
+        stored = await self._store.append_events(execution_id, events, node)
         for event in stored:
             await publish_event(self._bus, self._tenant_id, event)
         return stored

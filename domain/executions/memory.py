@@ -97,6 +97,16 @@ class InMemoryExecutionStore:
             listener(event)
         return event
 
+    async def record_node(
+        self,
+        execution_id: str,
+        result: NodeResult,
+        type: EventType,
+        data: dict[str, Any] | None,
+    ) -> ExecutionEvent:
+        await self.save_node_result(execution_id, result)
+        return await self.append_event(execution_id, type, result.node_id, data)
+
     async def finish(self, execution_id: str, outcome: RunOutcome) -> None:
         record = self.executions.get(execution_id) or self.create(execution_id)
         record.status = transition(record.status, outcome.status)

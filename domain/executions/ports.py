@@ -25,6 +25,9 @@ Contract of the store, as the engine uses it (see also engine.py):
   finished_at None) and once more with its final status: COMPLETED, FAILED, SKIPPED or
   CANCELLED. It is an upsert keyed by (execution_id, node_id). A final result is always
   saved before the matching NODE_COMPLETED / NODE_FAILED / NODE_SKIPPED event is appended.
+- `record_node` is `save_node_result` followed by `append_event` of the node's event
+  (NODE_STARTED with RUNNING, NODE_COMPLETED / NODE_FAILED / NODE_WAITING with the final
+  status), in one write where the store can: the engine's per-node round trips.
 - `append_event` assigns the next gap-free per-execution sequence, stamps `at`, persists,
   publishes, and returns the event; or returns None when it buffered the event (TOKEN
   events are written in small batches, always before the next other event of the run).
@@ -119,6 +122,14 @@ class ExecutionStore(Protocol):
         execution_id: str,
         type: EventType,
         node_id: str | None,
+        data: dict[str, Any] | None,
+    ) -> ExecutionEvent | None: ...
+
+    async def record_node(
+        self,
+        execution_id: str,
+        result: NodeResult,
+        type: EventType,
         data: dict[str, Any] | None,
     ) -> ExecutionEvent | None: ...
 
@@ -336,9 +347,10 @@ class RunStore(Protocol):
     async def save_node_result(self, execution_id: str, result: NodeResult) -> None: ...
 
     async def append_events(
-        self, execution_id: str, events: Sequence[NewEvent]
+        self, execution_id: str, events: Sequence[NewEvent], node: NodeResult | None = None
     ) -> list[ExecutionEvent]:
-        """Store `events` in order under the next gap-free sequences, atomically."""
+        """Store `events` in order under the next gap-free sequences, atomically, and
+        `node`'s result (as `save_node_result` would) in the same write."""
         ...
 
     async def finish(self, execution_id: str, outcome: RunOutcome) -> Execution:
@@ -447,6 +459,15 @@ class ExecutionRepository(Protocol):
 
     async def count_active(self, tenant_id: str) -> int:
         """PENDING + RUNNING executions of the tenant (WAITING ones hold nothing)."""
+        ...
+
+    async def unfinished_ids(self) -> list[str]:
+        """The ids of the tenant's PENDING, RUNNING and WAITING executions."""
+        ...
+
+    async def created_since(self, tenant_id: str, since: datetime) -> int:
+        """Executions of the tenant created from `since` on, counted under a per-tenant
+        lock held until the unit of work ends (the daily quota, domain/quotas.py)."""
         ...
 
     async def approvals(self, execution_id: str) -> list[Approval]:

@@ -4,8 +4,9 @@
   inputs (a JSON object, at most `max_input_bytes`, matching every INPUT node's
   `config.schema`), pins the flow's current version, stores a PENDING execution and
   dispatches it; it returns at once. Over `max_active` PENDING + RUNNING executions in the
-  tenant it is refused with LIMIT_EXCEEDED; how many run at the same time is the worker's
-  business (`max_running` per tenant, the rest wait as PENDING).
+  tenant it is refused with LIMIT_EXCEEDED, and so it is over the tenant's daily
+  execution quota (`domain.quotas`; scheduled runs count too); how many run at the same
+  time is the worker's business (the tenant's concurrency quota, the rest wait as PENDING).
 - `test_crew` does the same for a one-node flow: INPUT "input" -> CREW "crew" -> OUTPUT
   "output", the crew node's `inputs` mapping every execution input `k` to the template
   `{{ inputs.k }}` (so keys must be identifiers).
@@ -40,6 +41,7 @@ from domain.auth import is_uuid
 from domain.errors import BadUserInput, Conflict, LimitExceeded, NotFound
 from domain.executions.approvals import Approval, ApprovalAnswer, check_answer
 from domain.executions.builtins import validate_inputs
+from domain.executions.claims import TENANT_SUSPENDED_ERROR
 from domain.executions.events import EventType, ExecutionEvent
 from domain.executions.ports import Dispatcher, ExecutionBus, ExecutionFilter, NodeResult
 from domain.executions.records import Execution, ExecutionRef
@@ -55,6 +57,7 @@ from domain.flows.model import FlowEdge, FlowGraph, FlowNode, NodeKind
 from domain.flows.service import reference_index
 from domain.identity import Principal
 from domain.ports import Page, UnitOfWork, UnitOfWorkFactory
+from domain.quotas import TenantQuotas
 from domain.rbac import Action
 from domain.resources import require_id
 
@@ -85,8 +88,10 @@ class ExecutionService:
         *,
         idle_poll: float = DEFAULT_IDLE_POLL,
         audit: AuditRecorder = NO_AUDIT,
+        quotas: TenantQuotas | None = None,
     ) -> None:
         self._uow = uow
+        self._quotas = quotas  # the daily execution quota; None: not enforced
         self._bus = bus
         self.dispatcher = dispatcher
         self.limits = limits or ExecutionLimits()
@@ -140,6 +145,7 @@ class ExecutionService:
             if node.kind == NodeKind.INPUT and node.config.get("schema"):
                 validate_inputs(clean, node.config["schema"])
         await self._check_active(uow, p)
+        await self._check_daily(uow, p)
         execution = self._new(p, clean, flow_id=flow.id, flow_version=flow.version)
         if created_by is not None:
             execution.created_by = created_by
@@ -164,6 +170,7 @@ class ExecutionService:
                 validate_flow(graph, ReferenceIndex(crew_ids=frozenset({crew.id}))), "crew run"
             )
             await self._check_active(uow, p)
+            await self._check_daily(uow, p)
             execution = self._new(p, clean, crew_id=crew.id)
             await uow.executions.add(execution, self._ref(p, execution), graph)
             await uow.commit()
@@ -195,6 +202,13 @@ class ExecutionService:
                 f"the team already has {active} pending or running executions; the limit "
                 f"(maxActiveExecutions) is {self.limits.max_active}",
                 extensions={"limit": "maxActiveExecutions", "max": self.limits.max_active},
+            )
+
+    async def _check_daily(self, uow: UnitOfWork, p: Principal) -> None:
+        # Last of the checks: it takes the tenant's lock, held until the caller commits.
+        if self._quotas is not None:
+            await self._quotas.check_executions(
+                p.tenant_id, lambda since: uow.executions.created_since(p.tenant_id, since)
             )
 
     @staticmethod
@@ -229,16 +243,37 @@ class ExecutionService:
 
     async def cancel(self, p: Principal, ident: str) -> Execution:
         p.require(Action.RUN)
+        return await self._cancel(p.tenant_id, p.tenant_schema, ident, None)
+
+    async def cancel_suspended_tenant_runs(self, tenant_id: str, tenant_schema: str) -> int:
+        """Every PENDING, RUNNING and WAITING run of a just-suspended tenant ends CANCELLED
+        with the error "tenant suspended", as `cancel` ends runs: PENDING and WAITING ones
+        at once, RUNNING ones by their worker within a second (the run store records the
+        same error for a run cancelled while its tenant is suspended, and a claim cancels
+        any run of a suspended tenant, claims.py). How many runs were asked to end."""
+        async with self._uow(tenant_schema) as uow:
+            idents = await uow.executions.unfinished_ids()
+        for ident in idents:
+            try:
+                await self._cancel(tenant_id, tenant_schema, ident, TENANT_SUSPENDED_ERROR)
+            except NotFound:
+                continue  # deleted meanwhile (its flow with it)
+        return len(idents)
+
+    async def _cancel(
+        self, tenant_id: str, tenant_schema: str, ident: str, error: str | None
+    ) -> Execution:
+        """`error`: why, when not the user's own cancel."""
         event: ExecutionEvent | None = None
         signal = False
-        async with self._uow(p.tenant_schema) as uow:
+        async with self._uow(tenant_schema) as uow:
             execution = await uow.executions.get(require_id("execution", ident), for_update=True)
             if execution is None:
                 raise NotFound("execution", ident)
             if execution.status == ExecutionStatus.PENDING:
                 transition(execution.status, ExecutionStatus.CANCELLED)
                 execution = await uow.executions.end_pending(
-                    ident, ExecutionStatus.CANCELLED, "cancelled before it started"
+                    ident, ExecutionStatus.CANCELLED, error or "cancelled before it started"
                 )
                 event = await uow.executions.append_event(
                     ident, EventType.EXECUTION_CANCELLED, None, {"cancelledNodes": []}
@@ -249,7 +284,9 @@ class ExecutionService:
                 cancelled = [a.node_id for a in asked if not a.answered]
                 transition(execution.status, ExecutionStatus.CANCELLED)
                 execution = await uow.executions.end_waiting(
-                    ident, ExecutionStatus.CANCELLED, "cancelled while waiting for approval"
+                    ident,
+                    ExecutionStatus.CANCELLED,
+                    error or "cancelled while waiting for approval",
                 )
                 event = await uow.executions.append_event(
                     ident, EventType.EXECUTION_CANCELLED, None, {"cancelledNodes": cancelled}
@@ -264,10 +301,10 @@ class ExecutionService:
                 signal = True
         try:
             if event is not None:
-                await self._bus.publish_status(p.tenant_id, execution)
-                await self._bus.publish_event(p.tenant_id, event)
+                await self._bus.publish_status(tenant_id, execution)
+                await self._bus.publish_event(tenant_id, event)
             if signal:
-                await self._bus.publish_cancel(self._ref(p, execution))
+                await self._bus.publish_cancel(ExecutionRef(tenant_id, tenant_schema, execution.id))
         except Exception:
             # The flag is persisted: the worker's heartbeat reads it.
             log.exception("publishing a cancel failed")

@@ -90,12 +90,9 @@ async def reference_index(
 ) -> ReferenceIndex:
     """The referenced ids that exist in this tenant (others' ids simply are not found)."""
     by = _collect_refs(list(nodes)).by_attr
-    found: dict[str, set[str]] = {}
-    for _, attr in _REF_KEYS.values():
-        wanted = list(by.get(attr, {}))
-        repo = getattr(uow, attr)
-        found[attr] = await repo.existing_ids(wanted) if wanted else set()
-    return _index(found)
+    wanted = {attr: list(by[attr]) for _, attr in _REF_KEYS.values() if by.get(attr)}
+    found = await uow.existing_ids(wanted) if wanted else {}
+    return _index({attr: found.get(attr, set()) for _, attr in _REF_KEYS.values()})
 
 
 async def _check_refs_exist(uow: TenantUnitOfWork, nodes: list[FlowNode]) -> None:

@@ -13,6 +13,7 @@ from domain.ports import Page
 from persistence import tables as t
 from persistence.db import Database
 from persistence.pagination import paginate
+from persistence.repositories.quotas import lock_chat_sessions
 
 T = TypeVar("T")
 _s = t.chat_sessions
@@ -53,8 +54,11 @@ class SqlChatSessions:
     def __init__(self, db: Database) -> None:
         self._db = db
 
-    async def add(self, tenant_schema: str, session: ChatSession) -> None:
+    async def add(self, tenant_schema: str, session: ChatSession, *, max_sessions: int = 0) -> bool:
         async with self._db.connect(tenant_schema) as conn:
+            if max_sessions > 0 and await lock_chat_sessions(conn, tenant_schema) >= max_sessions:
+                await conn.rollback()
+                return False
             await conn.execute(
                 _s.insert().values(
                     id=session.id,
@@ -68,6 +72,7 @@ class SqlChatSessions:
                 )
             )
             await conn.commit()
+        return True
 
     async def get(self, tenant_schema: str, session_id: str) -> ChatSession | None:
         if not is_uuid(session_id):
@@ -83,6 +88,11 @@ class SqlChatSessions:
             stmt = sa.select(t.tenants.c.schema_name).where(t.tenants.c.id == tenant_id)
             found = (await conn.execute(stmt)).scalar_one_or_none()
         return str(found) if found is not None else None
+
+    async def replying(self, tenant_schema: str) -> list[str]:
+        async with self._db.connect(tenant_schema) as conn:
+            rows = await conn.execute(sa.select(_s.c.id).where(_s.c.reply_id.is_not(None)))
+            return [str(r.id) for r in rows]
 
     async def page(self, tenant_schema: str, first: int, after: str | None) -> Page[ChatSession]:
         async with self._db.connect(tenant_schema) as conn:

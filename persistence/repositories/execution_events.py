@@ -14,8 +14,10 @@ from collections.abc import Sequence
 
 from domain.auth import is_uuid
 from domain.executions.events import TERMINAL_EVENTS, ExecutionEvent, NewEvent
+from domain.executions.ports import NodeResult
+from domain.executions.state import NodeStatus
 from domain.webhooks import WEBHOOK_EVENT_TYPES
-from persistence.repositories.execution_rows import json_param, to_event
+from persistence.repositories.execution_rows import clean_text, json_param, to_event
 from persistence.repositories.sql import Statements, in_schema
 from persistence.repositories.webhooks import OUTBOX_CTES
 
@@ -56,6 +58,30 @@ WITH s AS (
     + "SELECT sequence FROM ev"
 )
 
+# With a node's result: its upsert rides on the same statement (the engine's node writes
+# are one round trip). It reads the lease-fenced `s`, so a lost lease writes neither.
+_NODE_CTE = """, n AS (
+    INSERT INTO {{s}}.node_runs
+        (execution_id, node_id, status, output, error, attempts, started_at, finished_at)
+    SELECT $1::uuid, ${0}, ${1}, ${2}::jsonb, ${3}, ${4}, ${5}, ${6} FROM s
+    ON CONFLICT (execution_id, node_id) DO UPDATE SET
+        status = EXCLUDED.status, output = EXCLUDED.output, error = EXCLUDED.error,
+        attempts = EXCLUDED.attempts, started_at = EXCLUDED.started_at,
+        finished_at = EXCLUDED.finished_at
+)
+"""
+
+
+def _with_node(template: str, first_param: int) -> str:
+    """`template` with the node upsert as a CTE right after its first one (`s`)."""
+    end = template.index("\n)\n") + 2
+    numbers = range(first_param, first_param + 7)
+    return template[:end] + _NODE_CTE.format(*numbers) + template[end + 1 :]
+
+
+_APPEND_NODE = _with_node(_APPEND, 7)
+_APPEND_NOTIFY_NODE = _with_node(_APPEND_NOTIFY, 8)
+
 _AFTER = """
 SELECT execution_id, sequence, type, node_id, at, data FROM {s}.execution_events
 WHERE execution_id = $1::uuid AND sequence > $2 AND sequence < $3
@@ -77,9 +103,10 @@ async def append(
     execution_id: str,
     events: Sequence[NewEvent],
     owner: str | None = None,
+    node: NodeResult | None = None,
 ) -> list[ExecutionEvent] | None:
-    """Store `events` in order; None when the execution is gone or (with `owner`) the
-    lease is not `owner`'s."""
+    """Store `events` in order (and `node`'s result with them); None when the execution
+    is gone or (with `owner`) the lease is not `owner`'s."""
     payloads = [json_param(e.data) for e in events]
     args: list[object] = [
         execution_id,
@@ -89,10 +116,21 @@ async def append(
         [e.at for e in events],
         payloads,
     ]
-    template = _APPEND
-    if any(e.type.value in WEBHOOK_EVENT_TYPES for e in events):
-        template = _APPEND_NOTIFY
+    notify = any(e.type.value in WEBHOOK_EVENT_TYPES for e in events)
+    template = _APPEND_NOTIFY if notify else _APPEND
+    if notify:
         args.append(schema)
+    if node is not None:
+        template = _APPEND_NOTIFY_NODE if notify else _APPEND_NODE
+        args += [
+            node.node_id,
+            NodeStatus(node.status).value,
+            json_param(node.output),
+            clean_text(node.error),
+            node.attempts,
+            node.started_at,
+            node.finished_at,
+        ]
     rows = await sql.fetch(in_schema(template, schema), *args)
     if not rows:
         return None

@@ -43,7 +43,11 @@ SELECT x.status, x.cancel_requested, x.attempts, x.resume_pending,
        coalesce(x.lease_expires_at > now(), false) AS lease_live,
        (SELECT count(*) FROM public.active_executions a
         WHERE a.tenant_id = $2::uuid AND a.status = 'RUNNING' AND a.execution_id <> x.id)
-       AS running
+       AS running,
+       (SELECT (t.quota ->> 'max_concurrent_executions')::bigint FROM public.tenants t
+        WHERE t.id = $2::uuid) AS max_running,
+       coalesce((SELECT t.status = 'SUSPENDED' FROM public.tenants t WHERE t.id = $2::uuid),
+                false) AS tenant_suspended
 FROM {s}.executions x WHERE x.id = $1::uuid
 FOR UPDATE OF x
 """
@@ -283,7 +287,9 @@ def _state(row: Row | None) -> ClaimState:
         cancel_requested=bool(row["cancel_requested"]),
         attempts=int(row["attempts"]),
         running_elsewhere=int(row["running"]),
+        max_running=int(row["max_running"]) if row["max_running"] is not None else None,
         wake=bool(row["resume_pending"]),
+        tenant_suspended=bool(row["tenant_suspended"]),
     )
 
 

@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from datetime import UTC, datetime
 
 from domain.executions.approvals import Approval, ApprovalRequest
+from domain.executions.claims import TENANT_SUSPENDED_ERROR
 from domain.executions.events import EventType, ExecutionEvent, NewEvent
 from domain.executions.ports import LeaseLost, NodeResult, RunOutcome, Suspension
 from domain.executions.records import Execution, ExecutionRef
@@ -44,11 +45,17 @@ ON CONFLICT (execution_id, node_id) DO UPDATE SET
 RETURNING 1
 """
 
+# A run cancelled while its tenant is suspended was cancelled by the suspension
+# (domain.executions.service.cancel_suspended_tenant_runs): it says so ($6).
 _FINISH = """
 WITH x AS (
     UPDATE {s}.executions
-    SET status = $3, outputs = $4::jsonb, error = $5, finished_at = now(),
-        lease_expires_at = NULL
+    SET status = $3, outputs = $4::jsonb, finished_at = now(), lease_expires_at = NULL,
+        error = CASE WHEN $3 = 'CANCELLED' AND $5::text IS NULL AND EXISTS (
+                    SELECT 1 FROM public.active_executions a
+                    JOIN public.tenants t ON t.id = a.tenant_id
+                    WHERE a.execution_id = $1::uuid AND t.status = 'SUSPENDED')
+                THEN $6 ELSE $5 END
     WHERE id = $1::uuid AND lease_owner = $2 AND status = 'RUNNING'
     RETURNING *
 ), a AS (
@@ -111,10 +118,10 @@ class SqlRunStore:
             raise LeaseLost(f"execution {execution_id}: lease lost")
 
     async def append_events(
-        self, execution_id: str, events: Sequence[NewEvent]
+        self, execution_id: str, events: Sequence[NewEvent], node: NodeResult | None = None
     ) -> list[ExecutionEvent]:
         stored = await execution_events.append(
-            self._sql, self.ref.tenant_schema, execution_id, events, self.owner
+            self._sql, self.ref.tenant_schema, execution_id, events, self.owner, node
         )
         if stored is None:
             raise LeaseLost(f"execution {execution_id}: lease lost")
@@ -128,6 +135,7 @@ class SqlRunStore:
             outcome.status.value,
             json_param(outcome.outputs),
             clean_text(outcome.error),
+            TENANT_SUSPENDED_ERROR,
         )
         if row is None:
             raise LeaseLost(f"execution {execution_id}: lease lost")

@@ -24,7 +24,7 @@ from domain.executions.state import ExecutionStatus
 from domain.flows.model import FlowGraph
 from domain.ports import Page
 from persistence.pagination import decode_cursor, encode_cursor
-from persistence.repositories import approvals, execution_events
+from persistence.repositories import approvals, execution_events, quotas
 from persistence.repositories.execution_rows import (
     clean_text,
     graph_json,
@@ -57,6 +57,11 @@ ORDER BY execution_id, started_at ASC NULLS LAST, finished_at ASC NULLS LAST, no
 """
 
 _REQUEST_CANCEL = "UPDATE {s}.executions SET cancel_requested = true WHERE id = $1::uuid"
+
+_UNFINISHED = """
+SELECT id FROM {s}.executions WHERE status IN ('PENDING', 'RUNNING', 'WAITING')
+ORDER BY created_at
+"""
 
 _COUNT_ACTIVE = """
 SELECT count(*) FROM public.active_executions
@@ -206,6 +211,13 @@ class SqlExecutions:
 
     async def count_active(self, tenant_id: str) -> int:
         return int(await self._sql.fetchval(_COUNT_ACTIVE, tenant_id))
+
+    async def unfinished_ids(self) -> list[str]:
+        rows = await self._sql.fetch(self._q(_UNFINISHED))
+        return [str(r["id"]) for r in rows]
+
+    async def created_since(self, tenant_id: str, since: datetime) -> int:
+        return await quotas.executions_created_since(self._sql, self._schema, tenant_id, since)
 
     # ---- approvals (persistence/repositories/approvals.py)
 

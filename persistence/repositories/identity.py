@@ -8,16 +8,16 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
-from domain.identity import ApiKey, RefreshToken, Tenant, User
+from domain.identity import ApiKey, RefreshToken, Tenant, TenantStatus, User
 from domain.ports import Page
 from domain.rbac import Role
 from persistence import tables as t
-from persistence.migrate import upgrade_tenant
+from persistence.migrate import provision_tenant
 from persistence.pagination import paginate
 
 
 def _tenant(r: Any) -> Tenant:
-    return Tenant(str(r.id), r.name, r.slug, r.schema_name, r.created_at)
+    return Tenant(str(r.id), r.name, r.slug, r.schema_name, r.created_at, TenantStatus(r.status))
 
 
 def _user(r: Any) -> User:
@@ -78,7 +78,8 @@ class SqlTenants:
         return [_tenant(r) for r in rows]
 
     async def create_schema(self, tenant: Tenant) -> None:
-        await upgrade_tenant(self._conn, tenant.schema_name)
+        # The rendered head DDL in one round trip, not Alembic step by step (see migrate.py).
+        await provision_tenant(self._conn, tenant.schema_name)
 
 
 class SqlUsers:

@@ -3,12 +3,14 @@ schema; the connection's schema_translate_map points it at the caller's tenant."
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 from collections.abc import Sequence
 from datetime import UTC, datetime
 from typing import Any, Generic, TypeVar
 
 import sqlalchemy as sa
+from sqlalchemy.dialects.postgresql import aggregate_order_by
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from domain.agents import Agent, AgentOptions
@@ -26,6 +28,24 @@ from persistence.pagination import paginate
 from persistence.repositories.schedules import SqlSchedules
 
 E = TypeVar("E")
+
+
+def _ordered_ids(
+    link: sa.Table, owner: str, item: str, of: sa.Column[Any], label: str
+) -> sa.Label[Any]:
+    """The ids a link table lists for the row `of` of the outer statement, in `position`
+    order (NULL for none). JSON, not an array: the driver decodes json with the codec set
+    when it connects, while an array type costs it a type lookup on every new connection."""
+    return (
+        sa.select(sa.func.json_agg(aggregate_order_by(link.c[item], link.c.position)))
+        .where(link.c[owner] == of)
+        .scalar_subquery()
+        .label(label)
+    )
+
+
+def _json(value: Any) -> Any:
+    return json.loads(value) if isinstance(value, str) else value
 
 
 def _uuids(ids: Sequence[str]) -> list[str]:
@@ -84,6 +104,12 @@ class _SqlResource(Generic[E]):
             return set()
         stmt = self._live(sa.select(self.table.c.id).where(self.table.c.id.in_(wanted)))
         return {str(i) for i in (await self._conn.execute(stmt)).scalars()}
+
+    def existing_ids_statement(self, tag: str, ids: Sequence[str]) -> sa.Select[Any]:
+        """(tag, id) of the ids that exist: one part of `UnitOfWork.existing_ids`."""
+        return self._live(
+            sa.select(sa.literal(tag).label("tag"), self.table.c.id).where(self.table.c.id.in_(ids))
+        )
 
     def _live(self, stmt: sa.Select[Any]) -> sa.Select[Any]:
         """Soft-deleted rows (flows) neither exist nor hold their name."""
@@ -331,7 +357,7 @@ class SqlAgents(_SqlResource[Agent]):
             r.goal,
             r.backstory,
             str(r.llm_provider_id) if r.llm_provider_id else None,
-            [],
+            [str(i) for i in _json(r.tool_ids) or ()],
             AgentOptions.from_json(r.options or {}),
             r.version,
             r.created_at,
@@ -352,14 +378,11 @@ class SqlAgents(_SqlResource[Agent]):
             "updated_at": e.updated_at,
         }
 
-    async def _load_children(self, entities: list[Agent]) -> None:
-        if not entities:
-            return
-        tools = await self._load_ordered(
-            t.agent_tools, "agent_id", "tool_id", [e.id for e in entities]
+    def _base(self) -> sa.Select[Any]:
+        # The tool ids in the same statement: one round trip per read, not two.
+        return sa.select(
+            t.agents, _ordered_ids(t.agent_tools, "agent_id", "tool_id", t.agents.c.id, "tool_ids")
         )
-        for e in entities:
-            e.tool_ids = tools.get(e.id, [])
 
     async def _save_children(self, e: Agent) -> None:
         await self._save_ordered(t.agent_tools, "agent_id", "tool_id", e.id, e.tool_ids)
@@ -382,8 +405,8 @@ class SqlCrews(_SqlResource[Crew]):
             str(r.id),
             r.name,
             r.process,
-            [],
-            [],
+            [str(i) for i in _json(r.agent_ids) or ()],
+            [CrewTask(d, e, str(a)) for d, e, a in _json(r.tasks) or ()],
             str(r.manager_agent_id) if r.manager_agent_id else None,
             str(r.manager_llm_provider_id) if r.manager_llm_provider_id else None,
             r.version,
@@ -403,22 +426,21 @@ class SqlCrews(_SqlResource[Crew]):
             "updated_at": e.updated_at,
         }
 
-    async def _load_children(self, entities: list[Crew]) -> None:
-        if not entities:
-            return
-        ids = [e.id for e in entities]
-        agents = await self._load_ordered(t.crew_agents, "crew_id", "agent_id", ids)
-        tasks: dict[str, list[CrewTask]] = defaultdict(list)
-        for r in await self._conn.execute(
-            sa.select(t.crew_tasks)
-            .where(t.crew_tasks.c.crew_id.in_(ids))
-            .order_by(t.crew_tasks.c.crew_id, t.crew_tasks.c.position)
-        ):
-            tasks[str(r.crew_id)].append(
-                CrewTask(r.description, r.expected_output, str(r.agent_id))
-            )
-        for e in entities:
-            e.agent_ids, e.tasks = agents.get(e.id, []), tasks.get(e.id, [])
+    def _base(self) -> sa.Select[Any]:
+        # Members and tasks in the same statement: one round trip per read, not three.
+        ct = t.crew_tasks
+        task = sa.func.json_build_array(ct.c.description, ct.c.expected_output, ct.c.agent_id)
+        tasks = (
+            sa.select(sa.func.json_agg(aggregate_order_by(task, ct.c.position)))
+            .where(ct.c.crew_id == t.crews.c.id)
+            .scalar_subquery()
+            .label("tasks")
+        )
+        return sa.select(
+            t.crews,
+            _ordered_ids(t.crew_agents, "crew_id", "agent_id", t.crews.c.id, "agent_ids"),
+            tasks,
+        )
 
     async def _save_children(self, e: Crew) -> None:
         # Tasks first: they reference the crew's members.

@@ -22,15 +22,19 @@ from persistence.db import Database
 from persistence.pagination import paginate
 from persistence.repositories.sql import ConnectionStatements, PoolStatements, in_schema
 
+# A suspended tenant's schedules do not fire (nor move on): their rows stay due, so on
+# activation each fires once, as times missed while everything was down do.
 _CLAIM = """
 SELECT s.* FROM public.schedule_due d JOIN {s}.schedules s ON s.id = d.schedule_id
 WHERE d.schedule_id = $1::uuid AND d.next_run_at <= now() AND s.enabled
+  AND EXISTS (SELECT 1 FROM public.tenants t WHERE t.id = d.tenant_id AND t.status = 'ACTIVE')
 FOR UPDATE OF d, s SKIP LOCKED
 """
 
 _DUE = """
-SELECT schedule_id, tenant_id, tenant_schema FROM public.schedule_due
-WHERE next_run_at <= now() ORDER BY next_run_at LIMIT $1
+SELECT d.schedule_id, d.tenant_id, d.tenant_schema FROM public.schedule_due d
+JOIN public.tenants t ON t.id = d.tenant_id AND t.status = 'ACTIVE'
+WHERE d.next_run_at <= now() ORDER BY d.next_run_at LIMIT $1
 """
 
 

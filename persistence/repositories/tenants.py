@@ -7,7 +7,8 @@ from typing import Any
 
 from sqlalchemy.ext.asyncio import AsyncEngine
 
-from domain.tenants import TenantRecord, TenantStatus
+from domain.identity import TenantStatus
+from domain.tenants import TenantRecord
 from persistence import tables as t
 
 

@@ -64,11 +64,15 @@ OUTBOX_CTES = """
 )
 """
 
+# A suspended tenant's deliveries wait (PENDING, attempts unchanged) until it is activated.
 _CLAIM = """
 UPDATE public.webhook_outbox SET next_attempt_at = now() + $1::interval
 WHERE delivery_id IN (
-    SELECT delivery_id FROM public.webhook_outbox WHERE next_attempt_at <= now()
-    ORDER BY next_attempt_at LIMIT $2 FOR UPDATE SKIP LOCKED
+    SELECT o.delivery_id FROM public.webhook_outbox o
+    WHERE o.next_attempt_at <= now()
+      AND NOT EXISTS (SELECT 1 FROM public.tenants t
+                      WHERE t.id = o.tenant_id AND t.status = 'SUSPENDED')
+    ORDER BY o.next_attempt_at LIMIT $2 FOR UPDATE OF o SKIP LOCKED
 )
 RETURNING delivery_id, tenant_id, tenant_schema
 """

@@ -44,7 +44,9 @@ async def _listing_statements(gql: GQL, container: Any, token: str, first: int) 
     assert len(data["flows"]["edges"]) == first
     node = data["flows"]["edges"][0]["node"]
     assert node["agents"] and node["agents"][0]["tools"] and node["tools"] and node["crews"]
-    return len(seen)
+    # Authentication reads the caller's user and tenant unless the principal cache still
+    # holds them (server/principal_cache.py): not part of the listing.
+    return len([s for s in seen if "FROM public." not in s])
 
 
 async def test_listing_flows_with_agents_and_tools_is_bounded(gql: GQL, container: Any) -> None:
@@ -54,7 +56,9 @@ async def test_listing_flows_with_agents_and_tools_is_bounded(gql: GQL, containe
     await _flows(gql, big.token, 100)
     few = await _listing_statements(gql, container, small.token, 5)
     many = await _listing_statements(gql, container, big.token, 100)
-    # One statement per table and nesting level (a loader batch can split across two
-    # event-loop ticks under load); an N+1 would add ~95 statements for 100 flows.
-    assert many <= few + 4, f"5 flows took {few} statements, 100 flows took {many}"
-    assert many <= 16, many
+    # Flows; agents (with their tool ids), tools, crews (with members and tasks), each by
+    # id; and one existence check of every reference for `validation`. An N+1 would add
+    # ~95 statements for 100 flows. What PostgreSQL receives, transaction control
+    # included, is counted in tests/api/test_wire_statements.py.
+    assert many <= 6 and few <= 6, f"5 flows took {few} statements, 100 flows took {many}"
+    assert many <= few + 1, f"5 flows took {few} statements, 100 flows took {many}"

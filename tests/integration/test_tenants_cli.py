@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import subprocess
 import sys
@@ -11,11 +12,14 @@ from typing import Any
 import pytest
 
 from domain.errors import BadUserInput, NotFound
-from domain.tenants import TenantAdminService, TenantQuota, TenantStatus
+from domain.identity import TenantStatus
+from domain.tenants import TenantAdminService, TenantQuota
 from persistence.db import Database
 from persistence.repositories.tenants import SqlTenantAdminStore
 from tests.conftest import Team
+from tests.support.client import GQL, error_code
 from tests.support.serve import REPO
+from tests.support.ws import close_code, init
 
 DEFAULTS = TenantQuota(
     max_concurrent_executions=20,
@@ -31,6 +35,11 @@ def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
         "PYTHONPATH": str(REPO),
         "DATABASE_URL": settings.database_url,
         "REDIS_URL": settings.redis_url,
+        # The servers' Redis prefix and MongoDB: the suspension reaches their sockets and
+        # runs, the audit entries their log.
+        "CREWGRAPH_REDIS_PREFIX": settings.redis_prefix,
+        "MONGODB_URL": settings.mongodb_url,
+        "CREWGRAPH_MONGODB_DATABASE": settings.mongodb_database,
         "CREWGRAPH_JWT_SECRET": settings.jwt_secret,
         "CREWGRAPH_SECRET_KEY": settings.secret_key,
         "COLUMNS": "200",
@@ -91,6 +100,7 @@ def test_cli_commands_and_exit_codes(settings: Any, team: Team) -> None:
     suspended = _cli(settings, "suspend", team.slug, "--reason", "abuse report")
     assert suspended.returncode == 0, suspended.stderr
     assert "SUSPENDED" in suspended.stdout and "abuse report" in suspended.stdout
+    assert "recorded only" not in suspended.stderr  # it is enforced
 
     quota = _cli(settings, "set-quota", team.slug, "--max-executions-per-day", "7")
     assert quota.returncode == 0, quota.stderr
@@ -103,3 +113,32 @@ def test_cli_commands_and_exit_codes(settings: Any, team: Team) -> None:
     missing = _cli(settings, "show", "no-such-tenant")
     assert missing.returncode == 1
     assert "not found" in missing.stderr
+
+
+async def test_cli_suspension_is_enforced_and_audited(
+    settings: Any, gql: GQL, team: Team, server_url: str
+) -> None:
+    async with gql.connect_ws() as ws:
+        assert (await init(ws, {"authorization": f"Bearer {team.token}"}))["type"] == (
+            "connection_ack"
+        )
+        done = await asyncio.to_thread(_cli, settings, "suspend", team.slug, "--reason", "fraud")
+        assert done.returncode == 0, done.stderr
+        assert await close_code(ws, "next", timeout=5) == 4403  # the server heard it
+    body = await gql.op("Me", token=team.token)
+    assert error_code(body) == "FORBIDDEN", body
+    assert body["errors"][0]["extensions"]["reason"] == "TENANT_SUSPENDED"
+
+    done = await asyncio.to_thread(_cli, settings, "activate", team.slug)
+    assert done.returncode == 0, done.stderr
+    assert (await gql.ok("Me", token=team.token))["me"]["email"] == team.email
+    actions: dict[str, dict[str, Any]] = {}
+    for _ in range(50):  # written by the commands' own processes, before they exit
+        edges = (await gql.ok("AuditLog", {"first": 50}, token=team.token))["auditLog"]["edges"]
+        actions = {e["node"]["action"]: e["node"] for e in edges}
+        if "tenant.activated" in actions:
+            break
+        await asyncio.sleep(0.1)
+    assert actions["tenant.suspended"]["data"] == {"reason": "fraud"}
+    assert actions["tenant.suspended"]["actor"] is None
+    assert actions["tenant.activated"]["actor"] is None

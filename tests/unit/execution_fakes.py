@@ -280,9 +280,11 @@ class MemoryRunStore:
         self._owned(execution_id).nodes[result.node_id] = result
 
     async def append_events(
-        self, execution_id: str, events: Sequence[NewEvent]
+        self, execution_id: str, events: Sequence[NewEvent], node: NodeResult | None = None
     ) -> list[ExecutionEvent]:
         run = self._owned(execution_id)
+        if node is not None:
+            run.nodes[node.node_id] = node
         self.batches.append(list(events))
         await asyncio.sleep(0)  # a real write yields to the loop
         return self.db.append(run, events)
@@ -489,6 +491,13 @@ class MemoryExecutions:
 
     async def count_active(self, tenant_id: str) -> int:
         return sum(1 for r in self.db.runs.values() if r.execution.status in ACTIVE)
+
+    async def unfinished_ids(self) -> list[str]:
+        unfinished = (*ACTIVE, ExecutionStatus.WAITING)
+        return [i for i, r in self.db.runs.items() if r.execution.status in unfinished]
+
+    async def created_since(self, tenant_id: str, since: datetime) -> int:
+        return sum(1 for r in self.db.runs.values() if r.execution.created_at >= since)
 
     async def approvals(self, execution_id: str) -> list[Approval]:
         run = self.db.runs.get(execution_id)

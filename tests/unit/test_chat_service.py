@@ -37,8 +37,11 @@ class Sessions:
     def __init__(self) -> None:
         self.rows: dict[str, ChatSession] = {}
 
-    async def add(self, schema: str, session: ChatSession) -> None:
+    async def add(self, schema: str, session: ChatSession, *, max_sessions: int = 0) -> bool:
+        if max_sessions and len(self.rows) >= max_sessions:
+            return False
         self.rows[session.id] = copy.copy(session)
+        return True
 
     async def get(self, schema: str, session_id: str) -> ChatSession | None:
         found = self.rows.get(session_id)
@@ -52,6 +55,9 @@ class Sessions:
 
     async def tenant_schema(self, tenant_id: str) -> str | None:
         return P.tenant_schema if tenant_id == P.tenant_id else None
+
+    async def replying(self, schema: str) -> list[str]:
+        return [s.id for s in self.rows.values() if s.reply_id is not None]
 
     async def change(
         self, schema: str, session_id: str, change: Callable[[ChatSession], T]

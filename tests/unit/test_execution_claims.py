@@ -53,3 +53,19 @@ def test_gives_up_after_max_attempts_even_when_the_tenant_is_full() -> None:
 def test_cancel_wins_over_giving_up() -> None:
     decision = POLICY.decide(ClaimState(PENDING, attempts=3, cancel_requested=True))
     assert decision.status == ExecutionStatus.CANCELLED
+
+
+@pytest.mark.parametrize("status", [PENDING, RUNNING])
+def test_a_suspended_tenants_run_is_cancelled_at_its_claim(status: ExecutionStatus) -> None:
+    # Created or re-queued while the operator suspended the tenant: it never starts.
+    decision = POLICY.decide(ClaimState(status, tenant_suspended=True, wake=True))
+    assert decision.action is ClaimAction.END
+    assert decision.status is ExecutionStatus.CANCELLED
+    assert decision.error == "tenant suspended"
+    assert decision.event is EventType.EXECUTION_CANCELLED
+    # A WAITING one is ended by the suspension itself, a live lease's worker hears it.
+    assert POLICY.decide(ClaimState(ExecutionStatus.WAITING, tenant_suspended=True)).action is (
+        ClaimAction.SKIP
+    )
+    live = ClaimState(RUNNING, lease_live=True, tenant_suspended=True)
+    assert POLICY.decide(live).action is ClaimAction.SKIP
