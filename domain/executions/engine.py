@@ -96,7 +96,7 @@ from collections import deque
 from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass
 from datetime import datetime
-from types import MappingProxyType
+from types import CoroutineType, MappingProxyType
 from typing import Any, Final, TypeVar
 
 from domain.errors import BadUserInput, DomainError, NotConfigured
@@ -305,6 +305,36 @@ class _Wake:
 _WAKE: Final = _Wake()
 
 
+class _Mailbox:
+    """The run loop's inbox: an `asyncio.Queue` cut down to one consumer.
+
+    The loop takes every message already there without suspending and only waits on a
+    future when the box is empty; a put wakes it at most once per wait.
+    """
+
+    __slots__ = ("_waiter", "items")
+
+    def __init__(self) -> None:
+        self.items: deque[_Done | _Crash | _Wake | _Parked | _Tick] = deque()
+        self._waiter: asyncio.Future[None] | None = None
+
+    def put_nowait(self, msg: _Done | _Crash | _Wake | _Parked | _Tick) -> None:
+        self.items.append(msg)
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def get(self) -> _Done | _Crash | _Wake | _Parked | _Tick:
+        items = self.items
+        while not items:
+            waiter = self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await waiter
+            finally:
+                self._waiter = None
+        return items.popleft()
+
+
 class _RunClosed(asyncio.CancelledError):
     """Raised into late emitters once the run has ended."""
 
@@ -370,7 +400,7 @@ class _Run:
         self.closed = False
 
         self.wake = False
-        self.queue: asyncio.Queue[_Done | _Crash | _Wake | _Parked | _Tick] = asyncio.Queue()
+        self.queue = _Mailbox()
         self.running: dict[str, asyncio.Task[None]] = {}
         self.inflight: set[asyncio.Task[Any]] = set()
         self.ready: deque[str] = deque()
@@ -480,6 +510,7 @@ class _Run:
         self.queue.put_nowait(_WAKE)
 
     async def _loop(self) -> RunOutcome:
+        inbox = self.queue.items
         while True:
             if self.skips:
                 await self._flush_skips()
@@ -507,20 +538,20 @@ class _Run:
                     stuck
                 )
                 return await self._end(ExecutionStatus.FAILED, error, None, [])
-            msg = await self.queue.get()
-            if isinstance(msg, _Done):
+            msg = inbox.popleft() if inbox else await self.queue.get()
+            if type(msg) is _Done:
                 del self.running[msg.node_id]
                 if msg.error is not None:
                     return await self._node_failed(msg)
                 await self._node_completed(msg)
-            elif isinstance(msg, _Parked):
+            elif type(msg) is _Parked:
                 del self.running[msg.approval.node_id]
                 await self._park(msg.approval)
-            elif isinstance(msg, _Tick):
+            elif type(msg) is _Tick:
                 outcome = await self._check_parked(None)
                 if outcome is not None:
                     return outcome
-            elif isinstance(msg, _Crash):
+            elif type(msg) is _Crash:
                 raise msg.error
 
     # ---- graph bookkeeping (synchronous, O(out-degree) per node)
@@ -555,18 +586,29 @@ class _Run:
         self.status[nid] = NodeStatus.COMPLETED
         self.results[nid] = output
         self.unresolved -= 1
-        node = self.plan.nodes[nid]
-        if node.kind == NodeKind.OUTPUT:
+        kind = self.plan.nodes[nid].kind
+        if kind == NodeKind.OUTPUT:
             self.outputs[nid] = output
         taken = None
-        if node.kind == NodeKind.CONDITION:
+        if kind == NodeKind.CONDITION:
             taken = "true" if output else "false"
-        elif node.kind == NodeKind.APPROVAL:
+        elif kind == NodeKind.APPROVAL:
             approved = isinstance(output, Mapping) and output.get("approved") is True
             taken = "true" if approved else "false"
+        if taken is None:  # every out-edge is live: `_arrive` inlined, the hot path
+            live_in = self.live_in
+            pending_in = self.pending_in
+            for edge in self.plan.out_edges[nid]:
+                target = edge.target
+                live_in[target] += 1
+                left = pending_in[target] - 1
+                pending_in[target] = left
+                if left == 0:
+                    self.settled.append(target)
+            return
         for edge in self.plan.out_edges[nid]:
             branch = edge.branch
-            if taken is not None and branch is not None and branch.lower() != taken:
+            if branch is not None and branch.lower() != taken:
                 self._arrive(edge.target, False, nid)
             else:
                 self._arrive(edge.target, True, None)
@@ -602,23 +644,31 @@ class _Run:
         """
         limit = self.engine.max_concurrency
         ready = self.ready
-        store = self.store
-        while ready and (limit is None or len(self.running) < limit):
-            if self.cancel.is_set() or self.timed_out:
+        record_node = self.store.record_node
+        now = self.clock.now
+        nodes = self.plan.nodes
+        status = self.status
+        running = self.running
+        started_at = self.started_at
+        waiting_before = self.waiting_before
+        is_cancelled = self.cancel.is_set
+        create_task = asyncio.get_running_loop().create_task
+        execution_id = self.execution_id
+        while ready and (limit is None or len(running) < limit):
+            if is_cancelled() or self.timed_out:
                 return  # the loop ends the run; a long start batch must not delay it
             nid = ready.popleft()
-            node = self.plan.nodes[nid]
-            self.status[nid] = NodeStatus.RUNNING
-            asked = self.waiting_before.get(nid)
-            if asked is not None:  # waiting since an earlier run: no second NODE_STARTED
-                self.started_at[nid] = asked.started_at or self.clock.now()
-                self.running[nid] = asyncio.create_task(
-                    self._approval_task(node), name=f"node:{nid}"
-                )
-                continue
-            started = self.started_at[nid] = self.clock.now()
-            await store.record_node(
-                self.execution_id,
+            node = nodes[nid]
+            status[nid] = NodeStatus.RUNNING
+            if waiting_before:
+                asked = waiting_before.get(nid)
+                if asked is not None:  # waiting since an earlier run: no second NODE_STARTED
+                    started_at[nid] = asked.started_at or now()
+                    running[nid] = create_task(self._approval_task(node), name=f"node:{nid}")
+                    continue
+            started = started_at[nid] = now()
+            await record_node(
+                execution_id,
                 NodeResult(nid, NodeStatus.RUNNING, started_at=started, attempts=1),
                 EventType.NODE_STARTED,
                 {"kind": node.kind, "name": node.name},
@@ -628,7 +678,7 @@ class _Run:
                 if node.kind == NodeKind.APPROVAL
                 else self._node_task(node)
             )
-            self.running[nid] = asyncio.create_task(body, name=f"node:{nid}")
+            running[nid] = create_task(body, name=f"node:{nid}")
 
     # ---- approvals
 
@@ -708,6 +758,36 @@ class _Run:
         return RunOutcome(ExecutionStatus.WAITING, dict(self.outputs))
 
     async def _node_task(self, node: FlowNode) -> None:
+        engine = self.engine
+        executor = engine.executors.get(node.kind)
+        config = node.config
+        if (
+            executor is not None
+            and engine.default_node_timeout is None
+            and (not config or ("timeoutSeconds" not in config and "retries" not in config))
+        ):
+            # The common case: one attempt without a time limit, so no retry loop and no
+            # timeout context (same outcome as `_attempts` for that case).
+            ctx, sinks = self._context(node, 1)
+            try:
+                output = executor(node, ctx)
+                # a coroutine is the usual answer; the exact type test is cheaper than
+                # `inspect.isawaitable`, which still covers the other awaitables
+                if type(output) is CoroutineType or inspect.isawaitable(output):
+                    output = await output
+                done = _Done(node.id, output, None, 1)
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is None or task.cancelling():
+                    raise  # a real cancel: sibling failure, flow timeout, user cancel
+                done = _Done(node.id, None, RuntimeError("the executor raised CancelledError"), 1)
+            except Exception as exc:
+                done = _Done(node.id, None, exc, 1)
+            finally:
+                sinks.open = False
+                ctx.cancelled.set()
+            self.queue.put_nowait(done)
+            return
         try:
             done = await self._attempts(node)
         except asyncio.CancelledError:
@@ -717,18 +797,39 @@ class _Run:
             return
         self.queue.put_nowait(done)
 
+    def _context(self, node: FlowNode, attempt: int) -> tuple[NodeContext, _Attempt]:
+        sinks = _Attempt(self, node.id, attempt)
+        results = self.results
+        ctx = NodeContext(
+            execution_id=self.execution_id,
+            tenant_id=self.tenant_id,
+            inputs=self.inputs,
+            upstream=self.upstream,
+            node_id=node.id,
+            predecessors=tuple([p for p in self.plan.preds[node.id] if p in results]),
+            attempt=attempt,
+            tenant_schema=self.tenant_schema,
+            cancelled=Cancellation(),
+            token_sink=sinks.token,
+            log_sink=sinks.log,
+        )
+        return ctx, sinks
+
     async def _attempts(self, node: FlowNode) -> _Done:
         executor = self.engine.executors.get(node.kind)
         config = node.config
-        timeout = _number(config.get("timeoutSeconds"), minimum=0.0, exclusive=True)
-        if timeout is None:
-            timeout = self.engine.default_node_timeout
-        retries = int(_number(config.get("retries"), minimum=0.0) or 0)
-        retries = min(retries, MAX_RETRIES)
-        backoff = _number(config.get("retryBackoffSeconds"), minimum=0.0)
-        if backoff is None:
-            backoff = DEFAULT_RETRY_BACKOFF
-        total = retries + 1
+        timeout = self.engine.default_node_timeout
+        total = 1
+        backoff = DEFAULT_RETRY_BACKOFF
+        if config:  # most nodes have no config: skip parsing it
+            seconds = _number(config.get("timeoutSeconds"), minimum=0.0, exclusive=True)
+            if seconds is not None:
+                timeout = seconds
+            retries = int(_number(config.get("retries"), minimum=0.0) or 0)
+            total = min(retries, MAX_RETRIES) + 1
+            configured = _number(config.get("retryBackoffSeconds"), minimum=0.0)
+            if configured is not None:
+                backoff = configured
         attempt = 0
         while True:
             attempt += 1
@@ -740,21 +841,8 @@ class _Run:
                     else BadUserInput(f"unknown node kind {node.kind!r}")
                 )
             else:
-                sinks = _Attempt(self, node.id, attempt)
-                cancelled = Cancellation()
-                ctx = NodeContext(
-                    execution_id=self.execution_id,
-                    tenant_id=self.tenant_id,
-                    inputs=self.inputs,
-                    upstream=self.upstream,
-                    node_id=node.id,
-                    predecessors=tuple(p for p in self.plan.preds[node.id] if p in self.results),
-                    attempt=attempt,
-                    tenant_schema=self.tenant_schema,
-                    cancelled=cancelled,
-                    token_sink=sinks.token,
-                    log_sink=sinks.log,
-                )
+                ctx, sinks = self._context(node, attempt)
+                cancelled = ctx.cancelled
                 try:
                     if timeout is None:
                         output = executor(node, ctx)
