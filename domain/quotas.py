@@ -115,12 +115,18 @@ class TenantQuotas:
         return TenantQuota(**values)
 
     async def check_executions(
-        self, tenant_id: str, created_since: Callable[[datetime], Awaitable[int]]
+        self,
+        tenant_id: str,
+        created_since: Callable[[datetime], Awaitable[int]],
+        quota: TenantQuota | None = None,
     ) -> None:
         """Refuse a new execution when today's are at the quota. `created_since` counts
         the tenant's executions from a time on, under a lock held until the caller's
-        transaction ends (so the count stays exact until the new one is stored)."""
-        limit = (await self.of(tenant_id)).max_executions_per_day
+        transaction ends (so the count stays exact until the new one is stored). Pass
+        `quota` (read with `of` BEFORE the caller's unit of work opened): reading it here
+        takes a second pooled connection while the unit of work holds one, and enough
+        concurrent callers doing that starve the pool."""
+        limit = (quota or await self.of(tenant_id)).max_executions_per_day
         if limit == NO_LIMIT:
             return
         day = self.today()

@@ -340,6 +340,7 @@ class ScheduleService:
         # schedule as its creator.
         system = Principal(due.tenant_id, due.tenant_schema, Role.MEMBER)
         execution: Execution | None = None
+        quota = await self._executions.quota_of(due.tenant_id)
         async with self._uow(due.tenant_schema) as uow:
             schedule = await uow.schedules.claim_due(due.schedule_id)
             if schedule is None:
@@ -351,6 +352,7 @@ class ScheduleService:
                     schedule.flow_id,
                     schedule.inputs,
                     created_by=f"schedule:{schedule.id}",
+                    quota=quota,
                 )
             except DomainError as exc:
                 log.warning(

@@ -202,8 +202,11 @@ async def provision_tenant(
     script = ddl.script(schema)
     raw: Any = (await conn.get_raw_connection()).driver_connection
     if not raw.is_in_transaction():
-        # SQLAlchemy's asyncpg adapter opens its transaction at its first statement; the
-        # script must run inside it, not in autocommit.
-        await conn.exec_driver_sql("SELECT 1")
+        # SQLAlchemy's asyncpg adapter opens its transaction at its first statement (and
+        # persistence/db.py defers it past plain reads): a transaction-local set_config is
+        # not a plain read, so it begins one. The script must never run in autocommit.
+        await conn.exec_driver_sql("SELECT set_config('crewgraph.provisioning', 'on', true)")
+    if not raw.is_in_transaction():
+        raise RuntimeError("tenant provisioning must run inside a transaction")
     # The simple query protocol: every statement in one message, none prepared.
     await raw.execute(script)

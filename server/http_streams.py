@@ -42,7 +42,7 @@ from strawberry.http import GraphQLHTTPResponse
 from strawberry.http.streaming import HTTPStreamTransport
 
 from domain.errors import DomainError
-from domain.identity import Principal
+from domain.identity import TENANT_SUSPENDED, Principal, tenant_suspended
 from schema.errors import INTERNAL_MESSAGE
 from server.sockets import SocketRegistry
 
@@ -73,8 +73,10 @@ def caller_of(principal: Principal) -> str:
     return f"user:{principal.user_id}"
 
 
-def error_payload(message: str, code: str, request_id: str | None) -> dict[str, Any]:
-    extensions: dict[str, Any] = {"code": code}
+def error_payload(
+    message: str, code: str, request_id: str | None, more: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    extensions: dict[str, Any] = {**(more or {}), "code": code}
     if request_id:
         extensions["requestId"] = request_id
     return {"data": None, "errors": [{"message": message, "extensions": extensions}]}
@@ -92,6 +94,7 @@ class _Stream:
         self.ended = asyncio.Event()
         self.code = ""
         self.reason = ""
+        self.extensions: dict[str, Any] = {}
         self._expiry: asyncio.TimerHandle | None = None
 
     def end(self, reason: str, code: str) -> None:
@@ -103,6 +106,11 @@ class _Stream:
 
     def revoke(self, reason: str) -> None:
         self.context.revoke(reason)
+        if reason == TENANT_SUSPENDED:  # a tenant-wide revocation: as any request is told
+            suspended = tenant_suspended()
+            self.extensions = dict(suspended.extensions)
+            self.end(suspended.message, suspended.code)
+            return
         self.end(reason, "UNAUTHENTICATED")
 
     async def recheck(self) -> None:
@@ -112,7 +120,9 @@ class _Stream:
         try:
             await self.context.principal()
         except DomainError as exc:
-            self.revoke(exc.message)
+            self.context.revoke(exc.message)
+            self.extensions = dict(exc.extensions)
+            self.end(exc.message, exc.code)
 
     async def watch(self, registry: SocketRegistry | None) -> None:
         if registry is not None:
@@ -191,15 +201,17 @@ class HttpStreams:
     ) -> Callable[[], AsyncGenerator[str, None]]:
         """`stream` (Strawberry's encoded chunks) behind the checks above."""
 
-        def fail(message: str, code: str) -> list[str]:
-            payload = cast(GraphQLHTTPResponse, error_payload(message, code, context.request_id))
+        def fail(message: str, code: str, more: dict[str, Any] | None = None) -> list[str]:
+            payload = cast(
+                GraphQLHTTPResponse, error_payload(message, code, context.request_id, more)
+            )
             return [transport.encode_next(payload, encode_json), transport.encode_complete()]
 
         async def guarded() -> AsyncGenerator[str, None]:
             try:
                 principal = await context.principal()
             except DomainError as exc:
-                for chunk in fail(exc.message, exc.code):
+                for chunk in fail(exc.message, exc.code, exc.extensions):
                     yield chunk
                 return
             slot = self._acquire(context, principal)
@@ -218,7 +230,7 @@ class HttpStreams:
 
 
 async def _until_ended(
-    source: AsyncIterator[str], slot: _Stream, fail: Callable[[str, str], list[str]]
+    source: AsyncIterator[str], slot: _Stream, fail: Callable[[str, str, dict[str, Any]], list[str]]
 ) -> AsyncGenerator[str, None]:
     """The chunks of `source` until it ends, fails, or the stream is ended from outside.
 
@@ -238,7 +250,7 @@ async def _until_ended(
                 step.cancel()
                 await asyncio.gather(step, return_exceptions=True)
                 finished = True
-                tail = fail(slot.reason, slot.code)
+                tail = fail(slot.reason, slot.code, slot.extensions)
                 break
             try:
                 chunk = step.result()
@@ -248,7 +260,7 @@ async def _until_ended(
             except Exception:
                 finished = True
                 log.exception("an HTTP subscription stream failed")
-                tail = fail(INTERNAL_MESSAGE, "INTERNAL_SERVER_ERROR")
+                tail = fail(INTERNAL_MESSAGE, "INTERNAL_SERVER_ERROR", {})
                 break
             yield chunk
     finally:

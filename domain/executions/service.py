@@ -60,6 +60,7 @@ from domain.ports import Page, UnitOfWork, UnitOfWorkFactory
 from domain.quotas import TenantQuotas
 from domain.rbac import Action
 from domain.resources import require_id
+from domain.tenants import TenantQuota
 
 log = logging.getLogger("crewgraph.executions")
 
@@ -103,8 +104,9 @@ class ExecutionService:
     async def execute_flow(self, p: Principal, flow_id: str, inputs: object) -> Execution:
         p.require(Action.RUN)
         clean = self._check_inputs(inputs)
+        quota = await self.quota_of(p.tenant_id)
         async with self._uow(p.tenant_schema) as uow:
-            execution = await self.add_flow_execution(uow, p, flow_id, clean)
+            execution = await self.add_flow_execution(uow, p, flow_id, clean, quota=quota)
             await uow.commit()
         await self._started(p, execution)
         return execution
@@ -125,10 +127,12 @@ class ExecutionService:
         inputs: object,
         *,
         created_by: str | None = None,
+        quota: TenantQuota | None = None,
     ) -> Execution:
         """Check the flow and the inputs and store a PENDING run in the caller's
         transaction (a schedule advances in the same one); the caller commits, then
-        `announce`s it. Refusals are raised before anything is written."""
+        `announce`s it. Refusals are raised before anything is written. `quota`: the
+        tenant's, from `quota_of` before the caller's unit of work opened."""
         clean = self._check_inputs(inputs)
         flow = await uow.flows.get(require_id("flow", flow_id))
         if flow is None:
@@ -145,7 +149,7 @@ class ExecutionService:
             if node.kind == NodeKind.INPUT and node.config.get("schema"):
                 validate_inputs(clean, node.config["schema"])
         await self._check_active(uow, p)
-        await self._check_daily(uow, p)
+        await self._check_daily(uow, p, quota)
         execution = self._new(p, clean, flow_id=flow.id, flow_version=flow.version)
         if created_by is not None:
             execution.created_by = created_by
@@ -161,6 +165,7 @@ class ExecutionService:
                 "crew inputs are passed by name, so their names must be identifiers",
                 {f"inputs.{k}": "must be an identifier (letters, digits, _)" for k in bad},
             )
+        quota = await self.quota_of(p.tenant_id)
         async with self._uow(p.tenant_schema) as uow:
             crew = await uow.crews.get(require_id("crew", crew_id))
             if crew is None:
@@ -170,7 +175,7 @@ class ExecutionService:
                 validate_flow(graph, ReferenceIndex(crew_ids=frozenset({crew.id}))), "crew run"
             )
             await self._check_active(uow, p)
-            await self._check_daily(uow, p)
+            await self._check_daily(uow, p, quota)
             execution = self._new(p, clean, crew_id=crew.id)
             await uow.executions.add(execution, self._ref(p, execution), graph)
             await uow.commit()
@@ -204,11 +209,17 @@ class ExecutionService:
                 extensions={"limit": "maxActiveExecutions", "max": self.limits.max_active},
             )
 
-    async def _check_daily(self, uow: UnitOfWork, p: Principal) -> None:
+    async def quota_of(self, tenant_id: str) -> TenantQuota | None:
+        """The tenant's quota, read before a unit of work opens (see `add_flow_execution`)."""
+        return await self._quotas.of(tenant_id) if self._quotas is not None else None
+
+    async def _check_daily(self, uow: UnitOfWork, p: Principal, quota: TenantQuota | None) -> None:
         # Last of the checks: it takes the tenant's lock, held until the caller commits.
         if self._quotas is not None:
             await self._quotas.check_executions(
-                p.tenant_id, lambda since: uow.executions.created_since(p.tenant_id, since)
+                p.tenant_id,
+                lambda since: uow.executions.created_since(p.tenant_id, since),
+                quota,
             )
 
     @staticmethod

@@ -225,6 +225,30 @@ async def test_a_revoked_api_key_ends_its_stream(gql: GQL, team: Team) -> None:
         assert rest == [], rest  # nothing after the error: the stream ended
 
 
+async def test_a_suspension_ends_the_tenants_streams_as_forbidden(
+    gql: GQL, team: Team, container: Any
+) -> None:
+    async with stream(gql.http, HEARTBEAT, token=team.token) as resp:
+        results = payloads(resp)
+        first = await asyncio.wait_for(anext(results), 10)
+        assert first["data"]["heartbeat"]
+        await container.tenant_admin.suspend(team.slug, "stream test")
+        try:
+
+            async def until_error() -> dict[str, Any]:
+                async for result in results:
+                    if result.get("errors"):
+                        return result
+                raise AssertionError("the stream ended without an error")
+
+            error = await asyncio.wait_for(until_error(), 10)
+        finally:
+            await container.tenant_admin.activate(team.slug)
+    extensions = error["errors"][0]["extensions"]
+    assert extensions["code"] == "FORBIDDEN", error
+    assert extensions["reason"] == "TENANT_SUSPENDED", error
+
+
 async def test_a_stalled_client_is_cut_off_and_frees_its_slot(
     container: Any, team: Team, limits: Any
 ) -> None:
