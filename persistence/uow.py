@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from types import TracebackType
-from typing import Self
+from typing import Any, Self
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -71,7 +71,7 @@ class SqlUnitOfWork:
         await self.conn.commit()
 
     async def existing_ids(self, wanted: Mapping[str, Sequence[str]]) -> dict[str, set[str]]:
-        parts = []
+        parts: list[Any] = []
         for attr, ids in wanted.items():
             repo = getattr(self, attr)
             valid = [i for i in dict.fromkeys(ids) if is_uuid(i)]
@@ -79,7 +79,8 @@ class SqlUnitOfWork:
                 parts.append(repo.existing_ids_statement(attr, valid))
         found: dict[str, set[str]] = {attr: set() for attr in wanted}
         if parts:
-            stmt = parts[0] if len(parts) == 1 else sa.union_all(*parts)
+            # Typed loosely: mypy 2.4 crashes inferring union_all's generic row type here.
+            stmt: Any = parts[0] if len(parts) == 1 else sa.union_all(*parts)
             for attr, ident in await self.conn.execute(stmt):
                 found[attr].add(str(ident))
         return found
