@@ -25,6 +25,7 @@ from domain.executions.ports import Dispatcher
 from domain.executions.records import ExecutionRef
 from domain.executions.worker import ExecutionRunner, Sweeper, listen_for_cancels
 from persistence.bus import RedisBus
+from runtime.litellm_client import load_litellm
 from server.tracing import Tracing
 
 if TYPE_CHECKING:
@@ -231,6 +232,9 @@ def run_worker(
     async def startup(ctx: dict[str, Any]) -> None:
         nonlocal metrics_server
         await container.start()
+        # LiteLLM's import takes seconds of CPU under the GIL: done before the first job,
+        # so it never stalls a claimed run's or reply's lease renewals.
+        await load_litellm()
         metrics_server = serve_worker_metrics(settings, container.metrics)
         log.info("worker started", extra={"owner": runner.owner})
 

@@ -105,13 +105,33 @@ def worker(chat_arq_settings: Any, chat_api: str, tmp_path: Path) -> Iterator[Wo
     w.stop()
 
 
+async def _worker_ready(settings: Any, timeout: float = 120.0) -> None:
+    """Until the worker polls its queue (arq's health-check key): a reply queued before
+    then waits longer than its short claim window and is failed as abandoned."""
+    from arq.constants import health_check_key_suffix
+    from redis.asyncio import Redis
+
+    from server.workers import queue_name
+
+    key = queue_name(settings.redis_prefix, settings.worker_queue) + health_check_key_suffix
+    redis = Redis.from_url(settings.redis_url)
+    try:
+        deadline = time.monotonic() + timeout
+        while not await redis.exists(key):
+            assert time.monotonic() < deadline, "the worker did not start polling its queue"
+            await asyncio.sleep(0.2)
+    finally:
+        await redis.aclose()
+
+
 async def test_replies_run_on_a_worker_process_which_cancel_and_death_reach(
-    api: GQL, worker: Worker
+    api: GQL, worker: Worker, chat_arq_settings: Any
 ) -> None:
     team = await register(api)
     fast = await _session(api, team, llmProviderId=await _provider(api, team))
     slow = await _session(api, team, llmProviderId=await _provider(api, team, "scripted-slow"))
     worker.start()
+    await _worker_ready(chat_arq_settings)
 
     async with tokens(api, team.token, fast["id"]) as stream:
         await _send(api, team.token, fast["id"], "SAY: from a worker")
