@@ -1155,24 +1155,13 @@ class _Plan:
                 if ref_key in config:
                     config[ref_key] = ids[section][config[ref_key]]
             nodes.append(FlowNode(node.id, node.kind, node.name, config))
-        # The flow goes through the same checks and storage steps as createFlow
-        # (references now resolve to the rows written above, in this transaction).
-        data = flows._clean(
-            FlowInput(self.flow_name, nodes, list(self.doc.edges), self.doc.description)
-        )
-        await flows._check_graph(uow, data)
-        flow = Flow(
-            str(uuid.uuid4()),
-            data.name,
-            data.description,
-            1,
-            tuple(data.nodes),
-            tuple(data.edges),
-            now,
+        # References now resolve to the rows written above, in this transaction.
+        flow = await flows.create_in(
+            uow,
+            p,
+            FlowInput(self.flow_name, nodes, list(self.doc.edges), self.doc.description),
             now,
         )
-        await uow.flows.add(flow)
-        await flows._stored(uow, p, flow)
         return ImportResult(flow, self.created, self.renamed, self.reused)
 
 

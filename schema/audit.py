@@ -10,7 +10,7 @@ from strawberry.scalars import JSON
 
 from domain import audit as d
 from domain.rbac import Action
-from schema.permissions import _Requires
+from schema.permissions import RequiresAction
 
 
 @strawberry.type
@@ -45,5 +45,5 @@ class AuditEntry:
         )
 
 
-class CanReadAuditLog(_Requires):
+class CanReadAuditLog(RequiresAction):
     action = Action.READ_AUDIT_LOG

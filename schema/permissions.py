@@ -10,7 +10,9 @@ from domain.rbac import Action
 from schema.context import Info
 
 
-class _Requires(BasePermission):
+class RequiresAction(BasePermission):
+    """Allows the field when the caller's role may do `action` (set by each subclass)."""
+
     action: Action
 
     async def has_permission(self, source: Any, info: Info, **kwargs: Any) -> bool:
@@ -25,29 +27,29 @@ class IsAuthenticated(BasePermission):
         return True
 
 
-class CanRead(_Requires):
+class CanRead(RequiresAction):
     action = Action.READ
 
 
-class CanWrite(_Requires):
+class CanWrite(RequiresAction):
     action = Action.WRITE
 
 
-class CanRun(_Requires):
+class CanRun(RequiresAction):
     action = Action.RUN
 
 
-class CanManageUsers(_Requires):
+class CanManageUsers(RequiresAction):
     action = Action.MANAGE_USERS
 
 
-class CanManageApiKeys(_Requires):
+class CanManageApiKeys(RequiresAction):
     action = Action.MANAGE_API_KEYS
 
 
-class CanManageProviders(_Requires):
+class CanManageProviders(RequiresAction):
     action = Action.MANAGE_PROVIDERS
 
 
-class CanManageWebhooks(_Requires):
+class CanManageWebhooks(RequiresAction):
     action = Action.MANAGE_WEBHOOKS

@@ -36,18 +36,10 @@ done
 log() { echo "build-base-image: $*" >&2; }
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-if [ -z "${DOCKER_HOST:-}" ] && [ -f "${CREWGRAPH_DATA_DIR:-./.crewgraph}/docker.env" ]; then
-  # shellcheck disable=SC1090,SC1091
-  . "${CREWGRAPH_DATA_DIR:-./.crewgraph}/docker.env"
-fi
-if ! timeout 10 docker info >/dev/null 2>&1; then
-  log "no Docker engine answers (DOCKER_HOST=${DOCKER_HOST:-unset}); run scripts/docker-up.sh first"
-  exit 1
-fi
-if [ "$force" = 0 ] && docker image inspect "$image" >/dev/null 2>&1; then
-  log "$image already exists (use --force to rebuild)"
-  exit 0
-fi
+# shellcheck source=scripts/_debootstrap.sh
+. "$here/_debootstrap.sh"
+require_docker
+skip_if_built "$image" "$force"
 
 # bookworm whatever the host runs: the image's python3 must be 3.11 (requires-python and
 # the locked wheels are cp311).
@@ -57,48 +49,8 @@ cache_dir="${CREWGRAPH_CACHE_DIR:-$HOME/.cache/crewgraph}"
 tarball="$cache_dir/python-base-rootfs-$suite-$arch.tar.gz"
 mkdir -p "$cache_dir"
 
-detect_mirror() {
-  local f uri
-  for f in /etc/apt/sources.list.d/*.sources; do
-    [ -r "$f" ] || continue
-    uri="$(awk '/^URIs:/ {print $2}' "$f" | grep -E '/debian/?$' | head -n1 || true)"
-    [ -n "$uri" ] && { echo "${uri%/}"; return; }
-  done
-  for f in /etc/apt/sources.list /etc/apt/sources.list.d/*.list; do
-    [ -r "$f" ] || continue
-    uri="$(awk '$1 == "deb" {for (i = 2; i <= NF; i++) if ($i ~ /^(https?|file):/) {print $i; break}}' "$f" \
-           | grep -E '/debian/?$' | head -n1 || true)"
-    [ -n "$uri" ] && { echo "${uri%/}"; return; }
-  done
-}
-
-if [ "$rebuild_rootfs" = 1 ] || [ ! -s "$tarball" ]; then
-  [ "$(id -u)" -eq 0 ] || { log "debootstrap needs root"; exit 1; }
-  command -v debootstrap >/dev/null 2>&1 || bash "$here/sandbox-deps.sh"
-  mirror="${CREWGRAPH_DEBIAN_MIRROR:-$(detect_mirror)}"
-  [ -n "$mirror" ] || { log "cannot tell the Debian mirror from apt's sources; set CREWGRAPH_DEBIAN_MIRROR"; exit 1; }
-  work="$(mktemp -d "${TMPDIR:-/tmp}/crewgraph-base.XXXXXX")"
-  trap 'rm -rf "$work"' EXIT
-  rootfs="$work/rootfs"
-  packages="python3,python3-venv,ca-certificates"
-  log "debootstrap --variant=minbase $suite ($arch) from $mirror with $packages"
-  start=$SECONDS
-  debootstrap --variant=minbase --arch="$arch" --include="$packages" \
-    "$suite" "$rootfs" "$mirror" >"$work/debootstrap.log" 2>&1 || {
-      tail -n 30 "$work/debootstrap.log" >&2; log "debootstrap failed"; exit 1; }
-  log "debootstrap took $((SECONDS - start))s"
-  rm -rf "$rootfs"/var/cache/apt/archives/*.deb "$rootfs"/var/lib/apt/lists/* \
-         "$rootfs"/usr/share/doc/* "$rootfs"/usr/share/man/* "$rootfs"/usr/share/info/* \
-         "$rootfs"/usr/share/locale/* "$rootfs"/var/log/* "$rootfs"/tmp/* || true
-  # Nothing of the build machine in the image: the engine supplies resolv.conf and hosts.
-  : > "$rootfs/etc/resolv.conf"
-  printf '127.0.0.1 localhost\n' > "$rootfs/etc/hosts"
-  log "writing $tarball"
-  tar --numeric-owner -C "$rootfs" -cf - . | gzip -1 > "$tarball.tmp"
-  mv "$tarball.tmp" "$tarball"
-else
-  log "using cached $tarball"
-fi
+rootfs_tarball "$tarball" "$suite" "$arch" "python3,python3-venv,ca-certificates" \
+  crewgraph-base "$rebuild_rootfs"
 
 log "docker import -> $image"
 docker import \
@@ -108,4 +60,4 @@ docker import \
   --change 'CMD ["python3"]' \
   --message "crewgraph base: Debian $suite minbase + python3" \
   "$tarball" "$image" >/dev/null
-log "built $image ($(docker image inspect "$image" --format '{{.Size}}' | awk '{printf "%.0f MB", $1/1e6}'))"
+log "built $image ($(image_size "$image"))"

@@ -7,16 +7,14 @@ script or style, no framing, no form posting anywhere."""
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from starlette.requests import Request
 from starlette.responses import FileResponse, HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
 
 from server.graphiql import vendor_installed
+from server.static_files import HeaderedStaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
 DASHBOARD = STATIC / "dashboard"
@@ -32,19 +30,6 @@ _HEADERS = {
     "cache-control": "no-cache",
     "cross-origin-opener-policy": "same-origin",
 }
-
-
-class _Files(StaticFiles):
-    def file_response(
-        self,
-        full_path: str | os.PathLike[str],
-        stat_result: os.stat_result,
-        scope: Scope,
-        status_code: int = 200,
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update(_HEADERS)
-        return response
 
 
 _MISSING = """<!doctype html>
@@ -67,5 +52,5 @@ def dashboard_routes() -> list[BaseRoute]:
     return [
         Route("/dashboard", _index, methods=["GET", "HEAD"]),
         Route("/dashboard/", _index, methods=["GET", "HEAD"]),
-        Mount("/dashboard", app=_Files(directory=DASHBOARD)),
+        Mount("/dashboard", app=HeaderedStaticFiles(directory=DASHBOARD, headers=_HEADERS)),
     ]

@@ -9,14 +9,13 @@ installed without npm) the page says how to get them instead of "Loading..." for
 
 from __future__ import annotations
 
-import os
 from functools import cache
 from pathlib import Path
 
 from starlette.responses import HTMLResponse, Response
 from starlette.routing import BaseRoute, Mount
-from starlette.staticfiles import StaticFiles
-from starlette.types import Scope
+
+from server.static_files import HeaderedStaticFiles
 
 STATIC = Path(__file__).resolve().parent / "static"
 PAGE_DIR = STATIC / "graphiql"
@@ -61,32 +60,14 @@ def graphiql_page() -> Response:
     return HTMLResponse(body, headers=_HEADERS)
 
 
-class _Files(StaticFiles):
-    """Static files with the page's headers; a missing directory answers 404 rather than
-    failing every request (the vendor copy is absent until `make install` has run)."""
-
-    async def check_config(self) -> None:
-        try:
-            await super().check_config()
-        except RuntimeError:
-            pass  # not there (yet): every path answers 404 until `make install` copies it
-
-    def file_response(
-        self,
-        full_path: str | os.PathLike[str],
-        stat_result: os.stat_result,
-        scope: Scope,
-        status_code: int = 200,
-    ) -> Response:
-        response = super().file_response(full_path, stat_result, scope, status_code)
-        response.headers.update(_HEADERS)
-        return response
-
-
 def static_routes() -> list[BaseRoute]:
     """`/static/vendor/...` (the locked packages' files; the dashboard uses graphql-ws from
     here too) and `/static/graphiql/...` (the page's own script, style and icon)."""
     return [
-        Mount("/static/vendor", app=_Files(directory=VENDOR, check_dir=False)),
-        Mount("/static/graphiql", app=_Files(directory=PAGE_DIR)),
+        # Absent until `make install` has copied it: every path answers 404 meanwhile.
+        Mount(
+            "/static/vendor",
+            app=HeaderedStaticFiles(directory=VENDOR, headers=_HEADERS, optional=True),
+        ),
+        Mount("/static/graphiql", app=HeaderedStaticFiles(directory=PAGE_DIR, headers=_HEADERS)),
     ]

@@ -118,6 +118,19 @@ async def _check_refs_exist(uow: TenantUnitOfWork, nodes: list[FlowNode]) -> Non
         raise err
 
 
+def _first_version(data: FlowInput, now: datetime) -> Flow:
+    return Flow(
+        str(uuid.uuid4()),
+        data.name,
+        data.description,
+        1,
+        tuple(data.nodes),
+        tuple(data.edges),
+        now,
+        now,
+    )
+
+
 class FlowService(ResourceService[Flow]):
     """Deleting a flow is a soft delete (see SqlFlows.delete): the flow disappears and
     frees its references and name; its versions stay for executions that pinned one."""
@@ -215,18 +228,22 @@ class FlowService(ResourceService[Flow]):
     async def create(self, p: Principal, data: FlowInput) -> Flow:
         p.require(Action.WRITE)
         data = self._clean(data)
-        now = datetime.now(UTC)
-        flow = Flow(
-            str(uuid.uuid4()),
-            data.name,
-            data.description,
-            1,
-            tuple(data.nodes),
-            tuple(data.edges),
-            now,
-            now,
-        )
+        flow = _first_version(data, datetime.now(UTC))
         return await self._insert(p, flow, lambda uow: self._check_graph(uow, data))
+
+    async def create_in(
+        self, uow: TenantUnitOfWork, p: Principal, data: FlowInput, now: datetime
+    ) -> Flow:
+        """A new flow written in the caller's transaction, through the same checks and
+        storage steps as `create` (importFlow: the flow's references resolve to rows
+        written earlier in that transaction). The caller checked the permission, chose a
+        free name and commits."""
+        data = self._clean(data)
+        await self._check_graph(uow, data)
+        flow = _first_version(data, now)
+        await uow.flows.add(flow)
+        await self._stored(uow, p, flow)
+        return flow
 
     async def update(
         self, p: Principal, ident: str, data: FlowInput, expected_version: int | None = None

@@ -15,7 +15,7 @@ import sqlalchemy as sa
 
 from domain.ports import Revocation
 from persistence.revocations import RedisRevocations
-from tests.conftest import Team, add_member
+from tests.conftest import Member, Team, add_member
 from tests.support.client import GQL, error_code
 
 
@@ -33,6 +33,15 @@ async def _cached(container: Any, gql: GQL, **creds: str) -> None:
     hits = container.principals.hits
     assert error_code(await gql.op("Me", **creds)) in (None, "FORBIDDEN")
     assert container.principals.hits > hits
+
+
+async def _deactivated_unnoticed(container: Any, gql: GQL, member: Member) -> None:
+    """The member is deactivated behind the API's back: the cache still answers (for
+    seconds at most)."""
+    await _silently(
+        container, "UPDATE public.users SET active = false WHERE id = :id", id=member.id
+    )
+    assert error_code(await gql.op("Me", token=member.token)) is None
 
 
 async def _announce_elsewhere(container: Any, revocation: Revocation) -> None:
@@ -84,11 +93,7 @@ async def test_cache_answers_until_another_process_announces_a_revocation(
 ) -> None:
     member = await add_member(gql, team, "MEMBER")
     await _cached(container, gql, token=member.token)
-    await _silently(
-        container, "UPDATE public.users SET active = false WHERE id = :id", id=member.id
-    )
-    # Deactivated behind the API's back: the cache still answers (for seconds at most).
-    assert error_code(await gql.op("Me", token=member.token)) is None
+    await _deactivated_unnoticed(container, gql, member)
     await _announce_elsewhere(
         container, Revocation(team.tenant_id, user_id=member.id, reason="user deactivated")
     )
@@ -120,10 +125,7 @@ async def test_lost_revocation_signals_empty_the_cache(
 ) -> None:
     member = await add_member(gql, team, "MEMBER")
     await _cached(container, gql, token=member.token)
-    await _silently(
-        container, "UPDATE public.users SET active = false WHERE id = :id", id=member.id
-    )
-    assert error_code(await gql.op("Me", token=member.token)) is None
+    await _deactivated_unnoticed(container, gql, member)
     # The signal connection breaks (as when Redis restarts): announcements may be lost.
     channel = f"{container.settings.redis_prefix}:revocations"
     for subscriber in list(container.bus._subscribers.get(channel, ())):

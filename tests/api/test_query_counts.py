@@ -2,30 +2,12 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from typing import Any
-
-from sqlalchemy import event
 
 from tests.conftest import Team, register
 from tests.support import builders as b
 from tests.support.client import GQL
-
-
-@contextmanager
-def count_statements(container: Any) -> Iterator[list[str]]:
-    seen: list[str] = []
-
-    def before(conn: Any, cursor: Any, statement: str, *args: Any) -> None:
-        seen.append(statement)
-
-    engine = container.db.engine.sync_engine
-    event.listen(engine, "before_cursor_execute", before)
-    try:
-        yield seen
-    finally:
-        event.remove(engine, "before_cursor_execute", before)
+from tests.support.statements import count_statements
 
 
 async def _flows(gql: GQL, token: str, count: int) -> None:

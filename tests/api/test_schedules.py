@@ -12,23 +12,21 @@ from domain.schedules import next_run
 from tests.conftest import Team, member_token
 from tests.support import flows as f
 from tests.support.client import GQL, error_code
-
-SCHEDULE = """
-fragment ScheduleFields on Schedule {
-  id cron timezone inputs enabled nextRunAt createdAt
-  flow { id name }
-  lastExecution { id status inputs }
-}
-"""
-CREATE = (
-    "mutation($input: ScheduleInput!) { createSchedule(input: $input) { ...ScheduleFields } }"
-    + SCHEDULE
+from tests.support.schedules import (
+    CREATE,
+    GET,
+    SCHEDULE,
+    at,
+    create_schedule,
+    make_due,
+    wait_fired,
+    wait_moved_on,
 )
+
 UPDATE = (
     "mutation($id: ID!, $input: ScheduleInput!) "
     "{ updateSchedule(id: $id, input: $input) { ...ScheduleFields } }" + SCHEDULE
 )
-GET = "query($id: ID!) { schedule(id: $id) { ...ScheduleFields } }" + SCHEDULE
 LIST = (
     "query($flowId: ID, $first: Int, $after: String) { schedules(flowId: $flowId, "
     "first: $first, after: $after) { edges { cursor node { ...ScheduleFields } } "
@@ -36,14 +34,6 @@ LIST = (
 )
 DELETE = "mutation($id: ID!) { deleteSchedule(id: $id) }"
 DELETE_FLOW = "mutation($id: ID!) { deleteFlow(id: $id) }"
-
-
-def _at(text: str) -> datetime:
-    return datetime.fromisoformat(text)
-
-
-async def _create(gql: GQL, token: str, **input: Any) -> dict[str, Any]:
-    return (await gql.ok(CREATE, {"input": input}, token=token))["createSchedule"]
 
 
 async def _fields(gql: GQL, token: str, query: str, variables: dict[str, Any]) -> dict[str, str]:
@@ -67,7 +57,7 @@ async def test_create_read_update_delete(gql: GQL, team: Team) -> None:
     member = await member_token(gql, team, "MEMBER")
     flow = await f.create_flow(gql, member, f.branching())
     before = datetime.now(UTC)
-    created = await _create(
+    created = await create_schedule(
         gql,
         member,
         flowId=flow["id"],
@@ -82,7 +72,7 @@ async def test_create_read_update_delete(gql: GQL, team: Team) -> None:
         {"score": 7},
     )
     assert created["enabled"] is True and created["lastExecution"] is None
-    assert _at(created["nextRunAt"]) == next_run("30 9 * * 1-5", "Europe/Berlin", before)
+    assert at(created["nextRunAt"]) == next_run("30 9 * * 1-5", "Europe/Berlin", before)
 
     got = (await gql.ok(GET, {"id": created["id"]}, token=team.token))["schedule"]
     assert got == created
@@ -97,7 +87,7 @@ async def test_create_read_update_delete(gql: GQL, team: Team) -> None:
     )["updateSchedule"]
     assert updated["timezone"] == "Europe/Berlin" and updated["inputs"] == {"score": 7}
     assert updated["enabled"] is True
-    assert _at(updated["nextRunAt"]).minute == 0
+    assert at(updated["nextRunAt"]).minute == 0
     disabled = (
         await gql.ok(
             UPDATE,
@@ -110,7 +100,9 @@ async def test_create_read_update_delete(gql: GQL, team: Team) -> None:
     )["updateSchedule"]
     assert disabled["enabled"] is False and disabled["nextRunAt"] is None
 
-    other = await _create(gql, member, flowId=flow["id"], cron="* * * * *", inputs={"score": 1})
+    other = await create_schedule(
+        gql, member, flowId=flow["id"], cron="* * * * *", inputs={"score": 1}
+    )
     assert other["timezone"] == "UTC"
     listed = (await gql.ok(LIST, {"flowId": flow["id"], "first": 1}, token=team.token))["schedules"]
     assert [e["node"]["id"] for e in listed["edges"]] == [created["id"]]
@@ -156,7 +148,7 @@ async def test_bad_schedules_name_the_field(gql: GQL, team: Team) -> None:
     listed = (await gql.ok(LIST, {"flowId": flow["id"]}, token=team.token))["schedules"]
     assert listed["edges"] == []  # nothing was stored
 
-    created = await _create(gql, team.token, **base)
+    created = await create_schedule(gql, team.token, **base)
     fields = await _fields(
         gql,
         team.token,
@@ -173,7 +165,7 @@ async def test_viewers_read_members_write_other_teams_see_nothing(
 ) -> None:
     viewer = await member_token(gql, team, "VIEWER")
     flow = await f.create_flow(gql, team.token, f.branching())
-    created = await _create(
+    created = await create_schedule(
         gql, team.token, flowId=flow["id"], cron="0 0 * * *", inputs={"score": 1}
     )
     assert (await gql.ok(GET, {"id": created["id"]}, token=viewer))["schedule"]["id"]
@@ -200,7 +192,7 @@ async def test_deleting_a_scheduled_flow_is_a_conflict_naming_the_schedules(
     gql: GQL, team: Team
 ) -> None:
     flow = await f.create_flow(gql, team.token, f.branching())
-    created = await _create(
+    created = await create_schedule(
         gql, team.token, flowId=flow["id"], cron="15 3 * * *", inputs={"score": 1}
     )
     body = await gql.raw(DELETE_FLOW, {"id": flow["id"]}, token=team.token)
@@ -211,47 +203,11 @@ async def test_deleting_a_scheduled_flow_is_a_conflict_naming_the_schedules(
     assert (await gql.ok(DELETE_FLOW, {"id": flow["id"]}, token=team.token))["deleteFlow"]
 
 
-async def make_due(container: Any, schedule_id: str, ago: timedelta) -> None:
-    """Move the schedule's next run into the past, as if the clock had got there."""
-    pool = await container.db.raw()
-    row = await pool.fetchrow(
-        "SELECT tenant_schema FROM public.schedule_due WHERE schedule_id = $1::uuid",
-        schedule_id,
-    )
-    assert row is not None, "an enabled schedule is in the due index"
-    schema = row["tenant_schema"]
-    async with pool.acquire() as conn, conn.transaction():
-        await conn.execute(
-            f'UPDATE "{schema}".schedules SET next_run_at = now() - $2::interval '
-            "WHERE id = $1::uuid",
-            schedule_id,
-            ago,
-        )
-        await conn.execute(
-            "UPDATE public.schedule_due SET next_run_at = now() - $2::interval "
-            "WHERE schedule_id = $1::uuid",
-            schedule_id,
-            ago,
-        )
-
-
-async def wait_fired(
-    gql: GQL, token: str, schedule_id: str, last: str | None, timeout: float = 15.0
-) -> dict[str, Any]:
-    deadline = asyncio.get_running_loop().time() + timeout
-    while True:
-        got = (await gql.ok(GET, {"id": schedule_id}, token=token))["schedule"]
-        if got["lastExecution"] and got["lastExecution"]["id"] != last:
-            return got
-        assert asyncio.get_running_loop().time() < deadline, "the schedule did not fire"
-        await asyncio.sleep(0.1)
-
-
 async def test_a_due_schedule_fires_once_even_after_missing_many_times(
     gql: GQL, team: Team, container: Any
 ) -> None:
     flow = await f.create_flow(gql, team.token, f.branching())
-    created = await _create(
+    created = await create_schedule(
         gql, team.token, flowId=flow["id"], cron="* * * * *", inputs={"score": 9}
     )
     # Down for ten minutes: ten due times were missed; one run follows.
@@ -259,7 +215,7 @@ async def test_a_due_schedule_fires_once_even_after_missing_many_times(
     fired = await wait_fired(gql, team.token, created["id"], None)
     run = fired["lastExecution"]
     assert run["inputs"] == {"score": 9}
-    next_at = _at(fired["nextRunAt"])
+    next_at = at(fired["nextRunAt"])
     assert next_at > datetime.now(UTC) - timedelta(seconds=1)
     assert next_at.second == 0 and next_at - datetime.now(UTC) <= timedelta(seconds=61)
     done = await f.wait_status(gql, team.token, run["id"])
@@ -267,7 +223,7 @@ async def test_a_due_schedule_fires_once_even_after_missing_many_times(
     await asyncio.sleep(1.0)  # several scheduler ticks
     listed = (await gql.ok("Executions", {"flowId": flow["id"]}, token=team.token))["executions"]
     # Only the next minute's own run may follow (when the test straddles a minute).
-    missed = [e["node"]["id"] for e in listed["edges"] if _at(e["node"]["createdAt"]) < next_at]
+    missed = [e["node"]["id"] for e in listed["edges"] if at(e["node"]["createdAt"]) < next_at]
     assert missed == [run["id"]], listed
 
 
@@ -275,7 +231,7 @@ async def test_a_disabled_schedule_leaves_the_due_index(
     gql: GQL, team: Team, container: Any
 ) -> None:
     flow = await f.create_flow(gql, team.token, f.branching())
-    created = await _create(
+    created = await create_schedule(
         gql, team.token, flowId=flow["id"], cron="0 0 1 1 *", inputs={"score": 1}
     )
     pool = await container.db.raw()
@@ -297,20 +253,14 @@ async def test_a_run_that_cannot_start_is_skipped_and_the_schedule_moves_on(
 ) -> None:
     data = f.branching()
     flow = await f.create_flow(gql, team.token, data)
-    created = await _create(
+    created = await create_schedule(
         gql, team.token, flowId=flow["id"], cron="* * * * *", inputs={"score": 9}
     )
     # The flow now wants a string: the stored inputs no longer match.
     changed = {**data, "nodes": [f.input_node(score="string"), *data["nodes"][1:]]}
     await gql.ok("UpdateFlow", {"id": flow["id"], "input": changed}, token=team.token)
     await make_due(container, created["id"], timedelta(minutes=3))
-    deadline = asyncio.get_running_loop().time() + 15
-    while True:
-        got = (await gql.ok(GET, {"id": created["id"]}, token=team.token))["schedule"]
-        if _at(got["nextRunAt"]) > datetime.now(UTC) - timedelta(seconds=1):
-            break
-        assert asyncio.get_running_loop().time() < deadline, "the schedule did not move on"
-        await asyncio.sleep(0.1)
+    got = await wait_moved_on(gql, team.token, created["id"])
     assert got["lastExecution"] is None
     listed = (await gql.ok("Executions", {"flowId": flow["id"]}, token=team.token))["executions"]
     assert listed["edges"] == []

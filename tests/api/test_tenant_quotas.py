@@ -18,11 +18,11 @@ from persistence.repositories.tenants import SqlTenantAdminStore
 from server.tenants_cli import default_quota
 from tests.api.test_chat import _history, _send, _session
 from tests.api.test_llm import _llm_flow, _provider
-from tests.api.test_schedules import GET, _at, _create, make_due
 from tests.conftest import Team, member_token
 from tests.support import builders as b
 from tests.support import flows as f
 from tests.support.client import GQL, error_code
+from tests.support.schedules import create_schedule, make_due, wait_moved_on
 
 # The first LLM call of a process imports LiteLLM: minutes on a loaded 2-core machine.
 FIRST_CALL_TIMEOUT = 300.0
@@ -126,17 +126,11 @@ async def test_a_scheduled_run_over_the_daily_quota_is_skipped_and_the_schedule_
     await admin.set_quota(team.slug, {"max_executions_per_day": 1})
     flow = await f.create_flow(gql, team.token, f.branching())
     await f.execute(gql, team.token, flow["id"], {"score": 1})  # the day's only run
-    created = await _create(
+    created = await create_schedule(
         gql, team.token, flowId=flow["id"], cron="* * * * *", inputs={"score": 9}
     )
     await make_due(container, created["id"], timedelta(minutes=3))
-    deadline = asyncio.get_running_loop().time() + 15
-    while True:
-        got = (await gql.ok(GET, {"id": created["id"]}, token=team.token))["schedule"]
-        if _at(got["nextRunAt"]) > datetime.now(UTC) - timedelta(seconds=1):
-            break
-        assert asyncio.get_running_loop().time() < deadline, "the schedule did not move on"
-        await asyncio.sleep(0.1)
+    got = await wait_moved_on(gql, team.token, created["id"])
     assert got["lastExecution"] is None  # refused, not crashed: the scheduler goes on
     listed = (await gql.ok("Executions", {"flowId": flow["id"]}, token=team.token))["executions"]
     assert len(listed["edges"]) == 1
