@@ -7,12 +7,18 @@ Two script directories: `migrations/public` (identity tables, version table in
 A NEW tenant's schema is not migrated step by step: `provision_tenant` replays, in one
 round trip, the statements Alembic ran once per process to migrate a throwaway template
 schema to the head (captured from the connection, the template's name replaced), then
-stamps the head. Existing tenants are upgraded by Alembic."""
+stamps the head. Existing tenants are upgraded by Alembic.
+
+Faster still, a registration claims a spare schema made ahead of time at the same head
+(persistence/spare_schemas.py keeps a few) and renames it; only an empty pool sends the
+DDL inline. Upgrading drops spares left at an older head; the pool makes new ones."""
 
 from __future__ import annotations
 
+import asyncio
 import re
 import secrets
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -27,7 +33,7 @@ from sqlalchemy.engine import Connection
 from sqlalchemy.ext.asyncio import AsyncConnection
 
 from persistence.db import check_schema_name
-from persistence.tables import TENANT
+from persistence.tables import TENANT, spare_tenant_schemas
 
 _HERE = Path(__file__).parent / "migrations"
 
@@ -71,14 +77,28 @@ def upgrade_tenant_sync(conn: Connection, schema: str, scripts: Scripts | None =
     _upgrade(translated, scripts or _script("tenant"), schema)
 
 
+# Alembic's `context` is process-global: two migrations or renderings at once on one
+# event loop (the spare pool's refill and a registration, say) would each run inside the
+# other's EnvironmentContext.
+_alembic_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def _alembic() -> asyncio.Lock:
+    return _alembic_locks.setdefault(asyncio.get_running_loop(), asyncio.Lock())
+
+
 async def upgrade_public(conn: AsyncConnection) -> None:
-    await conn.run_sync(upgrade_public_sync)
+    async with _alembic():
+        await conn.run_sync(upgrade_public_sync)
 
 
 async def upgrade_tenant(
     conn: AsyncConnection, schema: str, scripts: Scripts | None = None
 ) -> None:
-    await conn.run_sync(upgrade_tenant_sync, schema, scripts)
+    async with _alembic():
+        await conn.run_sync(upgrade_tenant_sync, schema, scripts)
 
 
 async def upgrade_all(conn: AsyncConnection) -> list[str]:
@@ -89,13 +109,43 @@ async def upgrade_all(conn: AsyncConnection) -> list[str]:
     schemas = [r[0] for r in rows]
     for schema in schemas:
         await upgrade_tenant(conn, schema)
-    await tenant_ddl(conn)
+    ddl = await tenant_ddl(conn)
+    await drop_stale_spares(conn, ddl)
     return schemas
 
 
 # -- new tenants ----------------------------------------------------------------------
 
 _REVISION = re.compile(r"^[A-Za-z0-9_]+$")
+
+
+_SPARE = re.compile(r"^spare_[a-f0-9]{12}$")
+# String literals and dollar-quoted bodies: PostgreSQL keeps their text as written.
+_LITERAL = re.compile(r"\$(\w*)\$.*?\$\1\$|'(?:[^']|'')*'", re.DOTALL)
+
+
+def check_spare_name(name: str) -> str:
+    """A spare's name never matches `check_schema_name`: no tenant connection reaches it."""
+    if not _SPARE.match(name):
+        raise ValueError(f"not a spare schema name: {name!r}")
+    return name
+
+
+def new_spare_name() -> str:
+    return f"spare_{secrets.token_hex(6)}"
+
+
+def _renamable(template: str, statements: tuple[str, ...]) -> bool:
+    """Whether a schema made by these statements can be renamed into another one: every
+    mention of the schema is a qualifier PostgreSQL resolves when the statement runs. A
+    mention inside a literal (a function body, a comment, a data row) or inside another
+    object's name would keep the old name after a rename."""
+    qualifier = re.compile(rf'(?<![\w"$])"?{template}"?\.')
+    for statement in statements:
+        outside = _LITERAL.sub("''", statement)
+        if statement.count(template) != len(qualifier.findall(outside)):
+            return False
+    return True
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,9 +155,26 @@ class TenantDdl:
     heads: tuple[str, ...]
     template: str  # the throwaway schema name the statements were captured with
     statements: tuple[str, ...]  # no bound parameters: they run as one script
+    # Spares made from these statements may be renamed into tenants' schemas.
+    renamable: bool = False
+
+    @property
+    def version(self) -> str:
+        """The heads as `spare_tenant_schemas.heads` records them."""
+        return ",".join(self.heads)
 
     def script(self, schema: str) -> str:
-        check_schema_name(schema)
+        return self._script(check_schema_name(schema))
+
+    def spare_script(self, name: str) -> str:
+        """A spare schema at `heads` and its row, for a registration to claim later."""
+        row = (
+            f"INSERT INTO public.{spare_tenant_schemas.name} (schema_name, heads) "
+            f"VALUES ('{check_spare_name(name)}', '{self.version}')"
+        )
+        return self._script(name)[:-1] + f";\n{row};"
+
+    def _script(self, schema: str) -> str:
         # The template name is random (tenant_ + 12 hex digits): it cannot occur in the
         # statements except as the schema they were captured for.
         body = [s.strip().replace(self.template, schema) for s in self.statements]
@@ -178,7 +245,7 @@ def render_tenant_ddl_sync(conn: Connection, scripts: Scripts | None = None) -> 
     bad = [h for h in heads if not _REVISION.match(h)]
     if bad:
         raise RuntimeError(f"unexpected revision identifiers: {bad}")
-    return TenantDdl(heads, template, tuple(statements))
+    return TenantDdl(heads, template, tuple(statements), _renamable(template, tuple(statements)))
 
 
 async def tenant_ddl(conn: AsyncConnection, scripts: Scripts | None = None) -> TenantDdl:
@@ -187,26 +254,81 @@ async def tenant_ddl(conn: AsyncConnection, scripts: Scripts | None = None) -> T
     key = _key(scripts)
     ddl = _rendered.get(key)
     if ddl is None:
-        ddl = await conn.run_sync(render_tenant_ddl_sync, scripts)
-        _rendered[key] = ddl
+        async with _alembic():
+            ddl = _rendered.get(key)
+            if ddl is None:
+                ddl = await conn.run_sync(render_tenant_ddl_sync, scripts)
+                _rendered[key] = ddl
     return ddl
 
 
+#: Set in a connection's `info` by `provision_tenant`: when the connection goes back to the
+#: pool its transaction has ended, and the spare pool (persistence/spare_schemas.py) refills.
+PROVISIONED = "crewgraph.tenant_provisioned"
+
+# The oldest spare at the head that still exists, locked and deleted: a concurrent claim
+# skips it (SKIP LOCKED) and takes the next, or none. A rollback puts it back.
+_CLAIM = sa.text(
+    f"""DELETE FROM public.{spare_tenant_schemas.name} WHERE schema_name = (
+    SELECT s.schema_name FROM public.{spare_tenant_schemas.name} s
+    WHERE s.heads = :heads
+      AND EXISTS (SELECT 1 FROM pg_namespace n WHERE n.nspname = s.schema_name)
+    ORDER BY s.created_at LIMIT 1 FOR UPDATE SKIP LOCKED
+) RETURNING schema_name"""
+)
+
+
 async def provision_tenant(
-    conn: AsyncConnection, schema: str, scripts: Scripts | None = None
-) -> None:
-    """Create a new tenant's schema at the head inside the caller's transaction: one round
-    trip once the DDL is rendered."""
+    conn: AsyncConnection,
+    schema: str,
+    scripts: Scripts | None = None,
+    *,
+    spare: bool = True,
+) -> bool:
+    """Create a new tenant's schema at the head inside the caller's transaction: a spare
+    schema at the same head renamed (two short statements), else the rendered DDL in one
+    round trip once it is rendered. True when a spare was claimed; `spare=False` always
+    sends the DDL."""
     check_schema_name(schema)
     ddl = await tenant_ddl(conn, scripts)
-    script = ddl.script(schema)
     raw: Any = (await conn.get_raw_connection()).driver_connection
     if not raw.is_in_transaction():
         # SQLAlchemy's asyncpg adapter opens its transaction at its first statement (and
         # persistence/db.py defers it past plain reads): a transaction-local set_config is
-        # not a plain read, so it begins one. The script must never run in autocommit.
+        # not a plain read, so it begins one. Neither the claim nor the script may ever
+        # run in autocommit.
         await conn.exec_driver_sql("SELECT set_config('crewgraph.provisioning', 'on', true)")
     if not raw.is_in_transaction():
         raise RuntimeError("tenant provisioning must run inside a transaction")
+    conn.info[PROVISIONED] = True
+    if spare and ddl.renamable:
+        claimed = (await conn.execute(_CLAIM, {"heads": ddl.version})).scalar()
+        if claimed is not None:
+            await conn.exec_driver_sql(
+                f'ALTER SCHEMA "{check_spare_name(claimed)}" RENAME TO "{schema}"'
+            )
+            return True
     # The simple query protocol: every statement in one message, none prepared.
-    await raw.execute(script)
+    await raw.execute(ddl.script(schema))
+    return False
+
+
+async def drop_stale_spares(conn: AsyncConnection, ddl: TenantDdl) -> list[str]:
+    """Drop spares at another head than `ddl`'s, and spare schemas without a row; returns
+    their names. A spare being claimed meanwhile is waited for and left alone."""
+    table = spare_tenant_schemas.name
+    stale = await conn.execute(
+        sa.text(f"DELETE FROM public.{table} WHERE heads <> :heads RETURNING schema_name"),
+        {"heads": ddl.version if ddl.renamable else ""},
+    )
+    orphans = await conn.execute(
+        sa.text(
+            f"SELECT nspname FROM pg_namespace WHERE nspname LIKE 'spare\\_%' "
+            f"AND NOT EXISTS (SELECT 1 FROM public.{table} s WHERE s.schema_name = nspname)"
+        )
+    )
+    names = sorted({r[0] for r in stale} | {r[0] for r in orphans})
+    names = [n for n in names if _SPARE.match(n)]
+    for name in names:
+        await conn.exec_driver_sql(f'DROP SCHEMA IF EXISTS "{name}" CASCADE')
+    return names

@@ -93,6 +93,18 @@ api_keys = sa.Table(
     schema="public",
 )
 
+# Tenant schemas created ahead of registrations at the tenant head `heads` (sorted,
+# comma-separated); no tenant_id: never part of a tenant's backup (persistence/spare_schemas.py).
+spare_tenant_schemas = sa.Table(
+    "spare_tenant_schemas",
+    metadata,
+    sa.Column("schema_name", sa.Text, primary_key=True),
+    sa.Column("heads", sa.Text, nullable=False),
+    _ts("created_at"),
+    sa.Index("spare_tenant_schemas_heads_idx", "heads", "created_at"),
+    schema="public",
+)
+
 
 # -- tenant resources ------------------------------------------------------
 

@@ -61,6 +61,7 @@ from persistence.repositories.usage import SqlUsageStore
 from persistence.repositories.webhooks import SqlOutbox
 from persistence.revocations import RedisRevocations
 from persistence.seed import ProviderFactory, provider_seed
+from persistence.spare_schemas import SpareSchemas
 from persistence.uow import SqlUnitOfWorkFactory
 from runtime.context_windows import context_window
 from runtime.crew_runtime import CrewAiRuntime
@@ -180,6 +181,9 @@ class Container:
     # (server/tracing.py; off unless OTEL_EXPORTER_OTLP_ENDPOINT is set).
     metrics: Metrics = field(default_factory=Metrics)
     tracing: Tracing = field(default_factory=Tracing)
+    # Tenant schemas made ahead of registrations (CREWGRAPH_TENANT_SCHEMA_POOL); refilled
+    # in the background once started.
+    spare_schemas: SpareSchemas | None = None
 
     def services(self) -> Services:
         """What a request may call: the use cases, never the adapters."""
@@ -203,6 +207,8 @@ class Container:
     async def start(self) -> None:
         """Start this process's background work (sweeper; the runner when in-process)."""
         await self.sweep_scratch()
+        if self.spare_schemas is not None:
+            self.spare_schemas.start()  # after migrations: spares at the head
         await self.runtime.start()
         self._start_automation()
         if self.chat_runner is not None:
@@ -263,6 +269,8 @@ class Container:
             await self.chat_runner.stop()
         await self._stop_automation()
         await self.runtime.stop()
+        if self.spare_schemas is not None:
+            await self.spare_schemas.aclose()
         await self.sandbox.close()
         if self.audit_log is not None:
             await self.audit_log.aclose()  # what is buffered, written if MongoDB answers
@@ -590,6 +598,8 @@ def build_container(
         audit_log=audit_log,
         metrics=metrics,
         tracing=observer.tracing,
+        # `crewgraph worker` (with_runner) never registers tenants: no spares to keep.
+        spare_schemas=SpareSchemas(db, 0 if with_runner else settings.tenant_schema_pool),
     )
     on_finished.append(container.remove_workspace)
     _wire_automation(container, box)

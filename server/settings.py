@@ -113,6 +113,10 @@ class Settings(BaseSettings):
     # Pooled PostgreSQL connections per process (SQLAlchemy; overflow connections are
     # opened and closed per use, which costs a backend start each time under load).
     db_pool_size: int = Field(20, ge=1, le=500)
+    # Spare tenant schemas kept ready at the migration head (persistence/spare_schemas.py):
+    # a registration renames one instead of creating ~25 tables; 0 creates every tenant's
+    # schema at registration.
+    tenant_schema_pool: int = Field(2, ge=0, le=20)
 
     # Prefix for every Redis key and channel; tests give each run its own.
     redis_prefix: str = "cg"

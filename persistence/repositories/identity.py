@@ -78,7 +78,8 @@ class SqlTenants:
         return [_tenant(r) for r in rows]
 
     async def create_schema(self, tenant: Tenant) -> None:
-        # The rendered head DDL in one round trip, not Alembic step by step (see migrate.py).
+        # A spare schema at the head renamed, else the rendered head DDL in one round trip,
+        # not Alembic step by step (see migrate.py).
         await provision_tenant(self._conn, tenant.schema_name)
 
 

@@ -317,3 +317,32 @@ async def test_a_new_migration_reaches_the_rendered_ddl(
         assert expected["alembic_version"] == ["tfuture"]
     finally:
         await _drop(engine, *schemas)
+
+
+async def test_spares_are_made_only_when_a_rename_keeps_the_schema_whole(
+    engine: AsyncEngine,
+) -> None:
+    """A spare schema is renamed into a tenant's (persistence/spare_schemas.py): only right
+    when every mention of the schema in the DDL is a qualifier PostgreSQL resolves at
+    once. Text that keeps the name (a function body, a comment, a row, another object's
+    name) makes the DDL unfit for spares, and every registration sends it inline."""
+    async with engine.connect() as conn:
+        ddl = await tenant_ddl(conn)
+        await conn.rollback()
+    assert ddl.renamable
+    t = ddl.template
+    fine = (
+        f"CREATE TABLE {t}.a (id int)",
+        f"CREATE INDEX a_idx ON \"{t}\".a (id) WHERE note <> 'x'",
+        f"CREATE VIEW {t}.v AS SELECT id FROM {t}.a",
+        f"CREATE FUNCTION {t}.f() RETURNS int LANGUAGE sql AS $$ SELECT 1 $$",
+    )
+    assert migrate._renamable(t, fine)
+    for bad in (
+        f"CREATE FUNCTION {t}.f() RETURNS int LANGUAGE sql AS $$ SELECT id FROM {t}.a $$",
+        f"CREATE FUNCTION {t}.g() RETURNS int LANGUAGE sql AS $b$ SELECT {t} $b$",
+        f"COMMENT ON TABLE {t}.a IS 'in {t}'",
+        f"INSERT INTO {t}.settings (key, value) VALUES ('schema', '\"{t}.a\"')",
+        f"CREATE INDEX {t}_idx ON {t}.a (id)",
+    ):
+        assert not migrate._renamable(t, (*fine, bad)), bad
