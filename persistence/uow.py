@@ -65,7 +65,7 @@ class SqlUnitOfWork:
         self.flows = SqlFlows(conn)
         self.executions = SqlExecutions(conn, self._schema)
         self.schedules = SqlSchedules(conn, self._schema)
-        self.webhooks = SqlWebhooks(conn)
+        self.webhooks = SqlWebhooks(conn, self._schema)
 
     async def commit(self) -> None:
         await self.conn.commit()

@@ -25,7 +25,8 @@ short run's cost, so after a python run the backend starts the next sandbox of t
 shape (limits and environment) in the background, where the runner blocks on its request
 line. A pre-started sandbox has run nothing: it serves exactly one run and is then gone,
 so nothing is ever shared between runs, let alone tenants. Idle ones older than
-``prestart_ttl`` are killed instead of used.
+``prestart_ttl`` are killed instead of used; dead ones (killed from outside while they
+waited) are dropped, and the run starts its own sandbox as it would without them.
 """
 
 from __future__ import annotations
@@ -345,7 +346,7 @@ class BubblewrapSandbox:
         idle = self._ready.get(shape) or []
         while idle:
             ready = idle.pop()
-            if ready.run.proc.returncode is None and ready.age() < self.prestart_ttl:
+            if ready.age() < self.prestart_ttl and ready.run.alive():
                 return ready
             self._discard(ready)
         return None
@@ -615,6 +616,28 @@ class _Run:
             with contextlib.suppress(OSError):
                 os.close(self._info_fd)
             self._info_fd = None
+
+    def alive(self) -> bool:
+        """Whether bwrap and the sandbox init still run. `returncode` alone lags: asyncio
+        learns of bwrap's exit only when its child watcher gets a turn, and bwrap itself
+        only exits after reaping the killed init, so the kernel is asked directly."""
+        if self.proc.returncode is not None:
+            return False
+        self._read_child_pid()
+        return all(_running(pid) for pid in (self.proc.pid, self.child_pid) if pid)
+
+
+def _running(pid: int) -> bool:
+    """The process exists and has not exited (a zombie has, its parent has not reaped it
+    yet). Procfs is read without following the pid's namespace: the host pid is meant."""
+    try:
+        with open(f"/proc/{pid}/stat", "rb") as f:
+            stat = f.read()
+    except OSError:
+        return False
+    # "pid (comm) S ...": comm may hold spaces and parentheses, the state follows the last ")"
+    state = stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3]
+    return state not in (b"Z", b"X", b"x", b"")
 
 
 def _killpg(proc: asyncio.subprocess.Process) -> None:

@@ -13,7 +13,9 @@ starts the next container of the same tenant, image, limits and environment in t
 background, where the runner blocks on its request line. Such a container has run
 nothing yet; it serves exactly one run and is then removed like a cold one, so nothing
 is shared between runs, let alone tenants. Idle ones older than ``warm_ttl_seconds`` are
-removed instead of used.
+removed instead of used, and so are ones that cannot take a run any more (killed, gone,
+or their attach stream closed: something outside ended them while they waited); the run
+then starts its own container as it would without a pool.
 """
 
 from __future__ import annotations
@@ -114,6 +116,15 @@ def _write_eof(stream: Stream) -> None:
     if transport is not None and transport.can_write_eof():
         with contextlib.suppress(OSError, RuntimeError):
             transport.write_eof()
+
+
+def _stdin_open(stream: Stream) -> bool:
+    """Whether the hijacked connection to the container is still there: the engine drops
+    it when the container exits, and then nothing can hand the process its request."""
+    resp = stream._resp
+    conn = resp.connection if resp is not None else None
+    transport = conn.transport if conn is not None else None
+    return not stream._closed and transport is not None and not transport.is_closing()
 
 
 async def _stop(stream: Stream, kill: Callable[[], Awaitable[None]]) -> None:
@@ -244,7 +255,7 @@ class DockerSandbox:
         started: _Started | None = None
         if request.kind == "python" and self.warm_pool:
             key = self._pool_key(request, image)
-            started = self._take(key)
+            started = await self._take_usable(key)
             self._refill_soon(key, request, image)
         return await self._run(
             request, image, started, warm=self.warm_pool and request.kind == "python"
@@ -482,6 +493,30 @@ class DockerSandbox:
                 return started
             self._in_background(self._discard(started))
         return None
+
+    async def _take_usable(self, key: tuple[object, ...]) -> _Started | None:
+        """A waiting container that can still take the run, or None (the run starts a
+        cold one). Those that cannot are removed in the background."""
+        while (started := self._take(key)) is not None:
+            if await self._usable(started):
+                return started
+            log.warning("sandbox.docker.prestarted_dead %s: discarded", started.container.id)
+            self._in_background(self._discard(started))
+        return None
+
+    @staticmethod
+    async def _usable(started: _Started) -> bool:
+        if not _stdin_open(started.stream):
+            return False
+        try:
+            # one short engine round trip; the stream alone may not have seen the exit yet
+            async with asyncio.timeout(_KILL_TIMEOUT):
+                state = (await started.container.show()).get("State") or {}
+        except (DockerError, aiohttp.ClientError, OSError, TimeoutError):
+            return False
+        return (
+            state.get("Running") is True and not state.get("Paused") and not state.get("Restarting")
+        )
 
     def _refill_soon(self, key: tuple[object, ...], request: SandboxRequest, image: str) -> None:
         idle = self._idle.get(key) or []

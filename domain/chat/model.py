@@ -62,6 +62,9 @@ class ChatSession:
     reply_expires_at: datetime | None = None
     cancel_requested: bool = False
     created_by: str | None = None
+    # Read with the locked row by `ChatSessionStore.change`, never stored on it: the
+    # operator suspended the session's tenant (public.tenants.status).
+    tenant_suspended: bool = False
 
     def reply_stale(self, now: datetime) -> bool:
         """A reply whose worker stopped renewing it (died, or never picked it up)."""

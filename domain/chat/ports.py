@@ -43,7 +43,8 @@ class ChatSessionStore(Protocol):
         self, tenant_schema: str, session_id: str, change: Callable[[ChatSession], T]
     ) -> T | None:
         """Lock the session row, let `change` mutate the session (or raise, which stores
-        nothing), store its counters and reply lock, commit; None when it does not exist."""
+        nothing), store its counters and reply lock, commit; None when it does not exist.
+        The session it sees says whether its tenant is suspended, as of that lock."""
         ...
 
 

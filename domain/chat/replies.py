@@ -3,7 +3,10 @@
 One reply, `ChatReplier.run(ref)`:
 
 1. claims the reply in PostgreSQL (the session's lock names it and nobody holds it);
-   a reply cancelled, expired or already claimed elsewhere is left alone;
+   a reply cancelled, expired or already claimed elsewhere is left alone; one whose
+   tenant is suspended (the claim reads public.tenants under the session's lock) ends
+   CANCELLED "tenant suspended" at once, as an execution's claim ends it: a reply
+   accepted just before the suspension committed never generates;
 2. reads the history from the message store (the newest messages that fit the model's
    context window with the system prompt, which is always kept);
 3. asks the session's LLM provider through `LlmService` (failover, usage recorded
@@ -11,7 +14,7 @@ One reply, `ChatReplier.run(ref)`:
    (its tools run in the sandbox, its model calls through the same gateway);
 4. publishes each token (buffered per reply, then published on the session's channel),
    while renewing the claim every third of the lease; the renewal also reads the cancel
-   flag, a fallback for the Redis cancel signal;
+   flag and the tenant's status, a fallback for the Redis cancel signal;
 5. stores the final message once (COMPLETED with usage, FAILED with the error, CANCELLED
    with what was generated), releases the lock, then publishes the `done` token.
 
@@ -56,6 +59,7 @@ from domain.crew_runs import (
     load_agent_specs,
 )
 from domain.errors import DomainError
+from domain.executions.claims import TENANT_SUSPENDED_ERROR
 from domain.executions.streams import FeedInterrupted
 from domain.llm import LlmCallFailed, LlmReply, LlmRequest, TokenCallback, Usage
 from domain.llm_calls import CallScope, LlmService
@@ -75,7 +79,9 @@ class _Reply:
     parts: list[str] = field(default_factory=list)
     usage: Usage = field(default_factory=Usage)
     model: str | None = None
-    stop: str | None = None  # "cancel" (the user's) | "lost" (someone else ended it)
+    # "cancel" (the user's, or a suspension's signal) | "suspended" (seen by the renewal)
+    # | "lost" (someone else ended it)
+    stop: str | None = None
 
     @property
     def content(self) -> str:
@@ -143,6 +149,9 @@ class ChatReplier:
         if session is None:
             return  # ended, cancelled before it started, or another worker has it
         state = _Reply(ref)
+        if session.tenant_suspended:
+            await self._end(state, MessageStatus.CANCELLED, TENANT_SUSPENDED_ERROR)
+            return
         if session.cancel_requested:
             await self._end(state, MessageStatus.CANCELLED, None)
             return
@@ -156,7 +165,7 @@ class ChatReplier:
             current = asyncio.current_task()
             if state.stop is None or (current is not None and current.cancelling()):
                 raise  # the process is stopping: the claim expires, another ends it
-            status = MessageStatus.CANCELLED
+            status, error = MessageStatus.CANCELLED, await self._cancel_reason(state)
         except LlmCallFailed as exc:
             status, error = MessageStatus.FAILED, str(exc)
         except DomainError as exc:
@@ -270,6 +279,21 @@ class ChatReplier:
         except Exception:
             return default
 
+    async def _cancel_reason(self, state: _Reply) -> str | None:
+        """The error of a cancelled reply: "tenant suspended" when the suspension stopped
+        it (its signal looks like the user's cancel), else none."""
+        if state.stop == "suspended":
+            return TENANT_SUSPENDED_ERROR
+        ref = state.ref
+        try:
+            suspended = await self._sessions.change(
+                ref.tenant_schema, ref.session_id, lambda s: s.tenant_suspended
+            )
+        except Exception:
+            log.warning("reading a chat reply's tenant status failed", exc_info=True)
+            return None
+        return TENANT_SUSPENDED_ERROR if suspended else None
+
     # ---- the claim
 
     async def _keep(self, ref: ReplyRef, state: _Reply) -> None:
@@ -279,6 +303,8 @@ class ChatReplier:
             if s.reply_id != ref.message_id or s.reply_owner != self.owner:
                 return "lost"
             s.reply_expires_at = utcnow() + timedelta(seconds=lease)
+            if s.tenant_suspended:
+                return "suspended"
             return "cancel" if s.cancel_requested else "ok"
 
         while True:
@@ -290,9 +316,11 @@ class ChatReplier:
                 continue
             if outcome == "ok":
                 continue
+            if outcome == "suspended":
+                state.stop = "suspended"
             self.cancel_local(ref.message_id)
-            if outcome != "cancel":
-                state.stop = "lost"
+            if outcome not in ("cancel", "suspended"):
+                state.stop = "lost"  # someone else ended it, or the session is gone
             return
 
     # ---- the end

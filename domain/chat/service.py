@@ -46,6 +46,7 @@ from domain.chat.model import (
 )
 from domain.chat.ports import ChatMessageStore, ChatSessionStore, ChatTokenBus, ReplyDispatcher
 from domain.errors import BadUserInput, DomainError, NotFound
+from domain.executions.claims import TENANT_SUSPENDED_ERROR
 from domain.executions.streams import FeedInterrupted
 from domain.identity import Principal
 from domain.llm import Usage
@@ -305,19 +306,23 @@ class ChatService:
         return await self._unavailable_as_error(self._stop(ref, claimed))
 
     async def cancel_tenant_replies(self, tenant_id: str, tenant_schema: str) -> int:
-        """Stop every reply of a tenant (suspended by the operator) as `cancel` stops one;
-        how many were streaming."""
+        """Stop every reply of a tenant (suspended by the operator) as `cancel` stops one,
+        with the error "tenant suspended"; how many were streaming. A reply accepted
+        while this runs is ended by its claim, which sees the suspension (replies.py)."""
         stopped = 0
         for session_id in await self._sessions.replying(tenant_schema):
             found = await self._sessions.change(tenant_schema, session_id, _request_cancel)
             if found is None:
                 continue
             reply_id, claimed = found
-            await self._stop(ReplyRef(tenant_id, tenant_schema, session_id, reply_id), claimed)
+            ref = ReplyRef(tenant_id, tenant_schema, session_id, reply_id)
+            await self._stop(ref, claimed, TENANT_SUSPENDED_ERROR)
             stopped += 1
         return stopped
 
-    async def _stop(self, ref: ReplyRef, claimed: bool) -> ChatMessage | None:
+    async def _stop(
+        self, ref: ReplyRef, claimed: bool, error: str | None = None
+    ) -> ChatMessage | None:
         p_tenant, reply_id = ref.tenant_id, ref.message_id
         if claimed:
             await self._quietly(self._bus.signal_cancel(ref))
@@ -328,7 +333,7 @@ class ChatService:
                     return message
                 await asyncio.sleep(0.05)
         # Nobody is generating it (not picked up yet, or its worker is gone): end it here.
-        await self.finisher.finish_from_buffer(ref, MessageStatus.CANCELLED, None)
+        await self.finisher.finish_from_buffer(ref, MessageStatus.CANCELLED, error)
         return await self._messages.get(p_tenant, reply_id)
 
     # ---- abandoned replies

@@ -45,7 +45,20 @@ def _session(r: Any) -> ChatSession:
         reply_expires_at=r.reply_expires_at,
         cancel_requested=bool(r.cancel_requested),
         created_by=r.created_by,
+        tenant_suspended=bool(getattr(r, "tenant_suspended", False)),
     )
+
+
+def _tenant_suspended(tenant_schema: str) -> sa.ColumnElement[bool]:
+    """Whether the operator suspended the schema's tenant, read in the statement that
+    locks the session: a reply accepted just before the suspension committed is claimed
+    after it, so its claim sees the suspension."""
+    status = (
+        sa.select(t.tenants.c.status == "SUSPENDED")
+        .where(t.tenants.c.schema_name == tenant_schema)
+        .scalar_subquery()
+    )
+    return sa.func.coalesce(status, sa.false()).label("tenant_suspended")
 
 
 class SqlChatSessions:
@@ -114,9 +127,12 @@ class SqlChatSessions:
         if not is_uuid(session_id):
             return None
         async with self._db.connect(tenant_schema) as conn:
-            row = (
-                await conn.execute(sa.select(_s).where(_s.c.id == session_id).with_for_update())
-            ).first()
+            stmt = (
+                sa.select(_s, _tenant_suspended(tenant_schema))
+                .where(_s.c.id == session_id)
+                .with_for_update(of=_s)
+            )
+            row = (await conn.execute(stmt)).first()
             if row is None:
                 return None
             session = _session(row)

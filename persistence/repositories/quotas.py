@@ -1,5 +1,6 @@
 """Adapter of `domain.quotas.QuotaStore`, and the locked counts the quota checks run in
-their creating transactions (executions per day, chat sessions at once).
+their creating transactions (executions per day, chat sessions, schedules and webhooks
+at once).
 
 The counts take a transaction-scoped advisory lock per tenant and quota first, in a
 statement of their own: under READ COMMITTED the count that follows then sees every
@@ -25,6 +26,8 @@ from persistence.repositories.sql import Statements, in_schema
 # the runner's claim lock (execution_leases.py).
 EXECUTIONS_LOCK_NS = 0x7165
 CHAT_SESSIONS_LOCK_NS = 0x7163
+SCHEDULES_LOCK_NS = 0x7173
+WEBHOOKS_LOCK_NS = 0x7177
 
 _LOCK = "SELECT pg_advisory_xact_lock($1, hashtext($2))"
 _EXECUTIONS_SINCE = "SELECT count(*) FROM {s}.executions WHERE created_at >= $1"
@@ -47,6 +50,18 @@ async def lock_chat_sessions(conn: AsyncConnection, tenant_schema: str) -> int:
         )
     )
     count = await conn.scalar(sa.select(sa.func.count()).select_from(t.chat_sessions))
+    return int(count or 0)
+
+
+async def locked_count(
+    conn: AsyncConnection, namespace: int, tenant_schema: str, table: sa.Table
+) -> int:
+    """Rows of the schema's `table`, with the schema's lock of `namespace` held until the
+    transaction ends (a create's count and insert are then one step per tenant)."""
+    await conn.execute(
+        sa.select(sa.func.pg_advisory_xact_lock(namespace, sa.func.hashtext(tenant_schema)))
+    )
+    count = await conn.scalar(sa.select(sa.func.count()).select_from(table))
     return int(count or 0)
 
 

@@ -20,6 +20,7 @@ from domain.schedules import DueSchedule, Schedule
 from persistence import tables as t
 from persistence.db import Database
 from persistence.pagination import paginate
+from persistence.repositories.quotas import SCHEDULES_LOCK_NS, locked_count
 from persistence.repositories.sql import ConnectionStatements, PoolStatements, in_schema
 
 # A suspended tenant's schedules do not fire (nor move on): their rows stay due, so on
@@ -85,12 +86,8 @@ class SqlSchedules:
             lambda r: _to_schedule(r._mapping),
         )
 
-    async def count(self) -> int:
-        return int(
-            (
-                await self._conn.execute(sa.select(sa.func.count()).select_from(t.schedules))
-            ).scalar_one()
-        )
+    async def lock_and_count(self) -> int:
+        return await locked_count(self._conn, SCHEDULES_LOCK_NS, self._schema, t.schedules)
 
     @staticmethod
     async def flow_referrers(conn: AsyncConnection, flow_id: str) -> list[str]:

@@ -30,6 +30,7 @@ from domain.webhooks import (
 from persistence import tables as t
 from persistence.db import Database
 from persistence.pagination import paginate
+from persistence.repositories.quotas import WEBHOOKS_LOCK_NS, locked_count
 from persistence.repositories.sql import ConnectionStatements, PoolStatements, in_schema
 
 # Appended to the CTEs of the event insert (`ev`: the stored events, `s`: the execution
@@ -134,8 +135,9 @@ def _to_delivery(r: Any) -> WebhookDelivery:
 class SqlWebhooks:
     """`domain.webhooks.WebhookRepository` on the unit of work's connection."""
 
-    def __init__(self, conn: AsyncConnection) -> None:
+    def __init__(self, conn: AsyncConnection, schema: str) -> None:
         self._conn = conn
+        self._schema = schema
 
     async def get(self, ident: str, *, for_update: bool = False) -> Webhook | None:
         if not is_uuid(ident):
@@ -157,9 +159,8 @@ class SqlWebhooks:
             lambda r: _to_webhook(r._mapping),
         )
 
-    async def count(self) -> int:
-        stmt = sa.select(sa.func.count()).select_from(t.webhooks)
-        return int((await self._conn.execute(stmt)).scalar_one())
+    async def lock_and_count(self) -> int:
+        return await locked_count(self._conn, WEBHOOKS_LOCK_NS, self._schema, t.webhooks)
 
     def _values(self, w: Webhook) -> dict[str, Any]:
         return {

@@ -251,3 +251,39 @@ async def test_a_streaming_chat_reply_is_cancelled(gql: GQL, team: Team, contain
     history = await chat._history(gql, team, session["id"])
     stored = [e["node"] for e in history["messages"]["edges"]]
     assert [m["status"] for m in stored] == ["COMPLETED", "CANCELLED"], stored
+
+
+async def test_a_reply_accepted_just_before_the_suspension_never_generates(
+    gql: GQL, team: Team, container: Any, monkeypatch: Any
+) -> None:
+    """The send committed after the suspension's stop of the tenant's replies listed them:
+    its reply is still queued when the tenant is already SUSPENDED. Its claim ends it
+    CANCELLED "tenant suspended" instead of generating it."""
+    from domain.chat.model import ReplyRef
+    from domain.identity import TenantStatus
+
+    provider = await chat._provider(gql, team)
+    session = await chat._session(gql, team, llmProviderId=provider)
+    queued: list[ReplyRef] = []
+
+    class Queue:  # the queue, holding the reply until its worker takes it
+        async def dispatch(self, ref: ReplyRef) -> None:
+            queued.append(ref)
+
+    monkeypatch.setattr(container.chat, "_dispatcher", Queue)
+    async with chat.tokens(gql, team.token, session["id"]) as stream:
+        await chat._send(gql, team.token, session["id"], "SAY: this should never be said")
+        (ref,) = queued
+        # What `suspend` stores first; its stop of replies had already run (and missed it).
+        admin = container.tenant_admin
+        await admin._store.set_status(team.tenant_id, TenantStatus.SUSPENDED, "fraud", None)
+        await asyncio.wait_for(container.chat_runner.replier.run(ref), 30)
+        done = await stream.next(10)
+    assert done["done"] and done["error"] == "tenant suspended" and done["index"] == 0, done
+    await admin.activate(team.slug)
+    history = await chat._history(gql, team, session["id"])
+    stored = [e["node"] for e in history["messages"]["edges"]]
+    assert [(m["status"], m["content"], m["error"]) for m in stored] == [
+        ("COMPLETED", "SAY: this should never be said", None),
+        ("CANCELLED", "", "tenant suspended"),
+    ], stored

@@ -190,3 +190,44 @@ async def test_stale_prestarted_sandboxes_are_not_used() -> None:
     finally:
         await sb.close()
     assert not sb._runs
+
+
+def _exited(pid: int) -> bool:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_bytes()
+    except OSError:
+        return True
+    return stat[stat.rfind(b")") + 2 : stat.rfind(b")") + 3] in (b"Z", b"X")
+
+
+@pytest.mark.parametrize("settle", [0.0, 0.3])
+async def test_a_dead_prestarted_sandbox_is_discarded_and_the_run_goes_on(settle: float) -> None:
+    """Something outside (the OOM killer, an operator's kill) ended the waiting sandbox,
+    a while ago, or just now (the kernel is done with it, the event loop has not heard
+    yet): the run starts a fresh one instead of failing."""
+    import asyncio
+    import signal
+    import time
+
+    sb = await BubblewrapSandbox.open(prestart=1)
+    try:
+        assert (await sb.run(_req(1))).ok
+        await _settled(sb)
+        ((ready,),) = sb._ready.values()
+        ready.run._read_child_pid()
+        assert ready.run.child_pid
+        os.kill(ready.run.child_pid, signal.SIGKILL)
+        if settle:
+            await asyncio.sleep(settle)
+        else:  # without yielding: asyncio's child watcher gets no turn
+            deadline = time.monotonic() + 5
+            while not _exited(ready.run.child_pid) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert ready.run.proc.returncode is None
+        result = await sb.run(_req(2))
+        assert result.ok and result.output["n"] == 2, result
+        await _settled(sb)
+        assert (await sb.run(_req(3))).ok, "the pool refills after a dead sandbox"
+    finally:
+        await sb.close()
+    assert not sb._runs

@@ -205,3 +205,48 @@ async def test_warm_pool_containers_are_removed_on_close(docker_sb: DockerSandbo
         await sb.close()
     assert sb.warm_containers() == 0
     assert not await _managed(docker_sb, **{TENANT_LABEL: "t-warm-close"})
+
+
+async def test_a_dead_or_removed_prestarted_container_is_discarded_and_the_run_goes_on(
+    docker_sb: DockerSandbox,
+) -> None:
+    """Something outside (an operator's `docker kill`, the OOM killer, an engine restart,
+    `docker rm -f`) ended the waiting container: the run starts a fresh one instead."""
+    sb = DockerSandbox(warm_pool=True)
+    await sb.start(reap=False)
+    req = SandboxRequest(
+        tenant_id="t-warm-dead",
+        code="def run(x):\n    return 41 + 1\n",
+        limits=SandboxLimits(timeout_seconds=10),
+    )
+
+    async def prestarted() -> str:
+        for _ in range(200):
+            if sb.warm_containers() and not sb._background:
+                (ident,) = sb.waiting_ids()
+                return ident
+            await asyncio.sleep(0.05)
+        raise AssertionError("no container was pre-started")
+
+    try:
+        assert (await sb.run(req)).ok
+        killed = await prestarted()
+        await sb.docker.containers.container(killed).kill(signal="SIGKILL")  # docker kill
+        for _ in range(100):
+            state = (await sb.docker.containers.container(killed).show())["State"]
+            if not state["Running"]:
+                break
+            await asyncio.sleep(0.05)
+        result = await sb.run(req)
+        assert result.ok and result.output == 42, result
+        assert killed not in sb.waiting_ids()
+
+        removed = await prestarted()
+        await sb.docker.containers.container(removed).delete(force=True)  # docker rm -f
+        result = await sb.run(req)
+        assert result.ok and result.output == 42, result
+
+        assert (await sb.run(req)).ok, "the pool refills after a dead container"
+    finally:
+        await sb.close()
+    assert not await _managed(docker_sb, **{TENANT_LABEL: "t-warm-dead"})

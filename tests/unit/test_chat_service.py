@@ -411,3 +411,48 @@ async def test_the_sweep_fails_only_replies_nobody_holds_any_more() -> None:
     final = bus.buffers[reply_id][-1]
     assert final.done and final.error is not None and "interrupted" in final.error
     assert await service.fail_abandoned_replies() == 0  # once
+
+
+async def test_a_suspended_tenants_reply_is_cancelled_at_its_claim_or_its_next_renewal() -> None:
+    service, sessions, messages, bus, dispatcher = _world()
+    s = await _session(sessions)
+    # Accepted, then the tenant was suspended before a worker claimed it: never generated.
+    await service.send(P, s.id, "hi")
+    sessions.rows[s.id].tenant_suspended = True
+    llm = Llm(["x"])
+    await _replier(sessions, messages, bus, llm).run(dispatcher.refs[0])
+    ended = messages.rows[dispatcher.refs[0].message_id]
+    assert (ended.status, ended.error, llm.requests) == (
+        MessageStatus.CANCELLED,
+        "tenant suspended",
+        [],
+    )
+    assert sessions.rows[s.id].reply_id is None
+    # Suspended while it streams, its cancel signal lost: the renewal stops it.
+    sessions.rows[s.id].tenant_suspended = False
+    await service.send(P, s.id, "again")
+    replier = _replier(sessions, messages, bus, Llm([f"w{i} " for i in range(500)], delay=0.01))
+    run = asyncio.create_task(replier.run(dispatcher.refs[1]))
+    while len(bus.buffers.get(dispatcher.refs[1].message_id, [])) < 3:
+        await asyncio.sleep(0.01)
+    sessions.rows[s.id].tenant_suspended = True
+    await asyncio.wait_for(run, 5)
+    ended = messages.rows[dispatcher.refs[1].message_id]
+    assert (ended.status, ended.error) == (MessageStatus.CANCELLED, "tenant suspended")
+    assert 3 <= len(ended.content.split()) < 500
+
+
+async def test_the_suspensions_cancel_signal_ends_a_reply_saying_why() -> None:
+    service, sessions, messages, bus, dispatcher = _world()
+    s = await _session(sessions)
+    await service.send(P, s.id, "hi")
+    replier = _replier(sessions, messages, bus, Llm([f"w{i} " for i in range(500)], delay=0.01))
+    run = asyncio.create_task(replier.run(dispatcher.refs[0]))
+    while len(bus.buffers.get(dispatcher.refs[0].message_id, [])) < 3:
+        await asyncio.sleep(0.01)
+    sessions.rows[s.id].tenant_suspended = True  # stored before the replies are stopped
+    bus.signal_cancel = lambda ref: _cancel_local(replier, ref)  # type: ignore[method-assign]
+    assert await service.cancel_tenant_replies(P.tenant_id, P.tenant_schema) == 1
+    await run
+    ended = messages.rows[dispatcher.refs[0].message_id]
+    assert (ended.status, ended.error) == (MessageStatus.CANCELLED, "tenant suspended")
