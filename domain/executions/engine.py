@@ -21,6 +21,13 @@ Scheduling (topological readiness, dead-path elimination)
     predecessors that completed. A node starts the moment it settles (not level by
     level): independent branches run concurrently as asyncio tasks, optionally capped by
     `max_concurrency`. Bookkeeping is O(out-degree) per completion, O(V+E) per run.
+    A node that is the only one able to progress (nothing else ready, running or waiting
+    for an approval, as along a chain) runs in the run's own task instead, in a copy of
+    the context like a task: the same outcome without a task's two trips through the
+    event loop. A cancel or the flow timeout interrupts it by cancelling the run's task
+    (that cancel is taken back; a node that ignores it goes on in a task of its own,
+    like any stubborn node task), and the run gives the loop a turn every
+    `INLINE_YIELD_EVERY` such nodes.
 
 Node kinds
     INPUT (output = the execution inputs, validated against `config.schema`), OUTPUT
@@ -90,10 +97,12 @@ elsewhere when its lease expires. The same holds when the store raises.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import inspect
 import math
+import types
 from collections import deque
-from collections.abc import Coroutine, Mapping
+from collections.abc import Coroutine, Generator, Mapping
 from dataclasses import dataclass
 from datetime import datetime
 from types import CoroutineType, MappingProxyType
@@ -135,8 +144,17 @@ MAX_RETRIES: Final = 10
 MAX_BACKOFF_SECONDS: Final = 300.0
 CANCEL_GRACE_SECONDS: Final = 0.5
 APPROVAL_POLL_SECONDS: Final = 1.0
+# A run whose nodes complete without suspending would otherwise keep the event loop from
+# everything else (other runs, the cancel watcher) for its whole length.
+INLINE_YIELD_EVERY: Final = 32
 
 _KNOWN_KINDS: Final = frozenset(k.value for k in NodeKind)
+# read per node: module globals are cheaper than the enum class attributes
+_RUNNING: Final = NodeStatus.RUNNING
+_COMPLETED: Final = NodeStatus.COMPLETED
+_NODE_STARTED: Final = EventType.NODE_STARTED
+_NODE_COMPLETED: Final = EventType.NODE_COMPLETED
+_SPECIAL_KINDS: Final = frozenset({NodeKind.OUTPUT, NodeKind.CONDITION, NodeKind.APPROVAL})
 _NOT_RETRIED: Final = (BadUserInput, NotConfigured)
 _CHECKPOINT_STATUSES: Final = frozenset({NodeStatus.COMPLETED, NodeStatus.SKIPPED})
 _FINAL_NODE_STATUSES: Final = frozenset(
@@ -182,7 +200,7 @@ class FlowEngine:
         self.approval_poll = max(approval_poll, 0.01)
         # Node tasks that ignored cancellation past the grace period: referenced until they
         # end so they are not garbage-collected mid-flight; their results are discarded.
-        self._abandoned: set[asyncio.Task[Any]] = set()
+        self._abandoned: set[asyncio.Future[Any]] = set()
 
     async def run(
         self,
@@ -210,13 +228,13 @@ class FlowEngine:
         with evaluation_tenant(tenant_id):  # templates and expressions use its pool share
             return await run.execute()
 
-    def _abandon(self, task: asyncio.Task[Any]) -> None:
+    def _abandon(self, task: asyncio.Future[Any]) -> None:
         self._abandoned.add(task)
         task.add_done_callback(_discard_from(self._abandoned))
 
 
-def _discard_from(tasks: set[asyncio.Task[Any]]) -> Any:
-    def done(task: asyncio.Task[Any]) -> None:
+def _discard_from(tasks: set[asyncio.Future[Any]]) -> Any:
+    def done(task: asyncio.Future[Any]) -> None:
         tasks.discard(task)
         if not task.cancelled():
             task.exception()  # retrieved: a late failure is ignored like a late result
@@ -241,6 +259,8 @@ class _Plan:
     out_edges: dict[str, list[FlowEdge]]
     preds: dict[str, list[str]]  # direct predecessors, in edge order
     in_count: dict[str, int]  # number of in-edges
+    # OUTPUT / CONDITION / APPROVAL nodes: their completion does more than mark edges live
+    special: frozenset[str] = frozenset()
 
     @classmethod
     def build(cls, graph: FlowGraph) -> _Plan:
@@ -265,7 +285,8 @@ class _Plan:
         out_edges = successors(graph)
         preds = predecessors(graph)
         in_count = {nid: len(p) for nid, p in preds.items()}
-        return cls(nodes, out_edges, preds, in_count)
+        special = frozenset(nid for nid, node in nodes.items() if node.kind in _SPECIAL_KINDS)
+        return cls(nodes, out_edges, preds, in_count, special)
 
 
 # ----------------------------------------------------------------------------- messages
@@ -401,7 +422,16 @@ class _Run:
 
         self.wake = False
         self.queue = _Mailbox()
-        self.running: dict[str, asyncio.Task[None]] = {}
+        self.running: dict[str, asyncio.Future[None]] = {}
+        # Inline nodes (see `_run_inline`): the run's task, the node running in it now,
+        # whether the run task was cancelled to interrupt it, and the interrupted nodes'
+        # leftovers in `running` that `_end` must not cancel a second time.
+        self.task: asyncio.Task[Any] | None = None
+        self.loop = asyncio.get_running_loop()
+        self.inline: str | None = None
+        self.interrupting = False
+        self.cancelled_already: set[asyncio.Future[None]] = set()
+        self.inline_streak = 0
         self.inflight: set[asyncio.Task[Any]] = set()
         self.ready: deque[str] = deque()
         self.status: dict[str, NodeStatus] = {}  # final statuses (and RUNNING)
@@ -422,6 +452,9 @@ class _Run:
         self.pending_in: dict[str, int] = {}
         self.live_in: dict[str, int] = {}
         self.dead_cause: dict[str, str | None] = {}
+        # node id -> its executor, for the nodes that run one attempt without a time limit
+        # (no retry loop, no timeout context): decided once per run, not per node start
+        self.single_shot: dict[str, NodeExecutor] = {}
 
     # ---- store access
 
@@ -471,7 +504,8 @@ class _Run:
             )
         self._prepare(plan)
 
-        loop = asyncio.get_running_loop()
+        loop = self.loop = asyncio.get_running_loop()
+        self.task = asyncio.current_task()
         watcher = loop.create_task(self._watch_cancel())
         ticker = None
         if any(n.kind == NodeKind.APPROVAL for n in plan.nodes.values()):
@@ -498,6 +532,7 @@ class _Run:
     async def _watch_cancel(self) -> None:
         await self.cancel.wait()
         self.queue.put_nowait(_WAKE)
+        self._interrupt_inline()
 
     async def _tick(self) -> None:
         while True:
@@ -508,13 +543,22 @@ class _Run:
     def _on_deadline(self) -> None:
         self.timed_out = True
         self.queue.put_nowait(_WAKE)
+        self._interrupt_inline()
+
+    def _interrupt_inline(self) -> None:
+        """A node running inline holds the run's task: cancel that task to stop it, as
+        a node task would be cancelled (`_run_inline` tells this cancel from others)."""
+        if self.inline is not None and not self.interrupting and self.task is not None:
+            self.interrupting = True
+            self.task.cancel()
 
     async def _loop(self) -> RunOutcome:
         inbox = self.queue.items
+        is_cancelled = self.cancel.is_set
         while True:
             if self.skips:
                 await self._flush_skips()
-            if self.cancel.is_set():
+            if is_cancelled():
                 interrupted = [*self.running, *self.parked]
                 return await self._end(ExecutionStatus.CANCELLED, None, None, interrupted)
             if self.timed_out:
@@ -523,7 +567,9 @@ class _Run:
                 return await self._end(ExecutionStatus.FAILED, error, None, list(self.running))
             if self.ready:
                 await self._start_ready()
-            if not self.running:
+                if self.timed_out or is_cancelled():
+                    continue  # ended at the top, before a result that arrived meanwhile
+            if not self.running and not inbox:  # (an inline node's result is in the inbox)
                 if self.ready:  # the start batch stopped early for a cancel / timeout
                     continue
                 if self.unresolved == 0:
@@ -540,7 +586,7 @@ class _Run:
                 return await self._end(ExecutionStatus.FAILED, error, None, [])
             msg = inbox.popleft() if inbox else await self.queue.get()
             if type(msg) is _Done:
-                del self.running[msg.node_id]
+                self.running.pop(msg.node_id, None)  # not there when it ran inline
                 if msg.error is not None:
                     return await self._node_failed(msg)
                 await self._node_completed(msg)
@@ -558,6 +604,15 @@ class _Run:
 
     def _prepare(self, plan: _Plan) -> None:
         self.plan = plan
+        executors = self.engine.executors
+        if self.engine.default_node_timeout is None:
+            for nid, node in plan.nodes.items():
+                executor = executors.get(node.kind)
+                config = node.config
+                if executor is not None and (
+                    not config or ("timeoutSeconds" not in config and "retries" not in config)
+                ):
+                    self.single_shot[nid] = executor
         self.pending_in = dict(plan.in_count)
         self.live_in = dict.fromkeys(plan.nodes, 0)
         self.dead_cause = {}
@@ -583,18 +638,19 @@ class _Run:
                 self._skip(nid)
 
     def _complete(self, nid: str, output: Any) -> None:
-        self.status[nid] = NodeStatus.COMPLETED
+        self.status[nid] = _COMPLETED
         self.results[nid] = output
         self.unresolved -= 1
-        kind = self.plan.nodes[nid].kind
-        if kind == NodeKind.OUTPUT:
-            self.outputs[nid] = output
         taken = None
-        if kind == NodeKind.CONDITION:
-            taken = "true" if output else "false"
-        elif kind == NodeKind.APPROVAL:
-            approved = isinstance(output, Mapping) and output.get("approved") is True
-            taken = "true" if approved else "false"
+        if nid in self.plan.special:
+            kind = self.plan.nodes[nid].kind
+            if kind == NodeKind.OUTPUT:
+                self.outputs[nid] = output
+            elif kind == NodeKind.CONDITION:
+                taken = "true" if output else "false"
+            elif kind == NodeKind.APPROVAL:
+                approved = isinstance(output, Mapping) and output.get("approved") is True
+                taken = "true" if approved else "false"
         if taken is None:  # every out-edge is live: `_arrive` inlined, the hot path
             live_in = self.live_in
             pending_in = self.pending_in
@@ -652,8 +708,9 @@ class _Run:
         started_at = self.started_at
         waiting_before = self.waiting_before
         is_cancelled = self.cancel.is_set
-        create_task = asyncio.get_running_loop().create_task
+        create_task = self.loop.create_task
         execution_id = self.execution_id
+        single_shot = self.single_shot
         while ready and (limit is None or len(running) < limit):
             if is_cancelled() or self.timed_out:
                 return  # the loop ends the run; a long start batch must not delay it
@@ -669,16 +726,80 @@ class _Run:
             started = started_at[nid] = now()
             await record_node(
                 execution_id,
-                NodeResult(nid, NodeStatus.RUNNING, started_at=started, attempts=1),
-                EventType.NODE_STARTED,
+                NodeResult(nid, _RUNNING, None, None, started, None, 1),
+                _NODE_STARTED,
                 {"kind": node.kind, "name": node.name},
             )
-            body = (
-                self._approval_task(node)
-                if node.kind == NodeKind.APPROVAL
-                else self._node_task(node)
-            )
+            executor = single_shot.get(nid)
+            if executor is not None:
+                body = self._single_shot(node, executor)
+            elif node.kind == NodeKind.APPROVAL:
+                running[nid] = create_task(self._approval_task(node), name=f"node:{nid}")
+                continue
+            else:
+                body = self._node_task(node)
+            if not running and not ready and not self.parked and self.task is not None:
+                # The only node that can make progress: nothing runs beside it, so
+                # awaiting it here is the same as a task, without the task's two trips
+                # through the event loop (a chain of nodes runs this way).
+                await self._run_inline(nid, body)
+                continue
+            self.inline_streak = 0
             running[nid] = create_task(body, name=f"node:{nid}")
+
+    async def _run_inline(self, nid: str, body: Coroutine[Any, Any, None]) -> None:
+        """Run a node's body in the run's task, in a copy of the context as a task would.
+
+        A cancel or the flow deadline cancels the run's task while the node runs
+        (`_interrupt_inline`); that cancel is taken back here and the node counts as
+        interrupted, like a cancelled node task. A node that swallows the cancel and
+        keeps going goes on in a task of its own, left to `_end` like a stubborn node
+        task. Any other cancel (the worker stopping) propagates.
+        """
+        self.inline_streak += 1
+        if self.inline_streak % INLINE_YIELD_EVERY == 0:
+            try:
+                await asyncio.sleep(0)
+            except BaseException:
+                body.close()
+                raise
+            if self.timed_out or self.cancel.is_set():
+                body.close()  # started, never ran: CANCELLED by `_end` with the others
+                self._leftover(nid, None)
+                return
+        self.inline = nid
+        rest: asyncio.Task[None] | None = None
+        try:
+            rest = await _drive(self, body, contextvars.copy_context())
+        except asyncio.CancelledError:
+            if not self.interrupting:
+                raise
+        finally:
+            self.inline = None
+        task = self.task
+        assert task is not None
+        if self.interrupting:
+            self.interrupting = False
+            if task.uncancel() > 0:  # cancelled by someone else as well
+                if rest is not None:
+                    rest.cancel()
+                    self.engine._abandon(rest)
+                raise asyncio.CancelledError
+            self._leftover(nid, rest)
+        elif rest is not None:  # the body swallowed the cancel of the run's task
+            self.engine._abandon(rest)
+            raise asyncio.CancelledError
+
+    def _leftover(self, nid: str, rest: asyncio.Task[None] | None) -> None:
+        """An interrupted inline node, in `running` for `_end` (cancelled already)."""
+        left: asyncio.Future[None]
+        if rest is None:
+            left = self.loop.create_future()
+            left.cancel()
+        else:
+            left = rest
+        self.running[nid] = left
+        self.cancelled_already.add(left)
 
     # ---- approvals
 
@@ -757,37 +878,31 @@ class _Run:
         self.closed = True
         return RunOutcome(ExecutionStatus.WAITING, dict(self.outputs))
 
+    async def _single_shot(self, node: FlowNode, executor: NodeExecutor) -> None:
+        """The common case: one attempt without a time limit (same outcome as `_attempts`
+        for that case, without its retry loop and timeout context)."""
+        nid = node.id
+        ctx, sinks = self._context(node, 1)
+        try:
+            output = executor(node, ctx)
+            # a coroutine is the usual answer; the exact type test is cheaper than
+            # `inspect.isawaitable`, which still covers the other awaitables
+            if type(output) is CoroutineType or inspect.isawaitable(output):
+                output = await output
+            done = _Done(nid, output, None, 1)
+        except asyncio.CancelledError:
+            task = asyncio.current_task()
+            if task is None or task.cancelling():
+                raise  # a real cancel: sibling failure, flow timeout, user cancel
+            done = _Done(nid, None, RuntimeError("the executor raised CancelledError"), 1)
+        except Exception as exc:
+            done = _Done(nid, None, exc, 1)
+        finally:
+            sinks.open = False
+            ctx.cancelled.set()
+        self.queue.put_nowait(done)
+
     async def _node_task(self, node: FlowNode) -> None:
-        engine = self.engine
-        executor = engine.executors.get(node.kind)
-        config = node.config
-        if (
-            executor is not None
-            and engine.default_node_timeout is None
-            and (not config or ("timeoutSeconds" not in config and "retries" not in config))
-        ):
-            # The common case: one attempt without a time limit, so no retry loop and no
-            # timeout context (same outcome as `_attempts` for that case).
-            ctx, sinks = self._context(node, 1)
-            try:
-                output = executor(node, ctx)
-                # a coroutine is the usual answer; the exact type test is cheaper than
-                # `inspect.isawaitable`, which still covers the other awaitables
-                if type(output) is CoroutineType or inspect.isawaitable(output):
-                    output = await output
-                done = _Done(node.id, output, None, 1)
-            except asyncio.CancelledError:
-                task = asyncio.current_task()
-                if task is None or task.cancelling():
-                    raise  # a real cancel: sibling failure, flow timeout, user cancel
-                done = _Done(node.id, None, RuntimeError("the executor raised CancelledError"), 1)
-            except Exception as exc:
-                done = _Done(node.id, None, exc, 1)
-            finally:
-                sinks.open = False
-                ctx.cancelled.set()
-            self.queue.put_nowait(done)
-            return
         try:
             done = await self._attempts(node)
         except asyncio.CancelledError:
@@ -798,20 +913,27 @@ class _Run:
         self.queue.put_nowait(done)
 
     def _context(self, node: FlowNode, attempt: int) -> tuple[NodeContext, _Attempt]:
-        sinks = _Attempt(self, node.id, attempt)
-        results = self.results
+        nid = node.id
+        sinks = _Attempt(self, nid, attempt)
+        preds = self.plan.preds[nid]
+        if self.live_in[nid] == len(preds):  # every in-edge live: every predecessor completed
+            completed = tuple(preds)
+        else:
+            results = self.results
+            completed = tuple([p for p in preds if p in results])
+        # positional: NodeContext's field order (cheaper than eleven keywords)
         ctx = NodeContext(
-            execution_id=self.execution_id,
-            tenant_id=self.tenant_id,
-            inputs=self.inputs,
-            upstream=self.upstream,
-            node_id=node.id,
-            predecessors=tuple([p for p in self.plan.preds[node.id] if p in results]),
-            attempt=attempt,
-            tenant_schema=self.tenant_schema,
-            cancelled=Cancellation(),
-            token_sink=sinks.token,
-            log_sink=sinks.log,
+            self.execution_id,
+            self.tenant_id,
+            self.inputs,
+            self.upstream,
+            nid,
+            completed,
+            attempt,
+            self.tenant_schema,
+            Cancellation(),
+            sinks.token,
+            sinks.log,
         )
         return ctx, sinks
 
@@ -898,18 +1020,21 @@ class _Run:
 
     async def _node_completed(self, msg: _Done) -> None:
         nid = msg.node_id
+        output = msg.output
+        attempts = msg.attempts
         await self.store.record_node(
             self.execution_id,
             NodeResult(
                 nid,
-                NodeStatus.COMPLETED,
-                output=msg.output,
-                started_at=self.started_at.get(nid),
-                finished_at=self.clock.now(),
-                attempts=msg.attempts,
+                _COMPLETED,
+                output,
+                None,
+                self.started_at.get(nid),
+                self.clock.now(),
+                attempts,
             ),
-            EventType.NODE_COMPLETED,
-            {"output": msg.output, "attempts": msg.attempts},
+            _NODE_COMPLETED,
+            {"output": output, "attempts": attempts},
         )
         self._complete(nid, msg.output)
         self._drain()
@@ -959,7 +1084,8 @@ class _Run:
     ) -> RunOutcome:
         tasks = list(self.running.values())
         for task in tasks:
-            task.cancel()
+            if task not in self.cancelled_already:
+                task.cancel()
         if tasks:
             _, late = await asyncio.wait(tasks, timeout=self.engine.cancel_grace)
             for task in late:  # ignored cancellation: its result will be discarded
@@ -996,6 +1122,81 @@ class _Run:
                 EventType.EXECUTION_FAILED, failed_node, {"error": error, "nodeId": failed_node}
             )
         return outcome
+
+
+@types.coroutine
+def _drive(
+    run: _Run, body: Coroutine[Any, Any, None], context: contextvars.Context
+) -> Generator[Any, Any, asyncio.Task[None] | None]:
+    """Step `body` in `context` from the awaiting task, as a task of its own would.
+
+    What the body yields (futures, or None for a bare yield) goes up to the run's task
+    unchanged; what comes back goes down. Returns the task that took over a body that
+    went on after the cancel of an interrupt (None when the body ended).
+    """
+    step = context.run
+    send = body.send
+    try:
+        yielded = step(send, None)
+    except StopIteration:
+        return None
+    while True:
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            body.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = step(body.throw, exc)
+            except StopIteration:
+                return None
+            task = run.task
+            if (
+                isinstance(exc, asyncio.CancelledError)
+                and task is not None
+                and task.cancelling() > 0
+            ):
+                # it swallowed a cancel of the run's task (not a node timeout's, which is
+                # taken back by then) and waits on: the rest goes on in a task of its own
+                return asyncio.get_running_loop().create_task(
+                    _finish(body, context, yielded), name=f"node:{run.inline}"
+                )
+        else:
+            try:
+                yielded = step(send, value)
+            except StopIteration:
+                return None
+
+
+async def _finish(
+    body: Coroutine[Any, Any, None], context: contextvars.Context, yielded: Any
+) -> None:
+    await _go_on(body, context, yielded)
+
+
+@types.coroutine
+def _go_on(
+    body: Coroutine[Any, Any, None], context: contextvars.Context, yielded: Any
+) -> Generator[Any, Any, None]:
+    """The rest of a body `_drive` gave up on, from where it waits (`yielded`)."""
+    step = context.run
+    while True:
+        try:
+            value = yield yielded
+        except GeneratorExit:
+            body.close()
+            raise
+        except BaseException as exc:
+            try:
+                yielded = step(body.throw, exc)
+            except StopIteration:
+                return
+        else:
+            try:
+                yielded = step(body.send, value)
+            except StopIteration:
+                return
 
 
 def _answered(approval: Approval) -> _Done:

@@ -61,7 +61,10 @@ TERMINAL_EVENTS: frozenset[EventType] = frozenset(
 )
 
 
-@dataclass(frozen=True, slots=True)
+# Events and node results are values: nothing mutates one once it is made. They are not
+# `frozen` because a frozen dataclass's `__init__` goes through `object.__setattr__` per
+# field, about three times the cost, and the engine makes several of them per node.
+@dataclass(slots=True)
 class ExecutionEvent:
     execution_id: str
     sequence: int
@@ -75,7 +78,7 @@ class ExecutionEvent:
         return self.type in TERMINAL_EVENTS
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class NewEvent:
     """An event to append: the store gives it the next sequence of its execution."""
 

@@ -32,6 +32,11 @@ class InMemoryExecutionStore:
         self.executions: dict[str, StoredExecution] = {}
         self.listeners: list[Callable[[ExecutionEvent], None]] = []
         self.approvals: dict[tuple[str, str], Approval] = {}
+        cls = type(self)
+        self._plain = (
+            cls.save_node_result is InMemoryExecutionStore.save_node_result
+            and cls.append_event is InMemoryExecutionStore.append_event
+        )
 
     # -- helpers for the worker side / tests
 
@@ -84,18 +89,7 @@ class InMemoryExecutionStore:
         data: dict[str, Any] | None,
     ) -> ExecutionEvent:
         record = self.executions.get(execution_id) or self.create(execution_id)
-        event = ExecutionEvent(
-            execution_id=execution_id,
-            sequence=len(record.events) + 1,
-            type=type,
-            node_id=node_id,
-            at=self.clock.now(),
-            data=data,
-        )
-        record.events.append(event)
-        for listener in self.listeners:
-            listener(event)
-        return event
+        return self._append(record, execution_id, type, node_id, data)
 
     async def record_node(
         self,
@@ -104,8 +98,28 @@ class InMemoryExecutionStore:
         type: EventType,
         data: dict[str, Any] | None,
     ) -> ExecutionEvent:
-        await self.save_node_result(execution_id, result)
-        return await self.append_event(execution_id, type, result.node_id, data)
+        if not self._plain:  # a subclass changed one of the two: go through them
+            await self.save_node_result(execution_id, result)
+            return await self.append_event(execution_id, type, result.node_id, data)
+        # save_node_result then append_event, in one step
+        record = self.executions.get(execution_id) or self.create(execution_id)
+        record.nodes[result.node_id] = result
+        return self._append(record, execution_id, type, result.node_id, data)
+
+    def _append(
+        self,
+        record: StoredExecution,
+        execution_id: str,
+        type: EventType,
+        node_id: str | None,
+        data: dict[str, Any] | None,
+    ) -> ExecutionEvent:
+        events = record.events
+        event = ExecutionEvent(execution_id, len(events) + 1, type, node_id, self.clock.now(), data)
+        events.append(event)
+        for listener in self.listeners:
+            listener(event)
+        return event
 
     async def finish(self, execution_id: str, outcome: RunOutcome) -> None:
         record = self.executions.get(execution_id) or self.create(execution_id)

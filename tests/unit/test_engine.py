@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import time
 import uuid
 from collections import Counter
@@ -718,6 +719,130 @@ async def test_cancel_ignores_late_results_of_stubborn_executors() -> None:
     assert len(store.events(eid)) == events_at_end  # the late token was dropped
     assert node_status(store, eid)["a"] == NodeStatus.CANCELLED
     assert store.get(eid).status == ExecutionStatus.CANCELLED
+
+
+# A node that is the only one able to progress runs in the run's own task (no node task);
+# these pin down that it still behaves as if it had a task of its own.
+
+_CHAIN_VAR: contextvars.ContextVar[str] = contextvars.ContextVar("chain_var", default="unset")
+
+
+async def test_chained_nodes_do_not_see_each_others_context_variables() -> None:
+    seen: dict[str, str] = {}
+
+    async def setter(node: FlowNode, ctx: NodeContext) -> Any:
+        seen[node.id] = _CHAIN_VAR.get()
+        _CHAIN_VAR.set(node.id)
+        await asyncio.sleep(0)
+        return node.id
+
+    g = graph([("a", "TOOL"), ("b", "TOOL"), ("c", "TOOL")], "a>b b>c")
+    outcome, _, _ = await run(g, executor=setter)
+    assert outcome.status == ExecutionStatus.COMPLETED
+    assert seen == {"a": "unset", "b": "unset", "c": "unset"}
+    assert _CHAIN_VAR.get() == "unset"
+
+
+async def test_cancel_interrupts_a_chained_node_and_names_it() -> None:
+    g = graph([("in", "INPUT"), ("a", "TOOL", {"sleep": 10}), ("b", "TOOL")], "in>a a>b")
+    cancel = CancelSignal()
+    asyncio.get_running_loop().call_later(0.1, cancel.set)
+    started = time.monotonic()
+    outcome, store, eid = await run(g, executor=Slow(), cancel=cancel)
+    assert time.monotonic() - started < 0.1 + 1
+    assert outcome.status == ExecutionStatus.CANCELLED
+    assert store.events(eid)[-1].data == {"cancelledNodes": ["a"]}
+    assert node_status(store, eid) == {
+        "in": NodeStatus.COMPLETED,
+        "a": NodeStatus.CANCELLED,
+        "b": NodeStatus.CANCELLED,
+    }
+    # the run's task is not left with the cancel that stopped the node
+    assert asyncio.current_task().cancelling() == 0  # type: ignore[union-attr]
+
+
+async def test_node_timeout_of_a_chained_node_then_the_next_one_runs() -> None:
+    g = graph(
+        [("a", "TOOL", {"sleep": 10, "timeoutSeconds": 0.05, "retries": 1}), ("b", "TOOL")],
+        "a>b",
+    )
+    slow = Slow()
+    outcome, store, eid = await run(g, executor=slow)
+    assert outcome.status == ExecutionStatus.FAILED
+    assert slow.calls["a"] == 2 and "b" not in slow.calls
+    assert first(store, eid, ET.NODE_FAILED, "a").data == {
+        "error": "node timed out after 0.05 s",
+        "code": "TIMEOUT",
+        "attempts": 2,
+    }
+
+
+async def _run_then_stop_the_worker(executor: Any) -> tuple[InMemoryExecutionStore, float]:
+    store = InMemoryExecutionStore()
+    store.start("e")
+    g = graph([("in", "INPUT"), ("a", "TOOL"), ("b", "TOOL")], "in>a a>b")
+    task = asyncio.create_task(FlowEngine(store, {"TOOL": executor}).run("e", "t", g, {}))
+    await asyncio.sleep(0.1)
+    started = time.monotonic()
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    return store, time.monotonic() - started
+
+
+async def test_worker_shutdown_during_a_chained_node_leaves_the_execution_running() -> None:
+    node_cancelled = asyncio.Event()
+
+    async def long(node: FlowNode, ctx: NodeContext) -> Any:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            node_cancelled.set()
+            raise
+
+    store, _ = await _run_then_stop_the_worker(long)
+    assert node_cancelled.is_set()
+    assert store.get("e").status == ExecutionStatus.RUNNING
+    assert not any(e.type in TERMINAL_EVENTS for e in store.events("e"))
+    assert node_status(store, "e")["a"] == NodeStatus.RUNNING
+
+
+async def test_worker_shutdown_is_not_held_up_by_a_stubborn_chained_node() -> None:
+    async def stubborn(node: FlowNode, ctx: NodeContext) -> Any:
+        try:
+            await asyncio.sleep(10)
+        except asyncio.CancelledError:
+            await asyncio.sleep(0.8)  # swallows the cancel and keeps working
+        return "late"
+
+    store, elapsed = await _run_then_stop_the_worker(stubborn)
+    assert elapsed < 0.5
+    assert store.get("e").status == ExecutionStatus.RUNNING
+    assert not any(e.type in TERMINAL_EVENTS for e in store.events("e"))
+
+
+async def test_a_chain_of_instant_nodes_lets_the_event_loop_run_meanwhile() -> None:
+    async def instant(node: FlowNode, ctx: NodeContext) -> Any:
+        return None
+
+    n = 400
+    nodes = [(f"n{i}", "TOOL") for i in range(n)]
+    edges = " ".join(f"n{i}>n{i + 1}" for i in range(n - 1))
+    turns = 0
+
+    async def other_work() -> None:
+        nonlocal turns
+        while True:
+            await asyncio.sleep(0)
+            turns += 1
+
+    other = asyncio.create_task(other_work())
+    try:
+        outcome, _, _ = await run(graph(nodes, edges), executor=instant)
+    finally:
+        other.cancel()
+    assert outcome.status == ExecutionStatus.COMPLETED
+    assert turns >= n // 64  # the run gave the loop a turn every few dozen nodes
 
 
 async def test_cancel_before_start() -> None:
