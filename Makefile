@@ -82,6 +82,12 @@ image: vendor  ## the crewgraph/crewgraph:dev image (API and worker), built loca
 compose-smoke: deploy-deps  ## the compose stack's smoke test (builds the image if missing)
 	bash scripts/compose-smoke.sh
 
+# The suite and the benchmarks start dozens of Python processes (servers, workers, the CLI):
+# where the environment sets PYTHONDONTWRITEBYTECODE, each would compile its ~1,700 modules
+# from source again (about half its start-up CPU). Cached bytecode is checked against its
+# source file, so an edited module never runs stale.
+test test-long fuzz bench: export PYTHONDONTWRITEBYTECODE :=
+
 test: install lint sandbox-up browser-up deploy-deps  ## lint + the whole test suite (short modes of slow tests)
 	[ -f .crewgraph/docker.env ] && . .crewgraph/docker.env; \
 	if [ "$${CI:-}" = "true" ]; then export CREWGRAPH_REQUIRE_SANDBOX=docker,bubblewrap; fi; \

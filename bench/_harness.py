@@ -17,15 +17,17 @@ import secrets
 import signal
 import subprocess
 import sys
+import threading
 import uuid
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 import httpx
 
 ROOT = Path(__file__).resolve().parent.parent
 ENTRY_POINT = "tests.support.cli"  # `crewgraph` with the test-only slow nodes
+_STDERR_TAIL = 16_384  # bytes of a server's stderr kept for its error message
 sys.path.insert(0, str(ROOT))
 
 from tests.support.services import TestServices, free_port  # noqa: E402
@@ -35,6 +37,23 @@ class Server:
     def __init__(self, proc: subprocess.Popen[bytes], url: str) -> None:
         self.proc = proc
         self.url = url
+        # The server's stderr is read as it comes (its tail kept for a start-up failure):
+        # a pipe nobody reads blocks the server once it fills, e.g. with the tracebacks of
+        # PostgreSQL refusing connections on a crowded machine.
+        self._tail = b""
+        self._reader: threading.Thread | None = None
+        if proc.stderr is not None:
+            self._reader = threading.Thread(target=self._drain, args=(proc.stderr,), daemon=True)
+            self._reader.start()
+
+    def _drain(self, pipe: IO[bytes]) -> None:
+        while chunk := os.read(pipe.fileno(), 65536):
+            self._tail = (self._tail + chunk)[-_STDERR_TAIL:]
+
+    def stderr_tail(self) -> str:
+        if self._reader is not None:
+            self._reader.join(5)  # the process has ended: the rest of its output
+        return self._tail.decode(errors="replace")
 
     @property
     def pid(self) -> int:
@@ -69,6 +88,13 @@ async def server(svc: TestServices, *, worker: bool = False, **env: str) -> Asyn
     port = free_port()
     if worker:
         env = {**env, "CREWGRAPH_WORKER_MODE": "arq"}
+    # The run's MongoDB and database (dropped after) rather than one more embedded server
+    # that `serve` would start in the data dir.
+    mongo = (
+        {"MONGODB_URL": svc.mongo_url, "CREWGRAPH_MONGODB_DATABASE": svc.mongo_database}
+        if svc.mongo_url
+        else {}
+    )
     full_env = {
         **os.environ,
         "PYTHONPATH": str(ROOT),
@@ -83,6 +109,7 @@ async def server(svc: TestServices, *, worker: bool = False, **env: str) -> Asyn
         "CREWGRAPH_WORKER_CONCURRENCY": "500",
         # Benchmarks drive one user far past the default per-caller limits.
         "CREWGRAPH_RATE_LIMITS": "off",
+        **mongo,
         **env,
     }
     runner = os.environ.get("BENCH_SERVER_RUNNER")  # e.g. a profiling wrapper script
@@ -127,8 +154,7 @@ async def _ready(srv: Server, timeout: float = 240.0) -> None:
     async with httpx.AsyncClient() as client:
         while True:
             if srv.proc.poll() is not None:
-                err = srv.proc.stderr.read().decode() if srv.proc.stderr else ""
-                raise RuntimeError(f"server exited: {err[-2000:]}")
+                raise RuntimeError(f"server exited: {srv.stderr_tail()[-2000:]}")
             with contextlib.suppress(httpx.HTTPError):
                 if (await client.get(srv.url + "/readyz")).status_code == 200:
                     return

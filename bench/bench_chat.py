@@ -2,13 +2,13 @@
 
     python bench/bench_chat.py [--short]
 
-1. Streaming: N sessions (100; short: 10), each with its own `chatTokens` WebSocket, send
-   one message at once; every reply streams M tokens (50; short: 20) from the scripted
+1. Streaming: N sessions (100; short: 4), each with its own `chatTokens` WebSocket, send
+   one message at once; every reply streams M tokens (50; short: 10) from the scripted
    model in a process of its own (bench/_paced_model.py), one token every 20 ms, so the
    model's own rate is N / 0.02 tokens/s. Reported: tokens/s delivered to the clients (all
    tokens over first send → last `done`) next to that rate, and the latency of each token
    from the model handing it to its socket to the client receiving its frame (p50, p99).
-2. History: one session with 10,000 messages (short: 1,000) in MongoDB; the page of 50
+2. History: one session with 10,000 messages (short: 200) in MongoDB; the page of 50
    messages before a random point, through the API (`chatSession.messages(last: 50,
    before)`: HTTP, GraphQL, PostgreSQL for the session, beanie for the page) against the
    same read straight through pymongo (find/sort/limit on the same index).
@@ -55,7 +55,7 @@ class Plan:
 
 def plan(short: bool) -> Plan:
     if short:
-        return Plan(sessions=10, tokens=20, history=1_000, reads=10)
+        return Plan(sessions=4, tokens=10, history=200, reads=5)
     return Plan(sessions=100, tokens=50, history=10_000, reads=50)
 
 

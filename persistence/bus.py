@@ -31,7 +31,7 @@ import json
 import logging
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from datetime import datetime
 from typing import Any, Generic, TypeVar
@@ -140,6 +140,22 @@ class RedisBus:
         await self.publish(
             self.execution_channel(tenant_id, event.execution_id), encode_event(event)
         )
+
+    async def publish_events(self, tenant_id: str, events: Sequence[ExecutionEvent]) -> None:
+        """Several events of one run, in order, in one round trip (a pipeline, not a
+        MULTI: each PUBLISH stands alone, and Redis runs them in the order sent)."""
+        if len(events) == 1:
+            await self.publish_event(tenant_id, events[0])
+            return
+        if not events:
+            return
+        pipe = self.redis.pipeline(transaction=False)
+        for event in events:
+            pipe.publish(
+                self.execution_channel(tenant_id, event.execution_id),
+                _dumps(encode_event(event)),
+            )
+        await pipe.execute()
 
     async def publish_status(self, tenant_id: str, execution: Execution) -> None:
         await self.publish(self.tenant_channel(tenant_id), encode_execution(execution))

@@ -195,8 +195,7 @@ class RunJournal:
         self, execution_id: str, events: list[NewEvent], node: NodeResult | None = None
     ) -> list[ExecutionEvent]:
         stored = await self._store.append_events(execution_id, events, node)
-        for event in stored:
-            await publish_event(self._bus, self._tenant_id, event)
+        await publish_events(self._bus, self._tenant_id, stored)
         return stored
 
     def _raise_failure(self) -> None:
@@ -210,6 +209,21 @@ async def publish_status(bus: ExecutionBus, tenant_id: str, execution: Execution
         await bus.publish_status(tenant_id, execution)
     except Exception:
         log.exception("publishing a status change failed")
+
+
+async def publish_events(
+    bus: ExecutionBus, tenant_id: str, events: Sequence[ExecutionEvent]
+) -> None:
+    """Announce committed events in order, in one round trip when the bus can batch."""
+    batch = getattr(bus, "publish_events", None)
+    if batch is None or len(events) < 2:
+        for event in events:
+            await publish_event(bus, tenant_id, event)
+        return
+    try:
+        await batch(tenant_id, events)
+    except Exception:
+        log.exception("publishing events failed")
 
 
 async def publish_event(bus: ExecutionBus, tenant_id: str, event: ExecutionEvent) -> None:

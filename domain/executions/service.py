@@ -388,13 +388,20 @@ class ExecutionService:
         self, p: Principal, execution: Execution
     ) -> builtins.list[Approval]:
         """The unanswered approvals of a run that can still be answered."""
+        return (await self.pending_approvals_of(p, [execution])).get(execution.id, [])
+
+    async def pending_approvals_of(
+        self, p: Principal, executions: Sequence[Execution]
+    ) -> dict[str, builtins.list[Approval]]:
+        """`pending_approvals` of several runs, read at once (the
+        `Execution.pendingApprovals` DataLoader); runs with none are absent."""
         p.require(Action.READ)
-        never_started = execution.status == ExecutionStatus.PENDING and not execution.started_at
-        if is_terminal(execution.status) or never_started:
-            return []
+        answerable = [e.id for e in executions if _answerable(e)]
+        if not answerable:
+            return {}
         async with self._uow(p.tenant_schema) as uow:
-            found = await uow.executions.approvals(execution.id)
-        return [a for a in found if not a.answered]
+            found = await uow.executions.approvals_of(answerable)
+        return {i: [a for a in found[i] if not a.answered] for i in found}
 
     # ---- reads
 
@@ -541,6 +548,12 @@ def crew_graph(crew_id: str, inputs: Mapping[str, Any]) -> FlowGraph:
         ),
         edges=(FlowEdge("input", "crew"), FlowEdge("crew", "output")),
     )
+
+
+def _answerable(execution: Execution) -> bool:
+    """Whether the run's approvals can still be answered: started and not finished."""
+    never_started = execution.status == ExecutionStatus.PENDING and not execution.started_at
+    return not (is_terminal(execution.status) or never_started)
 
 
 def _find(approvals: Sequence[Approval], node_id: str) -> Approval | None:

@@ -51,6 +51,10 @@ ORDER BY answered_at, node_id
 """
 
 _LIST = "SELECT * FROM {s}.approvals WHERE execution_id = $1::uuid ORDER BY requested_at, node_id"
+_LIST_MANY = """
+SELECT * FROM {s}.approvals WHERE execution_id = ANY($1::uuid[])
+ORDER BY execution_id, requested_at, node_id
+"""
 
 _ANSWER = """
 UPDATE {s}.approvals
@@ -149,6 +153,16 @@ async def answered(
 async def of_execution(sql: Statements, schema: str, execution_id: str) -> list[Approval]:
     rows = await sql.fetch(in_schema(_LIST, schema), execution_id)
     return [to_approval(r) for r in rows]
+
+
+async def of_executions(
+    sql: Statements, schema: str, execution_ids: Sequence[str]
+) -> dict[str, list[Approval]]:
+    """Every approval of each execution (oldest first), in one statement."""
+    out: dict[str, list[Approval]] = {}
+    for r in await sql.fetch(in_schema(_LIST_MANY, schema), list(execution_ids)):
+        out.setdefault(str(r["execution_id"]), []).append(to_approval(r))
+    return out
 
 
 async def answer(

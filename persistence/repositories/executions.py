@@ -226,6 +226,12 @@ class SqlExecutions:
             return []
         return await approvals.of_execution(self._sql, self._schema, execution_id)
 
+    async def approvals_of(self, execution_ids: Sequence[str]) -> dict[str, list[Approval]]:
+        wanted = [i for i in dict.fromkeys(execution_ids) if is_uuid(i)]
+        if not wanted:
+            return {}
+        return await approvals.of_executions(self._sql, self._schema, wanted)
+
     async def answer_approval(
         self, execution_id: str, node_id: str, answer: ApprovalAnswer
     ) -> Approval | None:

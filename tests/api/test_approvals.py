@@ -10,6 +10,7 @@ from persistence.repositories.sql import PoolStatements
 from tests.conftest import Team, member_token
 from tests.support import flows as f
 from tests.support.client import GQL, error_code
+from tests.support.statements import count_statements
 
 SCHEMA = {
     "type": "object",
@@ -64,6 +65,15 @@ async def lease_rows(container: Any, team: Team, execution_id: str) -> tuple[Any
         execution_id,
     )
     return row, active
+
+
+WAITING_LIST = """
+query($flowId: ID, $first: Int) {
+  executions(flowId: $flowId, first: $first) {
+    edges { node { id status pendingApprovals { nodeId prompt } } }
+  }
+}
+"""
 
 
 def types(events: list[dict[str, Any]]) -> list[tuple[str, str | None]]:
@@ -289,3 +299,29 @@ async def test_an_answer_is_in_the_audit_log(gql: GQL, team: Team, container: An
         (f"{waiting['id']}/ask", {"approved": False})
     ], entries
     assert entries[0]["actor"] == team.email
+
+
+async def test_listing_runs_with_their_pending_approvals_is_bounded(
+    gql: GQL, team: Team, container: Any
+) -> None:
+    flow = await f.create_flow(gql, team.token, approval_flow())
+    runs = [await f.execute(gql, team.token, flow["id"], {"title": "Q3"}) for _ in range(5)]
+    await asyncio.gather(*(f.wait_status(gql, team.token, r["id"], {"WAITING"}) for r in runs))
+
+    async def listing(first: int) -> list[str]:
+        with count_statements(container) as seen:
+            data = await gql.ok(
+                WAITING_LIST, {"flowId": flow["id"], "first": first}, token=team.token
+            )
+        edges = data["executions"]["edges"]
+        assert len(edges) == first
+        for edge in edges:
+            assert edge["node"]["status"] == "WAITING"
+            assert edge["node"]["pendingApprovals"] == [{"nodeId": "ask", "prompt": "Publish Q3?"}]
+        # Authentication reads public tables unless the principal cache holds the caller.
+        return [s for s in seen if "FROM public." not in s]
+
+    one, five = await listing(1), await listing(5)
+    # The executions, then every listed run's approvals in one statement (not one each).
+    assert len(five) == len(one), f"1 run: {one}; 5 runs: {five}"
+    assert len([s for s in five if "approvals" in s]) == 1, five

@@ -121,8 +121,9 @@ async def test_a_waiting_run_survives_a_restart_of_every_process_and_resumes_onc
     processes: Processes, paused_sweeper: None
 ) -> None:
     async with AsyncExitStack() as stack:
-        api, api_proc = await processes.api(stack)
+        # The worker starts up beside the API process (each imports for seconds).
         worker = processes.worker()
+        api, api_proc = await processes.api(stack)
         team = await register(api)
         tool = await b.tool(api, team.token)
         flow = await f.create_flow(
@@ -158,8 +159,8 @@ async def test_a_waiting_run_survives_a_restart_of_every_process_and_resumes_onc
         processes.kill(api_proc)
         processes.kill(worker)
 
-        (second, _), (third, _) = await asyncio.gather(processes.api(stack), processes.api(stack))
         processes.worker()
+        (second, _), (third, _) = await asyncio.gather(processes.api(stack), processes.api(stack))
         found = (await second.ok("PendingApprovals", {"id": ident}, token=team.token))["execution"]
         assert found["status"] == "WAITING" and found["attempts"] == 1
         [approval] = found["pendingApprovals"]

@@ -53,6 +53,18 @@ async def test_published_events_reach_every_local_subscriber_through_one_subscri
     assert numsub[0][1] == 0  # unsubscribed when the last local subscriber left
 
 
+async def test_a_batch_of_events_is_published_in_order_in_one_round_trip(
+    bus: RedisBus,
+) -> None:
+    async with bus.events("t1", "x") as sub, bus.events("t2", "x") as other:
+        await bus.publish_events("t1", [event(i) for i in range(1, 6)])
+        got = [await sub.next(2) for _ in range(5)]
+        assert [e.sequence for e in got if e] == [1, 2, 3, 4, 5]
+        assert got[4] is not None and got[4].data == {"i": 5}
+        assert await sub.next(0.05) is None
+        assert await other.next(0.05) is None  # still one tenant's channel
+
+
 async def test_channels_are_namespaced_by_tenant(bus: RedisBus) -> None:
     async with bus.events("t1", "x") as mine, bus.statuses("t2") as other:
         await bus.publish_event("t2", event(1))  # same execution id, other tenant

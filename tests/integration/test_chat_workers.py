@@ -127,10 +127,10 @@ async def _worker_ready(settings: Any, timeout: float = 120.0) -> None:
 async def test_replies_run_on_a_worker_process_which_cancel_and_death_reach(
     api: GQL, worker: Worker, chat_arq_settings: Any
 ) -> None:
+    worker.start()  # its start-up (seconds of imports) overlaps the set-up below
     team = await register(api)
     fast = await _session(api, team, llmProviderId=await _provider(api, team))
     slow = await _session(api, team, llmProviderId=await _provider(api, team, "scripted-slow"))
-    worker.start()
     await _worker_ready(chat_arq_settings)
 
     async with tokens(api, team.token, fast["id"]) as stream:

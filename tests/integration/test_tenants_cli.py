@@ -6,6 +6,7 @@ import asyncio
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from datetime import UTC, datetime
 from typing import Any
 
@@ -29,7 +30,10 @@ DEFAULTS = TenantQuota(
 )
 
 
-def _cli(settings: Any, *args: str) -> subprocess.CompletedProcess[str]:
+Done = subprocess.CompletedProcess[str]
+
+
+def _cli(settings: Any, *args: str) -> Done:
     env = {
         **os.environ,
         "PYTHONPATH": str(REPO),
@@ -93,26 +97,37 @@ async def test_use_cases_suspend_activate_and_quota(settings: Any, team: Team) -
 
 
 def test_cli_commands_and_exit_codes(settings: Any, team: Team) -> None:
-    listed = _cli(settings, "list")
+    # Each command is a process that loads the servers' whole wiring (seconds of CPU): the
+    # two that do not depend on the others' changes run beside that sequence.
+    with ThreadPoolExecutor(2) as pool:
+        listing = pool.submit(_cli, settings, "list")
+        showing_missing = pool.submit(_cli, settings, "show", "no-such-tenant")
+        suspended, quota, activated = _suspend_quota_activate(settings, team)
+        listed, missing = listing.result(), showing_missing.result()
+
     assert listed.returncode == 0, listed.stderr
     assert team.slug in listed.stdout
 
-    suspended = _cli(settings, "suspend", team.slug, "--reason", "abuse report")
     assert suspended.returncode == 0, suspended.stderr
     assert "SUSPENDED" in suspended.stdout and "abuse report" in suspended.stdout
     assert "recorded only" not in suspended.stderr  # it is enforced
 
-    quota = _cli(settings, "set-quota", team.slug, "--max-executions-per-day", "7")
     assert quota.returncode == 0, quota.stderr
     assert "max-executions-per-day" in quota.stdout and " 7" in quota.stdout
 
-    activated = _cli(settings, "activate", team.slug)
     assert activated.returncode == 0, activated.stderr
     assert "ACTIVE" in activated.stdout and "SUSPENDED" not in activated.stdout
 
-    missing = _cli(settings, "show", "no-such-tenant")
     assert missing.returncode == 1
     assert "not found" in missing.stderr
+
+
+def _suspend_quota_activate(settings: Any, team: Team) -> tuple[Done, Done, Done]:
+    suspended = _cli(settings, "suspend", team.slug, "--reason", "abuse report")
+    assert suspended.returncode == 0, suspended.stderr
+    quota = _cli(settings, "set-quota", team.slug, "--max-executions-per-day", "7")
+    assert quota.returncode == 0, quota.stderr
+    return suspended, quota, _cli(settings, "activate", team.slug)
 
 
 async def test_cli_suspension_is_enforced_and_audited(

@@ -505,6 +505,10 @@ class MemoryExecutions:
             return []
         return sorted(run.approvals.values(), key=lambda a: (a.requested_at, a.node_id))
 
+    async def approvals_of(self, execution_ids: Sequence[str]) -> dict[str, list[Approval]]:
+        found = {i: await self.approvals(i) for i in dict.fromkeys(execution_ids)}
+        return {i: approvals for i, approvals in found.items() if approvals}
+
     async def answer_approval(
         self, execution_id: str, node_id: str, answer: ApprovalAnswer
     ) -> Approval | None:
