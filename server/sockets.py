@@ -14,7 +14,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractAsyncContextManager
 from typing import Any, Protocol
 
@@ -53,6 +53,10 @@ class SocketRegistry:
 
     def __len__(self) -> int:
         return len(self._keys)
+
+    def __iter__(self) -> Iterator[RevocableSocket]:
+        """The open sockets, as a snapshot: closing one meanwhile does not disturb it."""
+        return iter(list(self._keys))
 
     def add(self, socket: RevocableSocket, keys: Iterable[str]) -> None:
         keys = list(keys)

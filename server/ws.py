@@ -26,14 +26,22 @@ uses `run_operation`, `_send_result_stream`, `Operation` and `forget_id`):
   connection). The group never waits for a socket: a connection more than
   `queue_size` frames behind is closed with 1013 ("try again later"; resubscribe with
   `afterSequence`). Operations of the connection itself (replay, stock operations) wait
-  for room instead. After each fan-out the group yields to the loop so writers run.
+  for room instead.
 - Per-message deflate stays off (uvicorn `ws_per_message_deflate=False`), so a shared
   frame costs no per-connection compression.
 - Fast path: when a connection has nothing queued and runs on uvicorn's
-  websockets-sansio protocol (pinned uvicorn 0.54) without extensions, a shared frame is
-  written straight to its transport (a text frame header + the member's id prefix + the
-  shared payload bytes), skipping the ASGI send chain and a task switch per delivery.
-  Uvicorn's own flow control still applies (`writable`); otherwise frames take the queue.
+  websockets-sansio protocol (pinned uvicorn 0.54) without extensions, shared frames
+  (a text frame header + the member's id prefix + the shared payload bytes, built once
+  per event and id) go to the connection's *cork*, and when the loop turns each corked
+  connection gets one `transport.write`: one system call per connection per turn, for all
+  its subscriptions and for every event of a backlog (a group fans out up to
+  `BATCH_EVENTS` events before it lets the loop turn), with no ASGI send chain and no task
+  switch per delivery. Anything else sent on the connection writes its cork first
+  (order). Uvicorn's own flow control still applies (`writable`); otherwise frames take
+  the queue.
+- A live member has no task of its own: its operation's task ends once the replay is
+  done and the group feeds it; `complete` from the client, the group's end or the
+  connection's end take it out of the group.
 
 Revoked credentials (both protocols, multiplexed or not): each connection registers its
 credentials with the process's `SocketRegistry` (server/sockets.py) once acknowledged.
@@ -59,6 +67,7 @@ from datetime import UTC, datetime
 from functools import lru_cache
 from typing import Any, cast
 
+from strawberry.exceptions import ConnectionRejectionError
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
     Operation,
@@ -78,6 +87,7 @@ from strawberry.subscriptions.protocols.graphql_ws.types import (
     StartMessage,
 )
 from strawberry.types.execution import ExecutionResult, PreExecutionError
+from strawberry.types.unset import UnsetType
 from strawberry.utils.aio import aclosing
 
 from domain.errors import DomainError
@@ -91,6 +101,7 @@ from graphql import (
     parse,
 )
 from resolvers.multiplex import MUX, Replay, Tail
+from server.context import authenticate
 from server.persisted_queries import PersistedQueries, PersistedQueryError
 from server.responses import encode_capped
 from server.sockets import SocketRegistry
@@ -101,6 +112,7 @@ MULTIPLEXED_FIELDS = frozenset({"executionEvents", "executionUpdates"})
 SLOW_CONSUMER_CODE = 1013
 REVOKED_CODE = 4403  # the code of a refused connection_init: reconnect with fresh credentials
 GROUP_READY_TIMEOUT = 30.0
+BATCH_EVENTS = 32  # events a group fans out before it lets the loop turn (a backlog)
 ASGI_SEND_KEY = "crewgraph.asgi_send"  # scope["state"] key set by server.app.RequestLimits
 
 
@@ -217,67 +229,76 @@ def _encode_payload(result: ExecutionResult, max_bytes: int) -> str:
 class _Member:
     """One subscriber (one operation of one connection) in a group."""
 
-    __slots__ = ("after", "buffer", "finished", "group", "handler", "operation", "prefix")
+    __slots__ = ("after", "buffer", "group", "handler", "operation", "prefix")
 
     def __init__(self, handler: MultiplexingHandler, operation: Operation[Any, Any]) -> None:
         self.handler = handler
         self.operation = operation
-        self.prefix = ('{"id":' + json.dumps(operation.id) + ',"type":"next","payload":').encode()
+        self.prefix = _next_prefix(operation.id)
         self.buffer: list[tuple[int, bytes]] | None = []
         self.after = 0  # frames up to this sequence were replayed (or not asked for)
         self.group: _Group | None = None
-        self.finished = asyncio.Event()
 
     def send(self, payload: bytes) -> None:
         self.handler.push_parts(self.prefix, payload, b"}")
 
     def complete(self) -> None:
         operation = self.operation
+        handler = self.handler
+        if handler._live.get(operation.id) is self:
+            del handler._live[operation.id]
         if not operation.completed:
             operation.completed = True
-            self.handler.operations.pop(operation.id, None)
-            self.handler.push_parts(
+            handler.operations.pop(operation.id, None)
+            handler.push_parts(
                 ('{"id":' + json.dumps(operation.id) + ',"type":"complete"}').encode()
             )
-        self.finished.set()
 
 
-def _fan_out(members: set[_Member], sequence: int, tail: bytes) -> int:
+@lru_cache(maxsize=1024)
+def _next_prefix(operation_id: str) -> bytes:
+    """`{"id":<id>,"type":"next","payload":` (shared: most clients number from "1")."""
+    return ('{"id":' + json.dumps(operation_id) + ',"type":"next","payload":').encode()
+
+
+def _fan_out(members: set[_Member], sequence: int, tail: bytes, mux: Multiplexer) -> int:
     """Send one encoded result to every live member; the hot loop of the multiplexer.
 
     Members whose ids are equal (most clients use "1") get the very same frame bytes,
-    built once per event; each delivery is then one `transport.write`."""
+    built once per event. A connection that can be written to directly collects its
+    frames in its cork, and the multiplexer writes each cork with one `transport.write`
+    when the loop turns: one system call per connection however many of its
+    subscriptions, and however many events arrived in the same turn (a backlog)."""
     frames: dict[bytes, bytes] = {}
     delivered = 0
+    dirty = mux.dirty
     for member in list(members):
         if sequence <= member.after:
             continue
         delivered += 1
         handler = member.handler
-        direct = handler._direct
-        if (
-            direct is not None
-            and not handler._out
-            and not handler._sending
-            and not handler._closing
-        ):
-            proto = direct.protocol
-            transport = proto.transport
+        cork = handler._cork
+        if cork is None:
+            proto = handler._proto
             if (
-                proto.handshake_complete
-                and not proto.close_sent
-                and proto.writable.is_set()
-                and transport is not None
-                and not transport.is_closing()
+                proto is None
+                or handler._out
+                or handler._sending
+                or handler._closing
+                or not proto.writable.is_set()
             ):
-                prefix = member.prefix
-                frame = frames.get(prefix)
-                if frame is None:
-                    body = prefix + tail
-                    frame = frames[prefix] = _text_frame_header(len(body)) + body
-                transport.write(frame)
+                handler.push_parts(member.prefix, tail)
                 continue
-        handler.push_parts(member.prefix, tail)
+            cork = handler._cork = []
+            dirty.append(handler)
+        prefix = member.prefix
+        frame = frames.get(prefix)
+        if frame is None:
+            body = prefix + tail
+            frame = frames[prefix] = _text_frame_header(len(body)) + body
+        cork.append(frame)
+    if dirty:
+        mux.flush_soon()
     return delivered
 
 
@@ -315,6 +336,8 @@ class _Group:
     async def _run(self) -> None:
         tail = Tail(ready=self._on_ready)
         MUX.set(tail)
+        mux = self.mux
+        burst = 0
         try:
             stream = await self.mux.schema.stream(
                 self.query,
@@ -340,8 +363,13 @@ class _Group:
                     for member in self.pending:
                         if member.buffer is not None:
                             member.buffer.append((sequence, payload))
-                    self.mux.delivered += _fan_out(self.members, sequence, payload + b"}")
-                    await asyncio.sleep(0)  # let the writers run between bursts
+                    self.mux.delivered += _fan_out(self.members, sequence, payload + b"}", mux)
+                    # The stream suspends (and the corks are written) once the bus has
+                    # nothing more; a backlog is sent in runs of BATCH_EVENTS events.
+                    burst += 1
+                    if burst >= BATCH_EVENTS:
+                        burst = 0
+                        await asyncio.sleep(0)
         except asyncio.CancelledError:
             raise
         except Exception as exc:
@@ -353,7 +381,7 @@ class _Group:
             if self.mux.groups.get(self.key) is self:
                 del self.mux.groups[self.key]
             for member in list(self.members):
-                member.complete()
+                member.complete()  # after the frames corked for it (push_parts flushes)
             self.members.clear()
 
     def go_live(self, member: _Member, after: int) -> None:
@@ -390,6 +418,19 @@ class Multiplexer:
         self.groups: dict[tuple[Any, ...], _Group] = {}
         self.encoded = 0  # results encoded (once per group per event)
         self.delivered = 0  # frames handed to connections
+        self.dirty: list[MultiplexingHandler] = []  # connections with corked frames
+        self._flush_handle: asyncio.Handle | None = None
+
+    def flush_soon(self) -> None:
+        if self._flush_handle is None:
+            self._flush_handle = asyncio.get_running_loop().call_soon(self.flush)
+
+    def flush(self) -> None:
+        """Write every corked connection's frames (one write per connection)."""
+        self._flush_handle = None
+        dirty, self.dirty = self.dirty, []
+        for handler in dirty:
+            handler._flush_cork()
 
     def key(
         self, p: _Plan, operation: Operation[Any, Any], tenant_id: str, role: str
@@ -487,14 +528,30 @@ class _Revocable:
         pass
 
     async def recheck(self) -> None:
-        """Check the credentials now (a revocation signal may have been missed)."""
+        """Check the credentials now (a revocation signal may have been missed).
+
+        The periodic re-check of a process's sockets shares one check among the sockets
+        holding the same credentials while it runs (a dashboard wall: a thousand
+        sockets, one token), instead of a database round trip each."""
         if self._revoked is not None:
             return
-        self.context.expire_principal()
+        context = self.context
+        creds = getattr(context, "credentials", None)
+        services = getattr(context, "services", None)
+        if creds is None or services is None or not (creds.bearer or creds.api_key):
+            context.expire_principal()
+            try:
+                await context.principal()
+            except DomainError as exc:
+                self.revoke(_close_reason(exc))
+            return
         try:
-            await self.context.principal()
+            principal = await _shared_check(services, creds)
         except DomainError as exc:
             self.revoke(_close_reason(exc))
+            return
+        if self._revoked is None and getattr(context, "revoked", None) is None:
+            context.set_principal(principal)
 
     async def _persisted_document(self, message: Any) -> dict[str, Any] | None:
         """Put the document a persisted-query hash names into a subscribe / start payload
@@ -526,6 +583,28 @@ class _Revocable:
         return True
 
 
+_CHECKS: dict[tuple[int, str | None, str | None], asyncio.Future[Any]] = {}
+
+
+async def _shared_check(services: Any, creds: Any) -> Any:
+    """`authenticate(services, creds)`, joined by the identical checks started while it
+    runs (none started after it completes reuses its answer)."""
+    key = (id(services), creds.bearer, creds.api_key)
+    check = _CHECKS.get(key)
+    if check is None or check.get_loop() is not asyncio.get_running_loop():
+        check = asyncio.ensure_future(authenticate(services, creds))
+        _CHECKS[key] = check
+        check.add_done_callback(lambda done: _forget_check(key, done))
+    return await asyncio.shield(check)
+
+
+def _forget_check(key: tuple[int, str | None, str | None], check: asyncio.Future[Any]) -> None:
+    if _CHECKS.get(key) is check:
+        del _CHECKS[key]
+    if not check.cancelled():
+        check.exception()  # retrieved: every waiter got it
+
+
 def _close_reason(exc: DomainError) -> str:
     """A refusal with a machine-readable reason (TENANT_SUSPENDED) closes with that."""
     reason = exc.extensions.get("reason")
@@ -536,9 +615,34 @@ class RevocableTransportWSHandler(_Revocable, BaseGraphQLTransportWSHandler[Any,
     """graphql-transport-ws, stock, ended when its credentials are revoked."""
 
     async def handle_connection_init(self, message: Any) -> None:
-        await super().handle_connection_init(message)
-        if self.connection_acknowledged:
-            await self._register()
+        payload = message.get("payload", {}) if isinstance(message, dict) else None
+        if (
+            self.connection_timed_out
+            or self.connection_init_received
+            or not isinstance(payload, dict)
+        ):
+            await super().handle_connection_init(message)  # strawberry's own refusals
+            return
+        # As strawberry's, except a refused init closes with the refusal's reason
+        # (TENANT_SUSPENDED), as a revocation closes an open socket, not a bare
+        # "Forbidden": the client tells a suspension from bad credentials.
+        if self.connection_init_timeout_task:
+            self.connection_init_timeout_task.cancel()
+        self.connection_init_received = True
+        self.context.connection_params = payload
+        try:
+            ack = await self.view.on_ws_connect(self.context)
+        except ConnectionRejectionError as exc:
+            reason = exc.payload.get("reason") if isinstance(exc.payload, dict) else None
+            reason = reason if isinstance(reason, str) and reason else "Forbidden"
+            await self.websocket.close(code=REVOKED_CODE, reason=reason[:120])
+            return
+        if isinstance(ack, UnsetType):
+            await self.send_message({"type": "connection_ack"})
+        else:
+            await self.send_message({"type": "connection_ack", "payload": ack})
+        self.connection_acknowledged = True
+        await self._register()
 
     async def handle_subscribe(self, message: Any) -> None:
         if self.connection_acknowledged and self._revoked is None:
@@ -615,6 +719,9 @@ class MultiplexingHandler(RevocableTransportWSHandler):
         self._closing = False
         self._sending = False  # the writer task is between popping a frame and sending it
         self._direct = _DirectWriter.of(self.websocket)
+        self._proto = self._direct.protocol if self._direct is not None else None
+        self._cork: list[bytes] | None = None  # frames to write when the loop turns
+        self._live: dict[str, _Member] = {}  # fed by their group, with no task of their own
 
     # ---- the writer
 
@@ -645,10 +752,33 @@ class MultiplexingHandler(RevocableTransportWSHandler):
                 self._idle.set()
                 return
 
+    def _flush_cork(self) -> None:
+        """Write the corked frames (before anything else is sent: order)."""
+        cork, self._cork = self._cork, None
+        if not cork or self._closing:
+            return
+        proto = self._proto
+        if (
+            proto is not None
+            and not self._out
+            and not self._sending
+            and proto.handshake_complete
+            and not proto.close_sent
+            and proto.writable.is_set()
+        ):
+            transport = proto.transport
+            if transport is not None and not transport.is_closing():
+                transport.write(cork[0] if len(cork) == 1 else b"".join(cork))
+                return
+        for frame in cork:  # flow control kicked in meanwhile: the queue keeps the order
+            self.push_frame(_frame_text(frame))
+
     def push_parts(self, *parts: bytes) -> None:
         """Send a frame made of `parts` without waiting (group fan-out)."""
         if self._closing:
             return
+        if self._cork is not None:
+            self._flush_cork()
         direct = self._direct
         if direct is not None and not self._out and not self._sending and direct.write(*parts):
             return
@@ -658,6 +788,8 @@ class MultiplexingHandler(RevocableTransportWSHandler):
         """Queue a frame without waiting (group fan-out); closes a connection that lags."""
         if self._closing:
             return
+        if self._cork is not None:
+            self._flush_cork()
         if len(self._out) >= self._max:
             self._slow_consumer()
             return
@@ -675,6 +807,8 @@ class MultiplexingHandler(RevocableTransportWSHandler):
             await self._room.wait()
         if self._closing:
             return
+        if self._cork is not None:
+            self._flush_cork()
         encoded = self.view.encode_json(message)
         self._out.append(encoded if isinstance(encoded, str) else encoded.decode())
         self._idle.clear()
@@ -683,11 +817,13 @@ class MultiplexingHandler(RevocableTransportWSHandler):
 
     def _stop_sending(self) -> None:
         self._closing = True
+        self._cork = None
         self._out.clear()
         self._room.set()
 
     def _slow_consumer(self) -> None:
         self._closing = True
+        self._cork = None
         self._out.clear()
         self._room.set()
         log.warning("closing a slow WebSocket consumer")
@@ -744,8 +880,11 @@ class MultiplexingHandler(RevocableTransportWSHandler):
                 await self._send_result_stream(operation, result_source)
             MUX.set(None)
             if replay.live and member.group is not None and not operation.completed:
+                # From here on the group feeds the member, and `complete` (the client's,
+                # the group's end, the connection's) ends it: the task can end now.
+                self._live[operation.id] = member
                 member.group.go_live(member, replay.sequence)
-                await member.finished.wait()
+                return
             else:
                 await operation.send_operation_message(
                     CompleteMessage(id=operation.id, type="complete")
@@ -759,10 +898,23 @@ class MultiplexingHandler(RevocableTransportWSHandler):
             self.operations.pop(operation.id, None)
             raise
         finally:
-            mux.leave(member)
+            if self._live.get(operation.id) is not member:
+                mux.leave(member)
+
+    async def cleanup_operation(self, operation_id: str) -> None:
+        member = self._live.pop(operation_id, None)
+        if member is not None and self.mux is not None:
+            self.mux.leave(member)
+        await super().cleanup_operation(operation_id)
 
     def forget_id(self, id: str) -> None:
         self.operations.pop(id, None)
+
+
+def _frame_text(frame: bytes) -> str:
+    """The text of a server → client frame built by `_text_frame_header`."""
+    length = frame[1] & 0x7F
+    return frame[2 if length < 126 else 4 if length == 126 else 10 :].decode()
 
 
 def _ignore_result(task: asyncio.Task[Any]) -> None:

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+from typing import Any
 
 import pytest
+from websockets.exceptions import ConnectionClosed
 
 from tests.conftest import Team, add_member
 from tests.support.client import GQL, op
@@ -79,3 +82,39 @@ async def test_deactivated_user_cannot_open_a_socket(gql: GQL, team: Team) -> No
     async with gql.connect_ws() as ws:
         await send_init(ws, {"authorization": f"Bearer {gone.token}"})
         await close_code(ws, "connection_ack")
+
+
+async def _close(ws: Any) -> tuple[int, str]:
+    try:
+        while True:
+            msg = json.loads(await asyncio.wait_for(ws.recv(), 5))
+            assert msg.get("type") != "connection_ack", msg
+    except ConnectionClosed as closed:
+        assert closed.rcvd is not None
+        return closed.rcvd.code, closed.rcvd.reason
+
+
+async def test_a_suspended_tenants_connection_init_closes_saying_so(
+    gql: GQL, team: Team, container: Any
+) -> None:
+    key = (await gql.ok("CreateApiKey", {"name": "ci", "role": "MEMBER"}, token=team.token))[
+        "createApiKey"
+    ]["secret"]
+    await container.tenant_admin.suspend(team.slug, "unpaid invoice")
+    try:
+        for payload in ({"authorization": f"Bearer {team.token}"}, {"x-api-key": key}):
+            async with gql.connect_ws() as ws:
+                await send_init(ws, payload)
+                assert await _close(ws) == (4403, "TENANT_SUSPENDED")
+        # Bad credentials still say only that they are refused.
+        async with gql.connect_ws() as ws:
+            await send_init(ws, {"authorization": "Bearer garbage"})
+            assert await _close(ws) == (4403, "Forbidden")
+    finally:
+        await container.tenant_admin.activate(team.slug)
+    async with gql.connect_ws() as ws:
+        assert (await init(ws, {"authorization": f"Bearer {team.token}"}))["type"] == (
+            "connection_ack"
+        )
+        await send_init(ws, {"authorization": f"Bearer {team.token}"})
+        assert await _close(ws) == (4429, "Too many initialisation requests")

@@ -5,9 +5,19 @@ from __future__ import annotations
 import asyncio
 import json
 from datetime import timedelta
+from types import SimpleNamespace
 from typing import Any
 
-from server.ws import SLOW_CONSUMER_CODE, Multiplexer, MultiplexingHandler, plan
+from server.context import Credentials
+from server.ws import (
+    SLOW_CONSUMER_CODE,
+    Multiplexer,
+    MultiplexingHandler,
+    _fan_out,
+    _Member,
+    _shared_check,
+    plan,
+)
 
 
 def test_only_single_root_execution_subscriptions_are_multiplexed() -> None:
@@ -111,3 +121,115 @@ async def test_frames_and_stock_messages_keep_their_order() -> None:
     assert adapter.ws.sent == ["a", json.dumps({"type": "pong"}), "b"]
     assert adapter.closed is None
     await handler.shutdown()
+
+
+class _Transport:
+    def __init__(self) -> None:
+        self.writes: list[bytes] = []
+
+    def write(self, data: bytes) -> None:
+        self.writes.append(data)
+
+    def is_closing(self) -> bool:
+        return False
+
+
+class _Proto:
+    """What the direct path reads of uvicorn's websockets-sansio protocol."""
+
+    def __init__(self) -> None:
+        self.transport = _Transport()
+        self.handshake_complete = True
+        self.close_sent = False
+        self.writable = asyncio.Event()
+        self.writable.set()
+
+
+class _Op:
+    def __init__(self, id: str) -> None:
+        self.id, self.completed = id, False
+
+
+def _direct(handler: MultiplexingHandler) -> _Proto:
+    proto = _Proto()
+    handler._proto = proto
+    return proto
+
+
+def _texts(data: bytes) -> list[str]:
+    """The text frames in `data` (server frames, short)."""
+    out = []
+    while data:
+        assert data[0] == 0x81 and data[1] < 126
+        out.append(data[2 : 2 + data[1]].decode())
+        data = data[2 + data[1] :]
+    return out
+
+
+async def test_a_connection_gets_one_write_per_loop_turn_in_order() -> None:
+    handler, _ = _handler(queue_size=100)
+    proto = _direct(handler)
+    mux = handler.mux
+    assert mux is not None
+    members = {_Member(handler, _Op("a")), _Member(handler, _Op("b"))}  # type: ignore[arg-type]
+    for sequence in (1, 2, 3):  # a backlog: three events in one turn
+        _fan_out(members, sequence, f'{{"n":{sequence}}}}}'.encode(), mux)
+    assert proto.transport.writes == []  # corked until the loop turns
+    await asyncio.sleep(0)
+    assert len(proto.transport.writes) == 1
+    frames = [json.loads(t) for t in _texts(proto.transport.writes[0])]
+    for id in ("a", "b"):
+        assert [f["payload"]["n"] for f in frames if f["id"] == id] == [1, 2, 3]
+    await handler.shutdown()
+
+
+async def test_corked_frames_go_before_anything_sent_after_them() -> None:
+    handler, adapter = _handler(queue_size=100)
+    adapter.ws.open.set()
+    proto = _direct(handler)
+    mux = handler.mux
+    assert mux is not None
+    members = {_Member(handler, _Op("1"))}  # type: ignore[arg-type]
+    _fan_out(members, 1, b'{"n":1}}', mux)
+    await handler.send_message({"type": "pong"})  # written out first, then queued
+    assert _texts(b"".join(proto.transport.writes)) == [
+        '{"id":"1","type":"next","payload":{"n":1}}'
+    ]
+    await asyncio.sleep(0.01)
+    assert adapter.ws.sent == [json.dumps({"type": "pong"})]
+    await handler.shutdown()
+
+
+async def test_corked_frames_take_the_queue_when_the_socket_stops_being_writable() -> None:
+    handler, adapter = _handler(queue_size=100)
+    adapter.ws.open.set()
+    proto = _direct(handler)
+    mux = handler.mux
+    assert mux is not None
+    members = {_Member(handler, _Op("1"))}  # type: ignore[arg-type]
+    _fan_out(members, 1, b'{"n":1}}', mux)
+    _fan_out(members, 2, b'{"n":2}}', mux)
+    proto.writable.clear()
+    await asyncio.sleep(0.01)
+    assert proto.transport.writes == []
+    assert [json.loads(t)["payload"]["n"] for t in adapter.ws.sent] == [1, 2]
+    await handler.shutdown()
+
+
+async def test_concurrent_rechecks_of_one_credential_share_one_check() -> None:
+    calls = 0
+
+    class Identity:
+        async def authenticate_bearer(self, token: str) -> str:
+            nonlocal calls
+            calls += 1
+            await asyncio.sleep(0.01)
+            return f"principal of {token}"
+
+    services = SimpleNamespace(identity=Identity())
+    creds = Credentials(bearer="t")
+    found = await asyncio.gather(*(_shared_check(services, creds) for _ in range(50)))
+    assert found == ["principal of t"] * 50 and calls == 1
+    await _shared_check(services, creds)  # a later round checks again
+    await _shared_check(services, Credentials(bearer="other"))
+    assert calls == 3
