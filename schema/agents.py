@@ -29,6 +29,10 @@ class Agent:
     updated_at: datetime
     llm_provider_id: strawberry.Private[str | None]
     tool_ids: strawberry.Private[list[str]]
+    # Set by a listing that loaded every agent's tools at once (`prefetch_tools`): the
+    # field then answers without an awaitable, so graphql-core completes each agent in
+    # place instead of gathering one task per agent.
+    prefetched_tools: strawberry.Private[list[Tool] | None] = None
 
     @strawberry.field
     async def llm_provider(self, info: Info) -> LlmProvider | None:
@@ -38,13 +42,33 @@ class Agent:
         return LlmProvider.from_domain(found) if found else None
 
     @strawberry.field
-    async def tools(self, info: Info) -> list[Tool]:
+    def tools(self, info: Info) -> list[Tool]:
+        if self.prefetched_tools is not None:
+            return self.prefetched_tools
+        return self._load_tools(info)  # type: ignore[return-value]  # awaited by graphql-core
+
+    async def _load_tools(self, info: Info) -> list[Tool]:
         found = await info.context.loaders.tool.load_many(self.tool_ids)
         return [Tool.from_domain(t) for t in found if t is not None]
 
     @classmethod
     def from_domain(cls, a: d.Agent) -> Agent:
-        return from_record(cls, a, **shallow_fields(a.options))
+        return from_record(cls, a, prefetched_tools=None, **shallow_fields(a.options))
+
+
+async def prefetch_tools(info: Info, agents: list[Agent]) -> None:
+    """Every agent's tools through the request's tool loader in one batch (the same one
+    statement the field's own loads make), kept on the agents."""
+    ids = list(dict.fromkeys(i for a in agents for i in a.tool_ids))
+    if not ids:
+        for a in agents:
+            a.prefetched_tools = []
+        return
+    found = dict(zip(ids, await info.context.loaders.tool.load_many(ids), strict=True))
+    for a in agents:
+        a.prefetched_tools = [
+            Tool.from_domain(t) for t in (found[i] for i in a.tool_ids) if t is not None
+        ]
 
 
 @strawberry.input

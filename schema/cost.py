@@ -13,7 +13,7 @@ before any resolver runs.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, MutableMapping
 from typing import Any
 
 from graphql.utilities import get_operation_ast
@@ -176,25 +176,39 @@ class QueryCost(SchemaExtension):
         self.default_page = default_page
 
     def on_execute(self) -> Iterator[None]:
-        ctx = self.execution_context
-        document = ctx.graphql_document
-        if document is not None:
-            cost = operation_cost(
-                ctx.schema._schema,
-                document,
-                ctx.operation_name,
-                ctx.variables,
-                default_page=self.default_page,
-            )
-            if cost > self.budget:
-                error = LimitExceeded(
-                    f"query cost {cost} exceeds the budget of {self.budget}; ask for fewer "
-                    "items (smaller `first`) or fewer fields",
-                    extensions={"cost": cost, "budget": self.budget},
-                )
-                if ctx.operation_type is StrawberryOperationType.SUBSCRIPTION:
-                    raise error
-                ctx.result = ExecutionResult(
-                    data=None, errors=[GraphQLError(error.message, original_error=error)]
-                )
+        check_cost(self.execution_context, self.budget, self.default_page)
         yield
+
+
+def check_cost(
+    ctx: Any, budget: int, default_page: int, known: MutableMapping[Any, int] | None = None
+) -> None:
+    """Sets `ctx.result` to the LIMIT_EXCEEDED error (raises it for a subscription) when
+    the operation costs more than `budget`. `known`: costs of operations without
+    variables by (document text, operation name), filled here (the caller bounds it)."""
+    document = ctx.graphql_document
+    if document is None:
+        return
+    key = (ctx.query, ctx.operation_name) if known is not None and not ctx.variables else None
+    cost = known.get(key) if key is not None and known is not None else None
+    if cost is None:
+        cost = operation_cost(
+            ctx.schema._schema,
+            document,
+            ctx.operation_name,
+            ctx.variables,
+            default_page=default_page,
+        )
+        if key is not None and known is not None and isinstance(ctx.query, str):
+            known[key] = cost
+    if cost > budget:
+        error = LimitExceeded(
+            f"query cost {cost} exceeds the budget of {budget}; ask for fewer "
+            "items (smaller `first`) or fewer fields",
+            extensions={"cost": cost, "budget": budget},
+        )
+        if ctx.operation_type is StrawberryOperationType.SUBSCRIPTION:
+            raise error
+        ctx.result = ExecutionResult(
+            data=None, errors=[GraphQLError(error.message, original_error=error)]
+        )

@@ -128,8 +128,7 @@ class Execution:
 
     @described("The APPROVAL nodes waiting for an answer (`resolveApproval`), oldest first.")
     async def pending_approvals(self, info: Info) -> list[PendingApproval]:
-        p = await info.context.principal()
-        found = await info.context.services.executions.pending_approvals(p, self.domain)
+        found = await info.context.loaders.pending_approvals.load(self.domain)
         return [PendingApproval.from_domain(a) for a in found]
 
     @described("Tokens and cost of every LLM call of this execution (zeros when none).")

@@ -6,6 +6,7 @@ They live beside the types that use them: `schema/` may not import `resolvers/`.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Sequence
+from functools import cached_property
 from typing import TypeVar
 
 from strawberry.dataloader import DataLoader
@@ -13,6 +14,7 @@ from strawberry.dataloader import DataLoader
 from domain.agents import Agent
 from domain.crews import Crew
 from domain.errors import NotFound
+from domain.executions.approvals import Approval
 from domain.executions.ports import NodeResult
 from domain.executions.records import Execution
 from domain.flows.graph import FlowValidation
@@ -28,27 +30,62 @@ E = TypeVar("E", bound=Resource)
 
 
 class Loaders:
+    """Each loader is built on first use: most requests use none or one of them."""
+
     def __init__(self, services: Services, principal: Callable[[], Awaitable[Principal]]) -> None:
         self._s = services
         self._principal = principal
-        self.tenant: DataLoader[str, Tenant] = DataLoader(self._tenants)
-        self.provider: DataLoader[str, LlmProvider | None] = DataLoader(
-            self._by_id(services.providers)
-        )
-        self.tool: DataLoader[str, Tool | None] = DataLoader(self._by_id(services.tools))
-        self.agent: DataLoader[str, Agent | None] = DataLoader(self._by_id(services.agents))
-        self.crew: DataLoader[str, Crew | None] = DataLoader(self._by_id(services.crews))
-        self.execution: DataLoader[str, Execution | None] = DataLoader(self._executions)
-        self.node_runs: DataLoader[str, list[NodeResult]] = DataLoader(self._node_runs)
-        self.flow_version: DataLoader[tuple[str, int], Flow | None] = DataLoader(
-            self._flow_versions
-        )
-        self.node_usage: DataLoader[tuple[str, str], Usage | None] = DataLoader(self._node_usage)
-        self.execution_usage: DataLoader[str, Usage] = DataLoader(self._execution_usage)
+
+    @cached_property
+    def tenant(self) -> DataLoader[str, Tenant]:
+        return DataLoader(self._tenants)
+
+    @cached_property
+    def provider(self) -> DataLoader[str, LlmProvider | None]:
+        return DataLoader(self._by_id(self._s.providers))
+
+    @cached_property
+    def tool(self) -> DataLoader[str, Tool | None]:
+        return DataLoader(self._by_id(self._s.tools))
+
+    @cached_property
+    def agent(self) -> DataLoader[str, Agent | None]:
+        return DataLoader(self._by_id(self._s.agents))
+
+    @cached_property
+    def crew(self) -> DataLoader[str, Crew | None]:
+        return DataLoader(self._by_id(self._s.crews))
+
+    @cached_property
+    def execution(self) -> DataLoader[str, Execution | None]:
+        return DataLoader(self._executions)
+
+    @cached_property
+    def node_runs(self) -> DataLoader[str, list[NodeResult]]:
+        return DataLoader(self._node_runs)
+
+    @cached_property
+    def flow_version(self) -> DataLoader[tuple[str, int], Flow | None]:
+        return DataLoader(self._flow_versions)
+
+    @cached_property
+    def node_usage(self) -> DataLoader[tuple[str, str], Usage | None]:
+        return DataLoader(self._node_usage)
+
+    @cached_property
+    def execution_usage(self) -> DataLoader[str, Usage]:
+        return DataLoader(self._execution_usage)
+
+    @cached_property
+    def pending_approvals(self) -> DataLoader[Execution, list[Approval]]:
+        # Keyed by the execution itself (whether it can still be answered); not cached, as
+        # a mutation answering an approval is followed by a read of what is left.
+        return DataLoader(self._pending_approvals, cache=False)
+
+    @cached_property
+    def flow_validation(self) -> DataLoader[Flow, FlowValidation]:
         # Keyed by the flow itself; cached per stored version.
-        self.flow_validation: DataLoader[Flow, FlowValidation] = DataLoader(
-            self._flow_validations, cache_key_fn=lambda f: (f.id, f.version)
-        )
+        return DataLoader(self._flow_validations, cache_key_fn=lambda f: (f.id, f.version))
 
     async def _tenants(self, ids: Sequence[str]) -> list[Tenant | BaseException]:
         out: list[Tenant | BaseException] = []
@@ -91,6 +128,12 @@ class Loaders:
     async def _execution_usage(self, ids: Sequence[str]) -> list[Usage]:
         found = await self._s.usage.for_executions(await self._principal(), list(ids))
         return [found.get(i, Usage()) for i in ids]
+
+    async def _pending_approvals(self, executions: Sequence[Execution]) -> list[list[Approval]]:
+        found = await self._s.executions.pending_approvals_of(
+            await self._principal(), list(executions)
+        )
+        return [found.get(e.id, []) for e in executions]
 
     async def _flow_versions(self, keys: Sequence[tuple[str, int]]) -> list[Flow | None]:
         return await self._s.flows.pinned_versions(await self._principal(), list(keys))

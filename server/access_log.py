@@ -115,19 +115,23 @@ class AccessRecorder(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         yield
-        record = _RECORD.get()
-        if record is None:  # a WebSocket operation: the handler logs it
-            return
-        ec = self.execution_context
-        try:
-            name = safe_name(ec.operation_name)
-        except Exception:
-            name = None
-        record.operations.append(name)
-        result = ec.result
-        if result is not None and getattr(result, "errors", None):
-            record.errors.extend(error_codes(result.errors))
-        record.add_principal(ec.context)
+        record_access(self.execution_context)
+
+
+def record_access(ec: Any) -> None:
+    """`AccessRecorder`'s note of a finished operation (`ec`: its execution context)."""
+    record = _RECORD.get()
+    if record is None:  # a WebSocket operation: the handler logs it
+        return
+    try:
+        name = safe_name(ec.operation_name)
+    except Exception:
+        name = None
+    record.operations.append(name)
+    result = ec.result
+    if result is not None and getattr(result, "errors", None):
+        record.errors.extend(error_codes(result.errors))
+    record.add_principal(ec.context)
 
 
 class AccessLog:

@@ -19,9 +19,10 @@ from starlette.routing import Mount, Route, WebSocketRoute
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from starlette.websockets import WebSocket
 from strawberry.asgi import GraphQL
-from strawberry.exceptions import ConnectionRejectionError
+from strawberry.exceptions import ConnectionRejectionError, MissingQueryError
 from strawberry.http import GraphQLRequestData
 from strawberry.http.base import BaseRequestProtocol
+from strawberry.schema.exceptions import CannotGetOperationTypeError, InvalidOperationTypeError
 from strawberry.subscriptions import (
     GRAPHQL_SSE_PROTOCOL,
     GRAPHQL_TRANSPORT_WS_PROTOCOL,
@@ -31,6 +32,8 @@ from strawberry.subscriptions import (
 from strawberry.subscriptions.protocols.graphql_transport_ws.handlers import (
     BaseGraphQLTransportWSHandler,
 )
+from strawberry.types.graphql import OperationType
+from strawberry.types.unset import UNSET
 
 from domain.audit import bind_origin
 from domain.errors import DomainError
@@ -154,6 +157,65 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
             if isinstance(iterator, AsyncGenerator):
                 await iterator.aclose()  # its slot and its event subscription, now
 
+    async def run(  # type: ignore[override]
+        self,
+        request: Request | WebSocket,
+        context: Any = UNSET,
+        root_value: Any = UNSET,
+    ) -> Response:
+        if (
+            isinstance(request, Request)
+            and context is UNSET
+            and root_value is UNSET
+            and request.method == "POST"
+            and _plain_json(request.headers)
+        ):
+            response = await self._run_plain(request)
+            if response is not None:
+                return response
+        return await super().run(request, context, root_value)  # type: ignore[return-value]
+
+    async def _run_plain(self, request: Request) -> Response | None:
+        """A POST of one JSON operation, answered as JSON (nearly every request): what
+        Strawberry's `run` does for it, without the steps that only other requests need
+        (transport negotiation, batches, uploads, the IDE); None for anything else, which
+        takes the general path (the body is kept by the request, read only once)."""
+        try:
+            data = self.decode_json(await request.body())
+        except json.JSONDecodeError:
+            raise HTTPException(400, "Unable to parse request body as JSON") from None
+        if not isinstance(data, dict):
+            return None  # a batch, or a body Strawberry refuses with its own message
+        query = data.get("query")
+        variables = data.get("variables")
+        extensions = data.get("extensions")
+        if not (
+            isinstance(query, str | None)
+            and isinstance(variables, dict | None)
+            and isinstance(extensions, dict | None)
+        ):
+            return None
+        resolved = await self.persisted_queries.resolve(query, extensions)
+        sub_response = await self.get_sub_response(request)
+        context = await self.get_context(request, response=sub_response)
+        try:
+            result = await self.schema.execute(
+                resolved if isinstance(resolved, str) else None,
+                variable_values=variables,
+                context_value=context,
+                operation_name=data.get("operationName"),
+                allowed_operation_types=_POST_OPERATIONS,
+                operation_extensions=extensions,
+            )
+        except CannotGetOperationTypeError as e:
+            raise HTTPException(400, e.as_http_error_reason()) from e
+        except InvalidOperationTypeError as e:
+            raise HTTPException(400, e.as_http_error_reason("POST")) from e
+        except MissingQueryError as e:
+            raise HTTPException(400, "No GraphQL query found in the request") from e
+        response_data = await self.process_result(request, result)
+        return self.create_response(response_data=response_data, sub_response=sub_response)
+
     async def create_streaming_response(
         self,
         request: Request | WebSocket,
@@ -238,6 +300,18 @@ class CrewgraphGraphQL(GraphQL[Context, None]):
 
 
 _CONTEXT_KEY = "crewgraph.context"  # scope["state"] key: an HTTP request's GraphQL context
+_POST_OPERATIONS = OperationType.from_http("POST")
+# Accept values that ask for a streamed answer (multipart subscriptions, SSE).
+_STREAM_ACCEPTS = ("multipart/mixed", "text/event-stream")
+
+
+def _plain_json(headers: Mapping[str, str]) -> bool:
+    """A JSON body, and no streamed answer asked for: `CrewgraphGraphQL._run_plain`'s."""
+    content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+    if content_type != "application/json":
+        return False
+    accept = headers.get("accept", "").lower()
+    return not any(kind in accept for kind in _STREAM_ACCEPTS)
 
 
 class _ClientStalled(Exception):

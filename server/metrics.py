@@ -20,7 +20,7 @@ import hmac
 import ipaddress
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from contextlib import AbstractContextManager, contextmanager, nullcontext
 from contextvars import ContextVar
 from dataclasses import dataclass, field
@@ -210,7 +210,7 @@ class Metrics:
     def watch(
         self,
         *,
-        sockets: Callable[[], Any] | None = None,
+        sockets: Callable[[], Iterable[object]] | None = None,
         chat_running: Callable[[], int] | None = None,
     ) -> None:
         """Gauges computed when scraped: operations on this process's authenticated
@@ -250,10 +250,10 @@ class Metrics:
         return generate_latest(self.registry)
 
 
-def _operations_on(registry: Any) -> int:
-    """Operations under way on the sockets of a `SocketRegistry` (both protocols)."""
+def _operations_on(sockets: Iterable[object]) -> int:
+    """Operations under way on the open sockets (a `SocketRegistry`; both protocols)."""
     total = 0
-    for socket in list(getattr(registry, "_keys", {})):
+    for socket in sockets:
         ops = getattr(socket, "operations", None)
         if ops is None:
             ops = getattr(socket, "subscriptions", None)
@@ -392,21 +392,25 @@ class OperationMetrics(SchemaExtension):
 
     def on_operation(self) -> Iterator[None]:
         yield
-        request = _REQUEST.get()
-        if request is None:
-            return
-        ec = self.execution_context
-        try:
-            request.operations.append(safe_name(ec.operation_name))
-        except Exception:
-            request.operations.append(None)
-        result = ec.result
-        if result is not None and getattr(result, "errors", None):
-            for code in error_codes(result.errors):
-                request.metrics.errors.labels(code).inc()
-        principal = getattr(ec.context, "cached_principal", None)
-        if principal is not None:
-            request.tenant_id = principal.tenant_id
+        record_operation(self.execution_context)
+
+
+def record_operation(ec: Any) -> None:
+    """`OperationMetrics`' count of a finished operation (`ec`: its execution context)."""
+    request = _REQUEST.get()
+    if request is None:
+        return
+    try:
+        request.operations.append(safe_name(ec.operation_name))
+    except Exception:
+        request.operations.append(None)
+    result = ec.result
+    if result is not None and getattr(result, "errors", None):
+        for code in error_codes(result.errors):
+            request.metrics.errors.labels(code).inc()
+    principal = getattr(ec.context, "cached_principal", None)
+    if principal is not None:
+        request.tenant_id = principal.tenant_id
 
 
 class ObservedRequests:
@@ -442,6 +446,18 @@ class ObservedRequests:
                 status = int(message["status"])
             await send(message)
 
+        if not self.tracing.enabled:  # no span to open, name or continue: none of its cost
+            try:
+                await self.app(scope, receive, send_status)
+            except BaseException:
+                status = status or 500
+                raise
+            finally:
+                _REQUEST.reset(token)
+                self.metrics.requests.labels(
+                    self.metrics.operation_label(request.operations), str(status)
+                ).observe(time.perf_counter() - started)
+            return
         headers = {
             k.decode("latin-1"): v.decode("latin-1")
             for k, v in scope.get("headers") or []

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import orjson
 import structlog
 
 from schema.errors import INTERNAL_MESSAGE
@@ -44,8 +45,19 @@ def _internal_error() -> dict[str, Any]:
     }
 
 
-def _dumps(data: object) -> str:
-    return json.dumps(data, separators=(",", ":"))
+# Types the standard library refuses: they stay refused (INTERNAL_SERVER_ERROR), never
+# silently encoded the way orjson would by default.
+_ORJSON_OPTIONS = orjson.OPT_PASSTHROUGH_DATACLASS | orjson.OPT_PASSTHROUGH_DATETIME
+
+
+def _dumps(data: object) -> bytes:
+    try:
+        # Several times faster than the standard library on a whole response.
+        return orjson.dumps(data, option=_ORJSON_OPTIONS)
+    except (orjson.JSONEncodeError, TypeError):
+        # What orjson refuses and the standard library takes (non-string keys, integers
+        # past 64 bits, nesting past 254 levels), or the standard library's own error.
+        return json.dumps(data, separators=(",", ":"), ensure_ascii=False).encode()
 
 
 def _replacing(data: object, error: dict[str, Any]) -> object:
@@ -64,13 +76,13 @@ def _replacing(data: object, error: dict[str, Any]) -> object:
 
 
 def encode_capped(data: object, cap: int) -> str:
-    """`data` as compact JSON of at most `cap` bytes, or the error that replaces it."""
+    """`data` as compact JSON of at most `cap` bytes (UTF-8), or the error that replaces it."""
     try:
         encoded = _dumps(data)
     except (TypeError, ValueError, RecursionError) as exc:
         log.error("response not serialisable", error=f"{type(exc).__name__}: {exc}"[:300])
-        return _dumps(_replacing(data, _internal_error()))
-    if len(encoded) > cap:  # ASCII-only (ensure_ascii): characters are bytes
+        return _dumps(_replacing(data, _internal_error())).decode()
+    if len(encoded) > cap:
         log.warning("response too large", size=len(encoded), limit=cap)
-        return _dumps(_replacing(data, too_large_error(len(encoded), cap)))
-    return encoded
+        return _dumps(_replacing(data, too_large_error(len(encoded), cap))).decode()
+    return encoded.decode()
