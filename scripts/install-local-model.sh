@@ -33,9 +33,14 @@ fi
 
 started=$(date +%s)
 echo "local-model: installing into $VENV (first build of llama.cpp takes minutes)" >&2
-# All cores for the compile (the build reads CMAKE_BUILD_PARALLEL_LEVEL).
+# All cores for the compile (the build reads CMAKE_BUILD_PARALLEL_LEVEL). A portable
+# build (AVX2, no -march=native): a native build on a CPU with AMX / AVX-512 segfaults
+# at the first completion where the kernel or sandbox does not grant those units, and
+# a wheel built natively on one machine is reused from the cache on another. The build
+# settings are part of uv's cache key, so a changed setting rebuilds.
 CMAKE_BUILD_PARALLEL_LEVEL="${CMAKE_BUILD_PARALLEL_LEVEL:-$(nproc)}" \
-  "$UV" pip sync --quiet --python "$VENV/bin/python" --require-hashes "$REQUIREMENTS"
+  "$UV" pip sync --quiet --python "$VENV/bin/python" --require-hashes "$REQUIREMENTS" \
+  --config-setting "cmake.args=-DGGML_NATIVE=OFF;-DGGML_AVX=ON;-DGGML_AVX2=ON;-DGGML_FMA=ON;-DGGML_F16C=ON"
 
 # Import what the server needs (the compiled library loads) and record where the
 # weights are; written last, so a manifest always means a usable install.
